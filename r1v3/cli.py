@@ -1,0 +1,281 @@
+"""The `r1v3` command: one thin command per stage (options -> config -> stage.run).
+
+Mistakes a user can make print one `error: ...` line and exit 2; `--debug` shows the
+traceback instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import click
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.tree import Tree
+
+from r1v3 import __version__, config
+from r1v3.artifacts import Store, default_store
+from r1v3.errors import UserError
+
+console = Console()
+err_console = Console(stderr=True)
+
+app = typer.Typer(
+    name="r1v3",
+    help=(
+        "Reproduce the Skywork-R1V3 post-training recipe on your own vision-language model.\n\n"
+        "Every stage reads artifacts from the store and publishes a new versioned one "
+        "(STORE/<name>/v<N>). Refer to artifacts as NAME, NAME@vN or a directory path."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Make, import and inspect problem datasets.", no_args_is_help=True)
+artifacts_app = typer.Typer(help="List, inspect, verify and trace artifacts.", no_args_is_help=True)
+init_app = typer.Typer(help="Build the embedded default models (tiny, smol) offline.", no_args_is_help=True)
+app.add_typer(init_app, name="init")
+app.add_typer(data_app, name="data")
+app.add_typer(artifacts_app, name="artifacts")
+
+STATE = {"store": None}
+
+ConfigOpt = typer.Option(None, "--config", "-c", help="Recipe YAML (the stage's section, or the whole file).")
+OverridesArg = typer.Argument(None, help="Dotted key=value overrides, e.g. seed=3 n=200.", show_default=False)
+SeedOpt = typer.Option(None, "--seed", help="Random seed (default from the recipe, else 0).")
+
+
+def store() -> Store:
+    return Store(STATE["store"] or default_store())
+
+
+@app.callback()
+def _root(
+    store_dir: Optional[Path] = typer.Option(
+        None, "--store", envvar="R1V3_STORE", help="Artifact store directory [default: ./artifacts]."
+    ),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks instead of one-line errors."),
+    version: bool = typer.Option(False, "--version", help="Print the version and exit."),
+) -> None:
+    if version:
+        console.print(f"r1v3 {__version__}")
+        raise typer.Exit()
+    STATE["store"] = store_dir
+
+
+def _run(stage_module, stage: str, cfg_path, options: dict, overrides):
+    cfg = config.load(stage_module.Config, stage=stage, path=cfg_path, options=options, overrides=overrides or [])
+    art = stage_module.run(cfg, store())
+    console.print(f"[green]published[/green] {art.ref} ({art.kind}) at {art.path}")
+    return art
+
+
+# ---- models ----------------------------------------------------------------------------------
+
+
+@init_app.command("tiny")
+def init_tiny(
+    name: str = typer.Option(..., "--name", help="Artifact name for the model."),
+    family: Optional[str] = typer.Option(None, "--family", help="internvl, qwen2_vl, qwen2_5_vl, qwen3_vl, llava, idefics3."),
+    seed: Optional[int] = SeedOpt,
+    cfg: Optional[Path] = ConfigOpt,
+    overrides: Optional[List[str]] = OverridesArg,
+):
+    """A random-weight model of a supported family with an offline tokenizer (about a second)."""
+    from stages import init_model
+
+    _run(init_model, "init", cfg, {"name": name, "model": "tiny", "family": family, "seed": seed}, overrides)
+
+
+@init_app.command("smol")
+def init_smol(
+    name: str = typer.Option(..., "--name", help="Artifact name for the model."),
+    seed: Optional[int] = SeedOpt,
+    cfg: Optional[Path] = ConfigOpt,
+    overrides: Optional[List[str]] = OverridesArg,
+):
+    """A real small VLM: SmolLM2-135M-Instruct + a small vision tower + a fresh connector (InternVL family)."""
+    from stages import init_model
+
+    _run(init_model, "init", cfg, {"name": name, "model": "smol", "seed": seed}, overrides)
+
+
+@app.command("import-model")
+def import_model(
+    path: Path = typer.Argument(..., help="A local Hugging Face model directory (config.json + *.safetensors)."),
+    name: str = typer.Option(..., "--name", help="Artifact name."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow the model's own Python code (recorded)."),
+):
+    """Wrap a local Hugging Face model directory (a VLM or a text LLM) as a model artifact."""
+    from stages import import_model as stage
+
+    _run(stage, "import-model", None, {"path": str(path), "name": name, "trust_remote_code": trust_remote_code}, [])
+
+
+# ---- data ------------------------------------------------------------------------------------
+
+
+@data_app.command("synth")
+def data_synth(
+    name: str = typer.Option(..., "--name", help="Artifact name for the dataset."),
+    n: Optional[int] = typer.Option(None, "--n", help="Number of problems over all splits [default: 500]."),
+    seed: Optional[int] = SeedOpt,
+    cfg: Optional[Path] = ConfigOpt,
+    overrides: Optional[List[str]] = OverridesArg,
+):
+    """Synthetic visual reasoning problems drawn with Pillow (counting, colour, position, arithmetic)."""
+    from stages import synth
+
+    _run(synth, "synth", cfg, {"name": name, "n": n, "seed": seed}, overrides)
+
+
+@data_app.command("show")
+def data_show(
+    ref: str = typer.Argument(..., help="Dataset artifact reference."),
+    split: Optional[str] = typer.Option(None, "--split", help="Split to show [default: the first]."),
+    n: int = typer.Option(5, "--n", help="Rows to print."),
+    sheet: Optional[Path] = typer.Option(None, "--sheet", help="Save a contact sheet PNG of the images here."),
+):
+    """Print a few rows of a dataset and optionally save a contact sheet of its images."""
+    from r1v3 import data
+
+    art = store().resolve(ref, kind="dataset")
+    splits = data.list_splits(art.path)
+    split = split or splits[0]
+    if split not in splits:
+        raise UserError(f"{ref}: no split {split!r} (has {', '.join(splits)})")
+    rows = data.read_split(art.path, split)
+    table = Table(title=f"{art.ref} [{split}] {len(rows)} rows", show_lines=True)
+    for col in ("id", "question", "options", "answer", "difficulty", "caption"):
+        table.add_column(col, overflow="fold")
+    for row in rows[:n]:
+        table.add_row(
+            row["id"], row["question"], "\n".join(row["options"]), row["answer"], row.get("difficulty") or "", row.get("caption") or ""
+        )
+    console.print(table)
+    if sheet is not None:
+        data.contact_sheet(rows, sheet, n=max(n, 16))
+        console.print(f"contact sheet: {sheet}")
+
+
+# ---- artifacts -------------------------------------------------------------------------------
+
+
+@artifacts_app.command("ls")
+def artifacts_ls(kind: Optional[str] = typer.Option(None, "--kind", help="Only this kind.")):
+    """List every artifact in the store."""
+    arts = [a for a in store().list() if kind is None or a.kind == kind]
+    table = Table(title=f"store {store().root}")
+    for col in ("ref", "kind", "stage", "created", "size", "inputs"):
+        table.add_column(col)
+    for a in arts:
+        size = sum(f["size"] for f in a.manifest["files"].values())
+        inputs = ", ".join(i["ref"] for i in a.manifest.get("inputs", []))
+        table.add_row(a.ref, a.kind, a.manifest.get("stage", ""), a.manifest.get("created", ""), _human(size), inputs)
+    console.print(table)
+
+
+@artifacts_app.command("show")
+def artifacts_show(
+    ref: str = typer.Argument(..., help="Artifact reference."),
+    as_json: bool = typer.Option(False, "--json", help="Print the whole manifest as JSON."),
+):
+    """Show an artifact's manifest: kind, lineage, config, metrics, files."""
+    art = store().resolve(ref)
+    if as_json:
+        print(json.dumps(art.manifest, indent=2))
+        return
+    m = art.manifest
+    console.print(f"[bold]{art.ref}[/bold]  kind={art.kind}  stage={m.get('stage')}  created={m.get('created')}")
+    console.print(f"path: {art.path}\ndigest: {art.digest}")
+    for inp in m.get("inputs", []):
+        console.print(f"input: {inp['ref']} ({inp['kind']}) {inp['digest'][:12]}")
+    if m.get("config"):
+        console.print("config:", m["config"])
+    if m.get("metrics"):
+        console.print("metrics:", m["metrics"])
+    console.print(f"{len(m['files'])} files, {_human(sum(f['size'] for f in m['files'].values()))}")
+
+
+@artifacts_app.command("verify")
+def artifacts_verify(ref: str = typer.Argument(..., help="Artifact reference.")):
+    """Check every file's sha256 against the manifest (a flipped byte is reported by file name)."""
+    s = store()
+    path = s._locate(ref)
+    art = s._open(path, ref=ref)
+    problems = s.check(art, full=True)
+    if problems:
+        for p in problems:
+            err_console.print(f"error: {art.ref}: {p}")
+        raise typer.Exit(1)
+    console.print(f"[green]ok[/green] {art.ref}: {len(art.manifest['files'])} files verified")
+
+
+@artifacts_app.command("lineage")
+def artifacts_lineage(ref: str = typer.Argument(..., help="Artifact reference.")):
+    """The tree of inputs back to the imported base model and raw data."""
+    s = store()
+    node = s.lineage(s.resolve(ref))
+
+    def label(n):
+        text = f"{n['ref']}" + (f" [dim]{n['kind']} from {n['stage']}[/dim]" if "kind" in n else "")
+        if n.get("missing"):
+            text += " [red](missing from store)[/red]"
+        if n.get("changed"):
+            text += " [yellow](changed since use)[/yellow]"
+        return text
+
+    def add(tree, n):
+        for child in n["inputs"]:
+            add(tree.add(label(child)), child)
+
+    root = Tree(label(node))
+    add(root, node)
+    console.print(root)
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("R1V3_DEBUG") == "1"
+    command = typer.main.get_command(app)
+    try:
+        rv = command.main(args=argv, prog_name="r1v3", standalone_mode=False)
+        return rv if isinstance(rv, int) else 0
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except click.ClickException as e:
+        e.show()
+        return e.exit_code
+    except click.exceptions.Abort:
+        err_console.print("aborted")
+        return 130
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        return 130
+    except UserError as e:
+        if debug:
+            raise
+        err_console.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
+        return 2
+
+
+def entrypoint() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entrypoint()

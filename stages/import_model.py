@@ -1,0 +1,82 @@
+"""`r1v3 import-model`: wrap a local Hugging Face model directory as a model artifact.
+
+Files are hard-linked when the store is on the same filesystem (a 70 GB model is not
+copied twice) and copied otherwise; either way the manifest hashes what was imported.
+Pickle-based weights are never imported: safetensors only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from r1v3.artifacts import Artifact, Store, check_name
+from r1v3.config import to_dict
+from r1v3.errors import UserError
+
+PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"}
+KEEP_SUFFIXES = {".json", ".safetensors", ".txt", ".model", ".jinja", ".tiktoken", ".md"}
+
+
+@dataclass
+class Config:
+    path: str
+    name: str
+    trust_remote_code: bool = False
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(os.path.realpath(src), dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+def inspect_dir(path: Path, trust_remote_code: bool) -> dict:
+    """What kind of model a directory holds, or a UserError saying what is missing."""
+    if not path.is_dir():
+        raise UserError(f"{path}: not a directory")
+    cfg_file = path / "config.json"
+    if not cfg_file.is_file():
+        raise UserError(f"{path}: not a Hugging Face model directory (no config.json)")
+    try:
+        cfg = json.loads(cfg_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{cfg_file}: not valid JSON: {e}") from None
+    if not isinstance(cfg, dict) or "model_type" not in cfg:
+        raise UserError(f"{cfg_file}: no model_type key")
+    if not list(path.glob("*.safetensors")):
+        pickles = [p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES]
+        hint = f" (found {', '.join(sorted(pickles)[:3])}: pickle weights are refused; convert them to safetensors)" if pickles else ""
+        raise UserError(f"{path}: no *.safetensors weights{hint}")
+    if "auto_map" in cfg and not trust_remote_code:
+        raise UserError(f"{path}: this model needs its own Python code (auto_map in config.json); pass --trust-remote-code if you trust it")
+    if not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
+        raise UserError(f"{path}: no tokenizer files (tokenizer.json or tokenizer_config.json)")
+    is_vlm = "vision_config" in cfg
+    return {"model_type": cfg["model_type"], "model_class": "vlm" if is_vlm else "causal-lm"}
+
+
+def run(cfg: Config, store: Store) -> Artifact:
+    check_name(cfg.name)
+    src = Path(cfg.path).expanduser()
+    info = inspect_dir(src, cfg.trust_remote_code)
+    from transformers import AutoConfig
+
+    try:  # catches configs transformers cannot read before anything is written
+        AutoConfig.from_pretrained(src, trust_remote_code=cfg.trust_remote_code)
+    except (ValueError, KeyError, OSError) as e:
+        raise UserError(f"{src}: transformers cannot read this config: {str(e).splitlines()[0]}") from None
+    keep = set(KEEP_SUFFIXES) | ({".py"} if cfg.trust_remote_code else set())
+    skipped = []
+    with store.publish(cfg.name, "model", stage="import-model", config={**to_dict(cfg), "path": str(src.resolve())}) as draft:
+        for f in sorted(src.iterdir()):
+            if f.is_file() and f.suffix in keep:
+                _link_or_copy(f, draft.path / f.name)
+            elif f.is_file():
+                skipped.append(f.name)
+        draft.metrics.update(info, skipped_files=skipped)
+    return draft.artifact

@@ -1,0 +1,37 @@
+"""`r1v3 init`: build an embedded default model (tiny or smol) and publish it."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+from r1v3 import models
+from r1v3.artifacts import Artifact, Store, check_name
+from r1v3.config import to_dict
+
+
+@dataclass
+class Config:
+    name: str
+    model: Literal["tiny", "smol"] = "tiny"
+    family: str = "internvl"  # tiny only; smol is InternVL around SmolLM2-135M-Instruct
+    seed: int = 0
+
+
+def run(cfg: Config, store: Store) -> Artifact:
+    check_name(cfg.name)
+    start = time.perf_counter()
+    if cfg.model == "tiny":
+        model, processor = models.build_tiny(cfg.family, seed=cfg.seed)
+    else:
+        model, processor = models.build_smol(seed=cfg.seed)
+    family = models.family_of(model)
+    with store.publish(cfg.name, "model", stage="init", config=to_dict(cfg)) as draft:
+        models.save_model(model, processor, draft.path)
+        draft.metrics.update(
+            family=family.name,
+            parameters=sum(p.numel() for p in model.parameters()),
+            build_seconds=round(time.perf_counter() - start, 2),
+        )
+    return draft.artifact
