@@ -147,18 +147,22 @@ def data_show(
 
     art = store().resolve(ref, kind="dataset")
     splits = data.list_splits(art.path)
-    split = split or splits[0]
+    split = split or ("train" if "train" in splits else splits[0])
     if split not in splits:
         raise UserError(f"{ref}: no split {split!r} (has {', '.join(splits)})")
     rows = data.read_split(art.path, split)
-    table = Table(title=f"{art.ref} [{split}] {len(rows)} rows", show_lines=True)
-    for col in ("id", "question", "options", "answer", "difficulty", "caption"):
-        table.add_column(col, overflow="fold")
+    console.print(f"[bold]{art.ref}[/bold] \\[{split}] {len(rows)} rows (splits: {', '.join(splits)})")
     for row in rows[:n]:
-        table.add_row(
-            row["id"], row["question"], "\n".join(row["options"]), row["answer"], row.get("difficulty") or "", row.get("caption") or ""
+        options = "  ".join(f"({data.LETTERS[i]}) {o}" for i, o in enumerate(row["options"]))
+        caption = row.get("caption") or ""
+        console.print(
+            f"[cyan]{row['id']}[/cyan] {row['subject']} {row['question_type']} {row.get('difficulty') or ''}"
+            f" images={len(row['images'])}\n  Q: {row['question']}"
+            + (f"\n  {options}" if options else "")
+            + f"\n  answer: [green]{row['answer']}[/green]"
+            + (f"\n  caption: [dim]{caption[:160]}{'...' if len(caption) > 160 else ''}[/dim]" if caption else ""),
+            highlight=False,
         )
-    console.print(table)
     if sheet is not None:
         data.contact_sheet(rows, sheet, n=max(n, 16))
         console.print(f"contact sheet: {sheet}")

@@ -1,0 +1,475 @@
+"""Problem rows: the schema, validation, loaders and writers shared by every stage.
+
+A problem row is a plain dict with exactly the keys of FEATURES, in that order:
+
+    id            str, unique within a dataset
+    images        list of PIL images, fully decoded (may be empty for a text-only problem)
+    question      str; "<image N>" (1-based) refers to images[N-1]
+    options       list of str; empty for open questions
+    answer        str; the option letter "A".."Z" for multiple-choice, the answer text for open
+    question_type "multiple-choice" | "open"
+    subject       str ("" if unknown)
+    difficulty    "normal" | "hard" | ""
+    pass_rate     float in [0, 1] or None (measured by later stages)
+    source        str
+    caption       str, a text rendering of the image(s) for text-only teachers
+    messages      list of {"role", "content"} (SFT data), else []
+
+Every loader returns list[dict] of such rows (not a datasets.Dataset): images are decoded and
+validated at load time, so a broken file fails with its file/row/key before any training
+starts. `to_dataset(rows)` builds a datasets.Dataset with FEATURES when a trainer wants one.
+
+On disk a dataset is a directory of `<split>.parquet` files written by `write_splits`, with
+images embedded as PNG bytes (an artifact directory also holds manifest.json).
+"""
+
+import ast
+import io
+import json
+import math
+import os
+import re
+from pathlib import Path, PurePath
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from datasets import Features, Image, List, Value
+from PIL import Image as PILImage
+from PIL import ImageDraw, ImageFont, ImageOps
+
+from r1v3.errors import UserError
+
+FEATURES = Features({
+    "id": Value("string"),
+    "images": List(Image()),
+    "question": Value("string"),
+    "options": List(Value("string")),
+    "answer": Value("string"),
+    "question_type": Value("string"),
+    "subject": Value("string"),
+    "difficulty": Value("string"),
+    "pass_rate": Value("float64"),
+    "source": Value("string"),
+    "caption": Value("string"),
+    "messages": List({"role": Value("string"), "content": Value("string")}),
+})
+KEYS = tuple(FEATURES)
+REQUIRED = ("id", "images", "question", "options", "answer", "question_type")
+QUESTION_TYPES = ("multiple-choice", "open")
+DIFFICULTIES = ("normal", "hard", "")
+ROLES = ("system", "user", "assistant")
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+IMAGE_REF = re.compile(r"<image\s*(\d+)>")
+SPLIT_NAME = re.compile(r"^\w+$")
+# modes PNG stores losslessly; anything else (CMYK, YCbCr, F, ...) is converted first
+PNG_MODES = ("1", "L", "LA", "P", "RGB", "RGBA", "I", "I;16")
+PARQUET_ROW_GROUP = 100  # small row groups: image rows are big, and readers stream by group
+
+
+# -----------------------------------------------------------------------------
+# validation
+
+def _one_line(e):
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0]
+
+
+def _string(row, key, where, default=None, nonempty=False):
+    value = row.get(key)
+    if value is None:
+        if default is None:
+            raise UserError(f"{where}: missing required field '{key}'")
+        return default
+    if not isinstance(value, str):
+        raise UserError(f"{where}: field '{key}' must be a string, got {type(value).__name__}")
+    if nonempty and not value.strip():
+        raise UserError(f"{where}: field '{key}' is empty")
+    return value
+
+
+def _options(value, where):
+    if isinstance(value, str):
+        # MMMU stores options as the repr of a Python list; literal_eval parses it without
+        # running anything
+        try:
+            value = ast.literal_eval(value.strip() or "[]")
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            raise UserError(f"{where}: field 'options' is a string that is not a list literal: {value[:60]!r}")
+    if isinstance(value, tuple):
+        value = list(value)
+    if not isinstance(value, list):
+        raise UserError(f"{where}: field 'options' must be a list of strings, got {type(value).__name__}")
+    for i, option in enumerate(value):
+        if not isinstance(option, str):
+            raise UserError(f"{where}: field 'options' item {i} must be a string, got {type(option).__name__}")
+    return value
+
+
+def _messages(value, where):
+    if value is None:
+        return []
+    if not isinstance(value, (list, tuple)):
+        raise UserError(f"{where}: field 'messages' must be a list of {{role, content}}, got {type(value).__name__}")
+    out = []
+    for i, m in enumerate(value):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            raise UserError(f"{where}: field 'messages' item {i} must be {{'role': str, 'content': str}}")
+        if m["role"] not in ROLES:
+            raise UserError(f"{where}: field 'messages' item {i} has role {m['role']!r}; "
+                            f"expected one of {', '.join(ROLES)}")
+        out.append({"role": m["role"], "content": m["content"]})
+    return out
+
+
+def _resolve_path(path, k, where, base_dir):
+    # an image path may only name a file inside the data file's own directory: a dataset
+    # must not be able to make us read (and embed into an artifact) arbitrary local files
+    if base_dir is None:
+        raise UserError(f"{where}: image {k} is a file path ({path!r}); paths are allowed only in jsonl files")
+    if not path:
+        raise UserError(f"{where}: image {k} path is empty")
+    if os.path.isabs(path) or PurePath(path).drive:
+        raise UserError(f"{where}: image {k} path {path!r} is absolute; give a path relative to {base_dir}")
+    if ".." in PurePath(path).parts:
+        raise UserError(f"{where}: image {k} path {path!r} leaves {base_dir} ('..' is not allowed)")
+    base = os.path.realpath(base_dir)
+    full = os.path.realpath(os.path.join(base, path))
+    if os.path.commonpath([base, full]) != base:
+        raise UserError(f"{where}: image {k} path {path!r} resolves outside {base_dir} (symlink to {full})")
+    if not os.path.isfile(full):
+        raise UserError(f"{where}: image {k} not found: {os.path.join(base_dir, path)}")
+    with open(full, "rb") as f:
+        return f.read()
+
+
+def _image(value, k, where, base_dir):
+    """Decode one image (PIL image, bytes, {"bytes", "path"} dict or path) and load every pixel."""
+    if isinstance(value, dict):
+        value = value.get("bytes") if value.get("bytes") is not None else value.get("path")
+        if value is None:
+            raise UserError(f"{where}: image {k} has neither bytes nor path")
+    if isinstance(value, str):
+        value = _resolve_path(value, k, where, base_dir)
+    if not isinstance(value, (PILImage.Image, bytes, bytearray, memoryview)):
+        raise UserError(f"{where}: image {k} must be an image, image bytes or a path, got {type(value).__name__}")
+    try:
+        img = value if isinstance(value, PILImage.Image) else PILImage.open(io.BytesIO(value))
+        # load() decodes every pixel now, so a truncated file fails here with its row
+        # instead of in the middle of a training step
+        img.load()
+        if img.getexif().get(PILImage.ExifTags.Base.Orientation, 1) != 1:
+            img = ImageOps.exif_transpose(img)
+    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, zlib.error, ... for bad data
+        raise UserError(f"{where}: image {k} unreadable: {_one_line(e)}")
+    return img
+
+
+def normalize_row(row, where, base_dir=None):
+    """Validate one problem row and return it in canonical form (all keys, defaults filled).
+
+    `where` names the row in messages, e.g. "data/train.jsonl line 18". `base_dir` is the
+    directory that relative image paths are resolved in (jsonl loading); None forbids paths.
+    Keys outside the schema are dropped.
+    """
+    if not isinstance(row, dict):
+        raise UserError(f"{where}: a row must be an object of field names to values, got {type(row).__name__}")
+    for key in REQUIRED:
+        if row.get(key) is None:
+            raise UserError(f"{where}: missing required field '{key}'")
+    out = {}
+    out["id"] = _string(row, "id", where, nonempty=True)
+
+    images = row["images"]
+    if isinstance(images, tuple):
+        images = list(images)
+    if not isinstance(images, list):
+        raise UserError(f"{where}: field 'images' must be a list of images, got {type(images).__name__}")
+
+    question = _string(row, "question", where, nonempty=True)
+    options = _options(row["options"], where)
+    qtype = _string(row, "question_type", where)
+    if qtype not in QUESTION_TYPES:
+        raise UserError(f"{where}: field 'question_type' is {qtype!r}; expected 'multiple-choice' or 'open'")
+
+    answer = row["answer"]
+    if isinstance(answer, (int, float)) and not isinstance(answer, bool):
+        answer = str(answer)  # JSON numbers are a natural way to write open answers
+    if not isinstance(answer, str):
+        raise UserError(f"{where}: field 'answer' must be a string, got {type(answer).__name__}")
+    answer = answer.strip()
+    if not answer:
+        raise UserError(f"{where}: field 'answer' is empty")
+    if qtype == "multiple-choice":
+        if len(options) < 2 or len(options) > len(LETTERS):
+            raise UserError(f"{where}: field 'options' has {len(options)} items; "
+                            "a multiple-choice question needs 2 to 26")
+        if len(answer) != 1 or answer.upper() not in LETTERS[:len(options)]:
+            raise UserError(f"{where}: field 'answer' is {answer!r}; for a multiple-choice question it must be one "
+                            f"of the option letters {', '.join(LETTERS[:len(options)])}")
+        answer = answer.upper()
+    elif options:
+        raise UserError(f"{where}: field 'options' must be empty for an open question (it has {len(options)} items)")
+
+    # placeholders may sit in the question or in an option (MMMU has image options)
+    for text in [question] + options:
+        for m in IMAGE_REF.finditer(text):
+            n = int(m.group(1))
+            if n < 1 or n > len(images):
+                raise UserError(f"{where}: '{m.group(0)}' refers to image {n} but the row has {len(images)} image(s)")
+
+    out["images"] = [_image(v, k + 1, where, base_dir) for k, v in enumerate(images)]
+    out["question"] = question
+    out["options"] = options
+    out["answer"] = answer
+    out["question_type"] = qtype
+    out["subject"] = _string(row, "subject", where, default="")
+    out["difficulty"] = _string(row, "difficulty", where, default="")
+    if out["difficulty"] not in DIFFICULTIES:
+        raise UserError(f"{where}: field 'difficulty' is {out['difficulty']!r}; expected 'normal', 'hard' or ''")
+    rate = row.get("pass_rate")
+    if rate is not None:
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or math.isnan(rate) or not 0 <= rate <= 1:
+            raise UserError(f"{where}: field 'pass_rate' must be a number in [0, 1] or null, got {rate!r}")
+        rate = float(rate)
+    out["pass_rate"] = rate
+    out["source"] = _string(row, "source", where, default="")
+    out["caption"] = _string(row, "caption", where, default="")
+    out["messages"] = _messages(row.get("messages"), where)
+    return out
+
+
+def _check_rows(rows, where):
+    if not rows:
+        raise UserError(f"{where}: dataset is empty (no rows)")
+    seen = {}
+    for i, row in enumerate(rows):
+        if row["id"] in seen:
+            raise UserError(f"{where}: duplicate id {row['id']!r} (rows {seen[row['id']]} and {i})")
+        seen[row["id"]] = i
+    return rows
+
+
+# -----------------------------------------------------------------------------
+# loading
+
+def _rows_from_table(table, where, base_dir):
+    rows, i = [], 0
+    for batch in table.to_batches():
+        for raw in batch.to_pylist():
+            rows.append(normalize_row(raw, f"{where} row {i}", base_dir))
+            i += 1
+    return rows
+
+
+def _read_parquet(path):
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as e:
+        raise UserError(f"{path}: not a readable parquet file: {_one_line(e)}")
+    return _rows_from_table(table, str(path), os.path.dirname(os.path.abspath(path)))
+
+
+def _read_jsonl(path):
+    base_dir = os.path.dirname(os.path.abspath(path))
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path} line {lineno}"
+            try:
+                raw = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{where}: invalid JSON: {e.msg} at column {e.colno}")
+            rows.append(normalize_row(raw, where, base_dir))
+    return rows
+
+
+def _pick_split(splits, split, path):
+    if split is None:
+        if len(splits) != 1:
+            raise UserError(f"{path}: holds splits {', '.join(sorted(splits))}; choose one")
+        return next(iter(splits))
+    if split not in splits:
+        raise UserError(f"{path}: no split {split!r}; it has {', '.join(sorted(splits)) or 'none'}")
+    return split
+
+
+def _read_hf_dir(path, split):
+    import tempfile
+
+    import datasets
+
+    is_saved = (path / "dataset_dict.json").exists() or (path / "state.json").exists()
+    with tempfile.TemporaryDirectory(prefix="r1v3-hf-") as cache:
+        try:
+            if is_saved:
+                ds = datasets.load_from_disk(str(path))
+            else:
+                # a hub-layout folder; the cache goes to a temporary directory because the
+                # rows are copied into memory below and the cache would only be litter
+                ds = datasets.load_dataset(str(path), cache_dir=cache)
+        except Exception as e:  # datasets raises many types for a folder it cannot read
+            raise UserError(f"{path}: cannot read as a Hugging Face dataset directory: {_one_line(e)}")
+        if isinstance(ds, datasets.DatasetDict):
+            split = _pick_split(set(ds), split, path)
+            ds = ds[split]
+            where = f"{path} split {split}"
+        else:
+            where = str(path)
+        # raw arrow rows: we decode images ourselves so errors carry the row number
+        table = ds.with_format("arrow")[:]
+        return _rows_from_table(table, where, str(path))
+
+
+def _split_files(path):
+    # our artifact layout: top-level <split>.parquet files; hub shards are named like
+    # train-00000-of-00001.parquet and go to load_dataset instead
+    files = sorted(path.glob("*.parquet"))
+    if files and all(SPLIT_NAME.match(f.stem) for f in files):
+        return {f.stem: f for f in files}
+    return None
+
+
+def load_rows(path, split=None):
+    """Load, validate and return the problem rows of one split, images decoded.
+
+    `path` is a .parquet file, a .jsonl file (image paths relative to its directory), a
+    directory of `<split>.parquet` files, or a local Hugging Face dataset directory
+    (save_to_disk output or a hub-layout folder). `split` picks a split of a directory;
+    it may be None when there is only one, and is ignored for a single file.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"{path}: no such file or directory")
+    if p.is_file():
+        if p.suffix == ".parquet":
+            rows, where = _read_parquet(p), str(p)
+        elif p.suffix == ".jsonl":
+            rows, where = _read_jsonl(p), str(p)
+        else:
+            raise UserError(f"{path}: unsupported file type; expected .parquet, .jsonl or a dataset directory")
+    elif (files := _split_files(p)) is not None:
+        split = _pick_split(files, split, p)
+        rows, where = _read_parquet(files[split]), str(files[split])
+    else:
+        rows, where = _read_hf_dir(p, split), str(p)
+    return _check_rows(rows, where)
+
+
+def read_split(directory, split):
+    """Read `<directory>/<split>.parquet` written by write_splits."""
+    path = Path(directory) / f"{split}.parquet"
+    if not path.is_file():
+        have = sorted(f.stem for f in Path(directory).glob("*.parquet"))
+        raise UserError(f"{directory}: no split {split!r}; it has {', '.join(have) or 'none'}")
+    return _check_rows(_read_parquet(path), str(path))
+
+
+def list_splits(directory):
+    """Names of the `<split>.parquet` files in a dataset directory, sorted."""
+    return sorted(f.stem for f in Path(directory).glob("*.parquet"))
+
+
+# -----------------------------------------------------------------------------
+# writing
+
+def png_bytes(img):
+    """Encode a PIL image as PNG: lossless, and the same bytes for the same pixels."""
+    if img.mode not in PNG_MODES:
+        img = img.convert("RGBA" if "A" in img.mode or "transparency" in img.info else "RGB")
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _arrow_row(row):
+    out = dict(row)
+    out["images"] = [{"bytes": png_bytes(img), "path": None} for img in row["images"]]
+    return out
+
+
+def to_table(rows):
+    """Rows -> pyarrow Table with the FEATURES schema (images as embedded PNG bytes)."""
+    return pa.Table.from_pylist([_arrow_row(r) for r in rows], schema=FEATURES.arrow_schema)
+
+
+def to_dataset(rows):
+    """Rows -> in-memory datasets.Dataset with FEATURES (images decode to PIL on access)."""
+    import datasets
+    from datasets.table import InMemoryTable
+
+    return datasets.Dataset(InMemoryTable(to_table(rows)))
+
+
+def write_splits(directory, splits):
+    """Write {split: rows} as `<directory>/<split>.parquet`; returns the written paths.
+
+    Rows are validated first, ids must be unique across all splits, and the bytes are the
+    same for the same rows. Parquet files of other splits already in the directory are an
+    error: a dataset directory holds exactly its splits.
+    """
+    directory = Path(directory)
+    if not splits:
+        raise UserError(f"{directory}: no splits to write")
+    checked, owner = {}, {}
+    for split, rows in splits.items():
+        if not isinstance(split, str) or not SPLIT_NAME.match(split):
+            raise UserError(f"{directory}: split name {split!r} must be letters, digits or '_'")
+        where = f"{directory} split {split}"
+        rows = [normalize_row(r, f"{where} row {i}") for i, r in enumerate(rows)]
+        _check_rows(rows, where)
+        for i, r in enumerate(rows):
+            if r["id"] in owner:
+                raise UserError(f"{where} row {i}: id {r['id']!r} is also in split {owner[r['id']]}")
+            owner[r["id"]] = split
+        checked[split] = rows
+    directory.mkdir(parents=True, exist_ok=True)
+    stray = [f.name for f in directory.glob("*.parquet") if f.stem not in checked]
+    if stray:
+        raise UserError(f"{directory}: already holds {', '.join(sorted(stray))}; write into an empty directory")
+    paths = []
+    for split, rows in checked.items():
+        path = directory / f"{split}.parquet"
+        tmp = directory / f".{split}.parquet.tmp"
+        pq.write_table(to_table(rows), tmp, row_group_size=PARQUET_ROW_GROUP)
+        os.replace(tmp, path)
+        paths.append(path)
+    return paths
+
+
+def contact_sheet(rows, path, n=16, cell=128):
+    """Save a PNG grid of the first n rows' first images, each labelled with its id and answer."""
+    rows = list(rows)[:n]
+    if not rows:
+        raise UserError(f"{path}: no rows to draw a contact sheet from")
+    font = ImageFont.load_default(size=10)
+    label_h = 26
+    cols = math.ceil(math.sqrt(len(rows)))
+    nrows = math.ceil(len(rows) / cols)
+    sheet = PILImage.new("RGB", (cols * cell, nrows * (cell + label_h)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for i, row in enumerate(rows):
+        x, y = (i % cols) * cell, (i // cols) * (cell + label_h)
+        if row["images"]:
+            thumb = row["images"][0].convert("RGB")
+            thumb.thumbnail((cell - 4, cell - 4))
+            sheet.paste(thumb, (x + (cell - thumb.width) // 2, y + (cell - thumb.height) // 2))
+        else:
+            draw.text((x + 4, y + cell // 2), "(no image)", fill="gray", font=font)
+        draw.rectangle([x, y, x + cell - 1, y + cell + label_h - 1], outline=(200, 200, 200))
+        draw.text((x + 3, y + cell), _fit(str(row["id"]), font, cell - 6), fill="black", font=font)
+        draw.text((x + 3, y + cell + 12), _fit(f"answer: {row['answer']}", font, cell - 6), fill="black", font=font)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path, format="PNG")
+    return Path(path)
+
+
+def _fit(text, font, width):
+    # the default font has no ellipsis glyph, hence "..."
+    text = text.replace("\n", " ")
+    if font.getlength(text) <= width:
+        return text
+    while text and font.getlength(text + "...") > width:
+        text = text[:-1]
+    return text + "..."
