@@ -58,7 +58,7 @@ def store() -> Store:
 @app.callback()
 def _root(
     store_dir: Optional[Path] = typer.Option(
-        None, "--store", envvar="R1V3_STORE", help="Artifact store directory [default: ./artifacts]."
+        None, "--store", envvar="R1V3_STORE", help="Artifact store directory (default: ./artifacts)."
     ),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks instead of one-line errors."),
     version: bool = typer.Option(False, "--version", help="Print the version and exit."),
@@ -124,7 +124,7 @@ def import_model(
 @data_app.command("synth")
 def data_synth(
     name: str = typer.Option(..., "--name", help="Artifact name for the dataset."),
-    n: Optional[int] = typer.Option(None, "--n", help="Number of problems over all splits [default: 500]."),
+    n: Optional[int] = typer.Option(None, "--n", help="Number of problems over all splits (default: 500)."),
     seed: Optional[int] = SeedOpt,
     cfg: Optional[Path] = ConfigOpt,
     overrides: Optional[List[str]] = OverridesArg,
@@ -138,7 +138,7 @@ def data_synth(
 @data_app.command("show")
 def data_show(
     ref: str = typer.Argument(..., help="Dataset artifact reference."),
-    split: Optional[str] = typer.Option(None, "--split", help="Split to show [default: the first]."),
+    split: Optional[str] = typer.Option(None, "--split", help="Split to show (default: the first)."),
     n: int = typer.Option(5, "--n", help="Rows to print."),
     sheet: Optional[Path] = typer.Option(None, "--sheet", help="Save a contact sheet PNG of the images here."),
 ):
@@ -166,6 +166,100 @@ def data_show(
     if sheet is not None:
         data.contact_sheet(rows, sheet, n=max(n, 16))
         console.print(f"contact sheet: {sheet}")
+
+
+@data_app.command("mmmu")
+def data_mmmu(
+    name: str = typer.Option(..., "--name", help="Artifact name for the dataset."),
+    path: Optional[Path] = typer.Option(None, "--path", help="Local MMMU copy laid out as on the hub (<Subject>/<split>-*.parquet)."),
+    split: Optional[str] = typer.Option(None, "--split", help="dev | validation | test (default: validation)."),
+    subjects: Optional[List[str]] = typer.Option(None, "--subjects", help="Subject folder or short name; repeat for several (default: all 30)."),
+    from_hub: bool = typer.Option(False, "--from-hub", help="Download from the hub instead of --path (needs network)."),
+    revision: Optional[str] = typer.Option(None, "--revision", help="Hub dataset revision to pin (default: main; the commit is recorded)."),
+    cfg: Optional[Path] = ConfigOpt,
+    overrides: Optional[List[str]] = OverridesArg,
+):
+    """Import MMMU (all images in order, <image N> placeholders mapped) as a dataset artifact."""
+    from stages import mmmu_import
+
+    options = {"name": name, "path": str(path) if path else None, "split": split, "subjects": subjects or None,
+               "from_hub": from_hub or None, "revision": revision}
+    _run(mmmu_import, "data-mmmu", cfg, options, overrides)
+
+
+eval_app = typer.Typer(help="Evaluate models on benchmarks.", no_args_is_help=True)
+app.add_typer(eval_app, name="eval")
+
+
+@eval_app.command("mmmu")
+def eval_mmmu(
+    model: Optional[str] = typer.Option(None, "--model", help="Model artifact to evaluate."),
+    data_ref: Optional[str] = typer.Option(None, "--data", help="Dataset artifact (from `r1v3 data mmmu`, or any problem dataset)."),
+    name: Optional[str] = typer.Option(None, "--name", help="Eval artifact name (optional with --responses)."),
+    responses: Optional[Path] = typer.Option(None, "--responses", help="Re-score saved responses: <Subject>/output.json dir or one JSON list."),
+    split: Optional[str] = typer.Option(None, "--split", help="Dataset split (default: validation)."),
+    subjects: Optional[List[str]] = typer.Option(None, "--subjects", help="Only these subjects; repeat for several."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N items (quick checks)."),
+    style: Optional[str] = typer.Option(None, "--style", help="official (the benchmark's prompt) | reasoning (<think> + \\boxed{}) (default: reasoning; official for --responses)."),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Generation budget (default: 16384 reasoning, 128 official)."),
+    temperature: Optional[float] = typer.Option(None, "--temperature", help="(default: 1.0 reasoning as in the paper, 0 (greedy) official)."),
+    top_p: Optional[float] = typer.Option(None, "--top-p", help="Nucleus sampling (default: 1.0)."),
+    samples: Optional[int] = typer.Option(None, "--samples", help="Responses per item; reports mean@k and pass@k (the paper: 5)."),
+    seed: Optional[int] = SeedOpt,
+    backend: Optional[str] = typer.Option(None, "--backend", help="auto | transformers | vllm (default: auto = vllm when CUDA and vLLM are present)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Prompts per batch, transformers backend (default: 8)."),
+    tensor_parallel_size: Optional[int] = typer.Option(None, "--tensor-parallel-size", help="GPUs per model, vllm backend."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted eval of the same name without redoing finished items."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow the model's own Python code."),
+    as_json: bool = typer.Option(False, "--json", help="Print the scores as JSON on stdout."),
+    cfg: Optional[Path] = ConfigOpt,
+    overrides: Optional[List[str]] = OverridesArg,
+):
+    """MMMU accuracy by the official rules: per subject, per discipline, overall (weighted by items)."""
+    from stages import eval_mmmu as stage
+
+    options = dict(
+        model=model, data=data_ref, name=name, responses=str(responses) if responses else None, split=split,
+        subjects=subjects or None, limit=limit, style=style, max_new_tokens=max_new_tokens, temperature=temperature,
+        top_p=top_p, samples=samples, seed=seed, backend=backend, batch_size=batch_size,
+        tensor_parallel_size=tensor_parallel_size, resume=resume or None, trust_remote_code=trust_remote_code or None,
+    )
+    conf = config.load(stage.Config, stage="eval", path=cfg, options=options, overrides=overrides or [])
+    art, scores = stage.run(conf, store())
+    if as_json:
+        keys = ("overall", "disciplines", "subjects", "parse_failures", "samples")
+        print(json.dumps({k: scores[k] for k in keys} | {k: v for k, v in scores.items() if "@" in k}, indent=2))
+        return
+    print_scores(scores)
+    if art is not None:
+        console.print(f"[green]published[/green] {art.ref} (eval) at {art.path}")
+
+
+def print_scores(scores: dict) -> None:
+    table = Table(title="MMMU accuracy (official rules, weighted by items)")
+    table.add_column("discipline / subject")
+    table.add_column("n", justify="right")
+    table.add_column("acc %", justify="right")
+    from r1v3 import mmmu
+
+    shown = set()
+    for discipline, d in scores["disciplines"].items():
+        table.add_row(f"[bold]{discipline}[/bold]", str(d["n"]), f"{100 * d['acc']:.1f}")
+        for subject in mmmu.DISCIPLINES[discipline]:
+            if subject in scores["subjects"]:
+                s = scores["subjects"][subject]
+                shown.add(subject)
+                table.add_row(f"  {subject}", str(s["n"]), f"{100 * s['acc']:.1f}")
+    for subject, s in scores["subjects"].items():
+        if subject not in shown:
+            table.add_row(subject or "(no subject)", str(s["n"]), f"{100 * s['acc']:.1f}")
+    o = scores["overall"]
+    table.add_row("[bold]Overall[/bold]", str(o["n"]), f"[bold]{100 * o['acc']:.1f}[/bold]")
+    console.print(table)
+    k = scores.get("samples", 1)
+    pf = scores["parse_failures"]
+    extra = f"  mean@{k} {100 * scores[f'mean@{k}']:.1f}  pass@{k} {100 * scores[f'pass@{k}']:.1f}" if k > 1 else ""
+    console.print(f"parse failures: {pf['n']} ({100 * pf['rate']:.1f}%){extra}")
 
 
 # ---- artifacts -------------------------------------------------------------------------------
@@ -254,6 +348,10 @@ def _human(n: float) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # our own progress bars say what runs; the libraries' per-shard bars and notices are noise here
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     debug = "--debug" in argv or os.environ.get("R1V3_DEBUG") == "1"
     command = typer.main.get_command(app)
     try:

@@ -398,7 +398,6 @@ def test_missing_field_in_parquet_names_row(tmp_path):
     ({"question": "<image 3> and <image 1>", "images": [png(), png()]},
      "line 2: '<image 3>' refers to image 3 but the row has 2 image"),
     ({"options": ["<image 2>", "b"]}, "line 2: '<image 2>' refers to image 2 but the row has 1 image"),
-    ({"difficulty": "easy"}, "line 2: field 'difficulty' is 'easy'"),
     ({"pass_rate": 1.5}, "line 2: field 'pass_rate' must be a number in"),
     ({"messages": [{"role": "bot", "content": "hi"}]}, "line 2: field 'messages' item 0 has role 'bot'"),
     ({"id": "ok"}, "duplicate id 'ok' (rows 0 and 1)"),

@@ -1,0 +1,270 @@
+"""`r1v3 eval mmmu`: generate answers to problem rows and score them by the official MMMU rules.
+
+Two modes:
+- model mode (`--model REF --data REF`): prompts every row, generates `samples` responses each,
+  judges them, and publishes an eval artifact (predictions.jsonl, scores.json, chart.png).
+  Responses are appended to a work file as batches finish; `--resume` continues from it.
+- responses mode (`--responses PATH`): re-scores saved responses in the official output
+  layout without a model.
+
+Works on any problem dataset: subjects outside MMMU's 30 count per subject and overall.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional
+
+from r1v3 import data, mmmu
+from r1v3.artifacts import Artifact, Store, check_name
+from r1v3.config import to_dict
+from r1v3.errors import UserError
+
+PAPER_BUDGET = 16384  # R1V3's MMMU setting for the think template
+OFFICIAL_BUDGET = 128  # direct answers are a letter or a short phrase
+
+
+@dataclass
+class Config:
+    name: Optional[str] = None  # required with --model; optional with --responses (publish only if given)
+    model: Optional[str] = None
+    data: Optional[str] = None
+    responses: Optional[str] = None
+    split: str = "validation"
+    subjects: list[str] = field(default_factory=list)
+    limit: Optional[int] = None  # first N rows (after subject filtering): quick checks
+    style: Optional[Literal["official", "reasoning"]] = None  # default: reasoning (model), official (responses)
+    max_new_tokens: Optional[int] = None  # default: 16384 reasoning, 128 official
+    temperature: Optional[float] = None  # default: 1.0 reasoning (the paper), 0.0 official (greedy)
+    top_p: float = 1.0
+    samples: int = 1  # responses per item: scores report mean@k and pass@k
+    seed: int = 0
+    backend: Literal["auto", "transformers", "vllm"] = "auto"
+    batch_size: int = 8
+    tensor_parallel_size: int = 1
+    resume: bool = False
+    trust_remote_code: bool = False
+
+    def resolved(self) -> "Config":
+        style = self.style or ("official" if self.responses else "reasoning")
+        reasoning = style == "reasoning"
+        return Config(**{
+            **to_dict(self),
+            "style": style,
+            "max_new_tokens": self.max_new_tokens or (PAPER_BUDGET if reasoning else OFFICIAL_BUDGET),
+            "temperature": self.temperature if self.temperature is not None else (1.0 if reasoning else 0.0),
+        })
+
+
+def _check(cfg: Config) -> None:
+    if cfg.responses:
+        if cfg.model or cfg.data:
+            raise UserError("--responses re-scores saved responses: do not also give --model or --data")
+        return
+    if not (cfg.model and cfg.data):
+        raise UserError("give --model REF and --data REF (or --responses PATH to re-score saved responses)")
+    if not cfg.name:
+        raise UserError("give --name for the eval artifact")
+    for key in ("samples", "batch_size", "max_new_tokens", "tensor_parallel_size"):
+        if getattr(cfg, key) < 1:
+            raise UserError(f"{key} must be at least 1, got {getattr(cfg, key)}")
+    if cfg.limit is not None and cfg.limit < 1:
+        raise UserError(f"limit must be at least 1, got {cfg.limit}")
+    if cfg.temperature < 0 or not 0 < cfg.top_p <= 1:
+        raise UserError("temperature must be >= 0 and top_p in (0, 1]")
+    if cfg.samples > 1 and cfg.temperature == 0:
+        raise UserError("samples > 1 with temperature 0 gives k identical greedy answers; set temperature > 0")
+
+
+def load_rows(cfg: Config, dataset: Artifact) -> list[dict]:
+    splits = data.list_splits(dataset.path)
+    if cfg.split not in splits:
+        raise UserError(f"{dataset.ref}: no split {cfg.split!r} (has {', '.join(splits)})")
+    rows = data.read_split(dataset.path, cfg.split)
+    if cfg.subjects:
+        present = {r["subject"] for r in rows}
+        wanted = set()
+        for s in cfg.subjects:
+            name = s if s in present else mmmu.subject_name(s)
+            if name not in present:
+                raise UserError(f"{dataset.ref} [{cfg.split}]: no rows of subject {name!r}")
+            wanted.add(name)
+        rows = [r for r in rows if r["subject"] in wanted]
+    rows = rows[: cfg.limit] if cfg.limit else rows
+    if not rows:
+        raise UserError(f"{dataset.ref} [{cfg.split}]: no rows to evaluate")
+    return rows
+
+
+def to_request(row: dict, style: str):
+    from r1v3.generation import Request
+
+    parts = mmmu.build_prompt(row, style)
+    content, images = [], []
+    for part in parts:
+        if part["type"] == "image":
+            content.append({"type": "image"})
+            images.append(row["images"][part["index"]])
+        else:
+            content.append({"type": "text", "text": part["text"]})
+    return Request(id=row["id"], messages=[{"role": "user", "content": content}], images=images)
+
+
+def _run_key(cfg: Config, model: Artifact, dataset: Artifact) -> str:
+    """What must match for a resumed run to continue the interrupted one."""
+    keep = {k: v for k, v in to_dict(cfg).items() if k not in ("resume", "batch_size", "backend", "name")}
+    blob = json.dumps({"cfg": keep, "model": model.digest, "data": dataset.digest}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _read_partial(path: Path) -> dict[str, dict]:
+    done = {}
+    if not path.exists():
+        return done
+    with open(path) as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                break  # the line a crash cut short; everything after it is unwritten
+            done[rec["id"]] = rec
+    return done
+
+
+def _model_dir_is_vlm(model: Artifact) -> None:
+    try:
+        cfg = json.loads(model.file("config.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"{model.ref}: cannot read config.json: {e}") from None
+    if "vision_config" not in cfg:
+        raise UserError(f"{model.ref}: is a text-only model ({cfg.get('model_type')}), not a vision-language model")
+
+
+def generate_and_judge(cfg: Config, store: Store) -> tuple[list[dict], dict, list[Artifact]]:
+    from r1v3.generation import Sampling, make_backend
+
+    model = store.resolve(cfg.model, kind="model")
+    dataset = store.resolve(cfg.data, kind="dataset")
+    _model_dir_is_vlm(model)
+    rows = load_rows(cfg, dataset)
+    requests = [to_request(r, cfg.style) for r in rows]  # every prompt checked before any work
+    by_id = {r["id"]: r for r in rows}
+
+    work = store.work_dir(cfg.name, "eval")
+    partial, state_file = work / "predictions.partial.jsonl", work / "state.json"
+    key = _run_key(cfg, model, dataset)
+    done: dict[str, dict] = {}
+    if cfg.resume:
+        if state_file.exists() and json.loads(state_file.read_text()).get("key") != key:
+            raise UserError(
+                f"the interrupted eval {cfg.name!r} used other settings, model or data; "
+                "rerun it with the same ones, or drop --resume to start over"
+            )
+        done = _read_partial(partial)
+    partial.write_text("".join(json.dumps(done[i]) + "\n" for i in done))
+    state_file.write_text(json.dumps({"key": key}))
+    todo = [q for q in requests if q.id not in done]
+
+    sampling = Sampling(
+        max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, n=cfg.samples, seed=cfg.seed
+    )
+    start, new_tokens = time.perf_counter(), 0
+    if todo:
+        vllm_kwargs = {"tensor_parallel_size": cfg.tensor_parallel_size} if cfg.tensor_parallel_size > 1 else {}
+        backend = make_backend(
+            cfg.backend, model.path, batch_size=cfg.batch_size, trust_remote_code=cfg.trust_remote_code, **vllm_kwargs
+        )
+        with open(partial, "a") as out:
+            for request_id, completions in backend.generate(todo, sampling):
+                row = by_id[request_id]
+                samples = []
+                for c in completions:
+                    judged = mmmu.judge(row, c.text, cfg.style)
+                    samples.append({k: judged[k] for k in ("response", "extracted", "method", "parse_failure", "correct")}
+                                   | {"n_tokens": c.n_tokens, "finish_reason": c.finish_reason})
+                    new_tokens += c.n_tokens
+                rec = {"id": request_id, "subject": row["subject"], "question_type": row["question_type"],
+                       "answer": row["answer"], "samples": samples}
+                done[request_id] = rec
+                out.write(json.dumps(rec) + "\n")
+                out.flush()
+                os.fsync(out.fileno())
+    elapsed = time.perf_counter() - start
+    predictions = [
+        {k: v for k, v in done[r["id"]].items() if k != "samples"} | {"sample": i} | s
+        for r in rows
+        for i, s in enumerate(done[r["id"]]["samples"])
+    ]
+    timing = {"generation_seconds": round(elapsed, 2), "generated_tokens": new_tokens,
+              "items_generated": len(todo), "items_resumed": len(rows) - len(todo)}
+    return predictions, timing, [model, dataset]
+
+
+def scores_for(predictions: list[dict], samples: int) -> dict:
+    scores = mmmu.aggregate(predictions)
+    runs = {}
+    for p in predictions:
+        runs.setdefault(p.get("sample", 0), []).append(bool(p["correct"]))
+    scores["samples"] = samples
+    scores[f"mean@{samples}"] = mmmu.mean_at_k(predictions)
+    scores[f"pass@{samples}"] = mmmu.pass_at_k(predictions, samples)
+    scores["per_sample_acc"] = [sum(v) / len(v) for _, v in sorted(runs.items())]
+    return scores
+
+
+def chart(scores: dict, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = scores["disciplines"] or scores["subjects"]
+    names = list(groups) + ["Overall"]
+    accs = [groups[n]["acc"] * 100 for n in groups] + [scores["overall"]["acc"] * 100]
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(names) + 1.2))
+    bars = ax.barh(names[::-1], accs[::-1], color=["#444"] + ["#4c72b0"] * (len(names) - 1))
+    for bar, acc in zip(bars, accs[::-1]):
+        ax.text(bar.get_width() + 0.5, bar.get_y() + bar.get_height() / 2, f"{acc:.1f}", va="center", fontsize=8)
+    ax.set_xlim(0, 105)
+    ax.set_xlabel("accuracy (%)")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def run(cfg: Config, store: Store) -> tuple[Optional[Artifact], dict]:
+    cfg = cfg.resolved()
+    _check(cfg)
+    if cfg.name:
+        check_name(cfg.name)
+    if cfg.responses:
+        predictions = mmmu.judge_responses(mmmu.load_responses(cfg.responses), cfg.style)
+        samples = max(p["sample"] for p in predictions) + 1
+        timing, inputs = {}, []
+    else:
+        predictions, timing, inputs = generate_and_judge(cfg, store)
+        samples = cfg.samples
+    scores = scores_for(predictions, samples)
+    if not cfg.name:
+        return None, scores
+    with store.publish(cfg.name, "eval", stage="eval-mmmu", config=to_dict(cfg), inputs=inputs) as draft:
+        with open(draft.path / "predictions.jsonl", "w") as f:
+            for p in predictions:
+                f.write(json.dumps(p) + "\n")
+        (draft.path / "scores.json").write_text(json.dumps(scores, indent=2) + "\n")
+        chart(scores, draft.path / "chart.png", f"{cfg.name}: {cfg.style}, {samples} sample(s), n={scores['overall']['n']}")
+        draft.metrics.update(
+            acc=scores["overall"]["acc"], n=scores["overall"]["n"],
+            parse_failure_rate=scores["parse_failures"]["rate"], **timing,
+        )
+    if not cfg.responses:
+        import shutil
+
+        shutil.rmtree(store.root / ".work" / cfg.name / "eval", ignore_errors=True)
+    return draft.artifact, scores

@@ -1,0 +1,58 @@
+"""`r1v3 data mmmu`: a local (or hub) copy of MMMU as a dataset artifact of problem rows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional
+
+from r1v3 import data, mmmu
+from r1v3.artifacts import Artifact, Store, check_name
+from r1v3.config import to_dict
+from r1v3.errors import UserError
+
+HUB_REPO = "MMMU/MMMU"
+
+
+@dataclass
+class Config:
+    name: str
+    path: Optional[str] = None  # a local copy laid out as on the hub: <Subject>/<split>-*.parquet
+    split: Literal["dev", "validation", "test"] = "validation"
+    subjects: list[str] = field(default_factory=list)  # empty: all 30
+    from_hub: bool = False
+    revision: str = "main"  # with from_hub; the commit it resolves to is recorded
+
+
+def _download(cfg: Config, subjects: list[str]) -> tuple[Path, str]:
+    from huggingface_hub import snapshot_download
+
+    try:
+        local = snapshot_download(
+            repo_id=HUB_REPO,
+            repo_type="dataset",
+            revision=cfg.revision,
+            allow_patterns=[f"{s}/{cfg.split}-*" for s in subjects],
+        )
+    except Exception as e:  # offline, unknown revision, ...: the hub client's own message says which
+        raise UserError(f"cannot download {HUB_REPO}@{cfg.revision}: {str(e).splitlines()[0]}") from None
+    return Path(local), Path(local).name  # snapshots/<commit>
+
+
+def run(cfg: Config, store: Store) -> Artifact:
+    check_name(cfg.name)
+    subjects = [mmmu.subject_name(s) for s in cfg.subjects] or list(mmmu.SUBJECTS)
+    if cfg.from_hub == (cfg.path is not None):
+        raise UserError("give exactly one of --path DIR (a local copy) or --from-hub")
+    source, commit = (_download(cfg, subjects) if cfg.from_hub else (Path(cfg.path), None))
+    rows = mmmu.import_local(source, cfg.split, subjects)
+    with store.publish(cfg.name, "dataset", stage="data-mmmu", config=to_dict(cfg)) as draft:
+        data.write_splits(draft.path, {cfg.split: rows})
+        draft.metrics.update(
+            rows=len(rows),
+            subjects=len({r["subject"] for r in rows}),
+            images=sum(len(r["images"]) for r in rows),
+            multiple_choice=sum(r["question_type"] == "multiple-choice" for r in rows),
+            **({"hub_commit": commit} if commit else {}),
+        )
+    return draft.artifact
