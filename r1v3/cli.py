@@ -135,6 +135,20 @@ def data_synth(
     _run(synth, "synth", cfg, {"name": name, "n": n, "seed": seed}, overrides)
 
 
+@data_app.command("import")
+def data_import(
+    path: Path = typer.Argument(..., help="A .jsonl (image paths relative to it), .parquet, or a local Hugging Face dataset directory."),
+    name: str = typer.Option(..., "--name", help="Artifact name for the dataset."),
+    split: Optional[str] = typer.Option(None, "--split", help="The split to take from a multi-split source."),
+    cfg: Optional[Path] = ConfigOpt,
+    overrides: Optional[List[str]] = OverridesArg,
+):
+    """Import your own problem rows (validated, images embedded) as a dataset artifact."""
+    from stages import data_import
+
+    _run(data_import, "data-import", cfg, {"path": str(path), "name": name, "split": split}, overrides)
+
+
 @data_app.command("show")
 def data_show(
     ref: str = typer.Argument(..., help="Dataset artifact reference."),

@@ -1,0 +1,141 @@
+"""The CLI end to end: the foundation commands, and one clear line + exit 2 for every bad input."""
+
+import io
+import json
+
+import pytest
+from PIL import Image
+
+from r1v3.artifacts import Store
+
+
+def png_bytes(color="red"):
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def snapshot(store: Store):
+    """Everything visible in the store: artifact refs, and whatever is left in staging."""
+    staging = store.root / ".staging"
+    leftovers = sorted(p.name for p in staging.iterdir()) if staging.exists() else []
+    return sorted(a.ref for a in store.list()), leftovers
+
+
+@pytest.fixture
+def populated(cli, tmp_path):
+    code, _, err = cli("data", "synth", "--name", "shapes", "--n", "40")
+    assert code == 0, err
+    good = tmp_path / "good.jsonl"
+    (tmp_path / "img.png").write_bytes(png_bytes())
+    good.write_text(json.dumps({"id": "a", "images": ["img.png"], "question": "What colour?", "options": [],
+                                "answer": "red", "question_type": "open"}) + "\n")
+    return tmp_path
+
+
+def test_help_lists_stages(cli):
+    code, out, _ = cli("--help")
+    assert code == 0
+    for command in ("init", "import-model", "data", "artifacts", "eval"):
+        assert command in out
+
+
+def test_synth_show_and_import(cli, populated, tmp_path):
+    code, out, _ = cli("data", "show", "shapes", "--n", "2", "--sheet", tmp_path / "sheet.png")
+    assert code == 0 and "shapes@v1" in out and "answer:" in out
+    assert Image.open(tmp_path / "sheet.png").size[0] > 100
+    code, out, _ = cli("data", "import", populated / "good.jsonl", "--name", "mine")
+    assert code == 0 and "mine@v1" in out
+    art = cli.store.resolve("mine", kind="dataset", verify=True)
+    assert art.manifest["inputs"] == [] and art.metrics["splits"] == {"train": 1}
+
+
+def test_init_tiny_and_import_model_roundtrip(cli, tmp_path):
+    code, out, err = cli("init", "tiny", "--name", "tiny", "--family", "llava", "--seed", "1")
+    assert code == 0, err
+    art = cli.store.resolve("tiny", kind="model", verify=True)
+    assert art.metrics["family"] == "llava" and art.manifest["config"]["seed"] == 1
+    code, out, err = cli("import-model", art.path, "--name", "imported")
+    assert code == 0, err
+    imported = cli.store.resolve("imported", kind="model", verify=True)
+    assert imported.metrics["model_class"] == "vlm"
+    weights = [f for f in imported.manifest["files"] if f.endswith(".safetensors")]
+    assert weights and all(imported.manifest["files"][f]["sha256"] == art.manifest["files"][f]["sha256"] for f in weights)
+
+
+def _bad_inputs(tmp):
+    """(argv, expected message fragment) for user mistakes; files they need are made here."""
+    (tmp / "malformed.yaml").write_text("n: [1, 2\n")
+    (tmp / "list.yaml").write_text("- 1\n")
+    rows = {
+        "missing": {"id": "a", "images": [], "question": "q", "options": [], "question_type": "open"},
+        "truncated": {"id": "a", "images": ["trunc.png"], "question": "q", "options": [], "answer": "1",
+                      "question_type": "open"},
+        "escape": {"id": "a", "images": ["../outside.png"], "question": "q", "options": [], "answer": "1",
+                   "question_type": "open"},
+        "placeholder": {"id": "a", "images": ["ok.png"], "question": "<image 2>?", "options": [], "answer": "1",
+                        "question_type": "open"},
+    }
+    (tmp / "ds").mkdir()
+    (tmp / "ds" / "trunc.png").write_bytes(png_bytes()[:40])
+    (tmp / "ds" / "ok.png").write_bytes(png_bytes())
+    (tmp / "outside.png").write_bytes(png_bytes())
+    for name, row in rows.items():
+        (tmp / "ds" / f"{name}.jsonl").write_text(json.dumps(row) + "\n")
+    (tmp / "nomodel").mkdir()
+    (tmp / "nomodel" / "config.json").write_text(json.dumps({"model_type": "llava"}))
+    (tmp / "pickled").mkdir()
+    (tmp / "pickled" / "config.json").write_text(json.dumps({"model_type": "llava"}))
+    (tmp / "pickled" / "pytorch_model.bin").write_bytes(b"\x80\x04")
+    (tmp / "responses.json").write_text(json.dumps({"not": "a list"}))
+    return [
+        (["data", "synth", "--name", "x", "--config", tmp / "absent.yaml"], "config file not found"),
+        (["data", "synth", "--name", "x", "--config", tmp / "malformed.yaml"], "malformed YAML"),
+        (["data", "synth", "--name", "x", "--config", tmp / "list.yaml"], "must be a mapping"),
+        (["data", "synth", "--name", "x", "stepz=1"], "unknown key 'stepz'"),
+        (["data", "synth", "--name", "x", "n=ten"], "n must be int, got 'ten'"),
+        (["data", "synth", "--name", "x", "seed"], "expected key=value"),
+        (["data", "synth", "--name", "../x"], "invalid artifact name"),
+        (["data", "show", "nope"], "no artifact named 'nope'"),
+        (["data", "show", "shapes@v9"], "shapes has no version v9"),
+        (["eval", "mmmu", "--model", "shapes", "--data", "shapes", "--name", "e"], "is a dataset artifact, expected model"),
+        (["data", "import", tmp / "ds" / "missing.jsonl", "--name", "x"], "line 1: missing required field 'answer'"),
+        (["data", "import", tmp / "ds" / "truncated.jsonl", "--name", "x"], "image 1 unreadable"),
+        (["data", "import", tmp / "ds" / "escape.jsonl", "--name", "x"], "is not allowed"),
+        (["data", "import", tmp / "ds" / "placeholder.jsonl", "--name", "x"], "refers to image 2"),
+        (["data", "import", tmp / "absent.jsonl", "--name", "x"], "no such file or directory"),
+        (["init", "tiny", "--name", "x", "--family", "gpt2"], "supported"),
+        (["import-model", tmp / "nomodel", "--name", "x"], "no *.safetensors weights"),
+        (["import-model", tmp / "pickled", "--name", "x"], "pickle weights are refused"),
+        (["import-model", tmp / "absent", "--name", "x"], "not a directory"),
+        (["eval", "mmmu", "--responses", tmp / "responses.json"], "expected a JSON list"),
+        (["eval", "mmmu", "--responses", tmp / "absent.json"], "no such file or directory"),
+        (["eval", "mmmu", "--data", "shapes"], "give --model REF and --data REF"),
+    ]
+
+
+def test_bad_inputs_one_line_exit_2_nothing_written(cli, populated, tmp_path):
+    before = snapshot(cli.store)
+    cases = _bad_inputs(tmp_path)
+    for argv, fragment in cases:
+        code, out, err = cli(*argv)
+        lines = err.strip().splitlines()
+        assert code == 2, (argv, code, err)
+        assert len(lines) == 1 and lines[0].startswith("error: "), (argv, err)
+        assert fragment in lines[0], (argv, lines[0])
+        assert "Traceback" not in out + err
+        assert snapshot(cli.store) == before, argv
+
+
+def test_corrupted_manifest_is_one_line(cli, populated):
+    art = cli.store.resolve("shapes")
+    (art.path / "manifest.json").write_text("{")
+    code, _, err = cli("data", "show", "shapes")
+    assert code == 2 and "corrupted manifest" in err and len(err.strip().splitlines()) == 1
+
+
+def test_debug_shows_traceback(cli):
+    from r1v3.errors import UserError
+
+    with pytest.raises(UserError):
+        cli("--debug", "data", "show", "nope")
