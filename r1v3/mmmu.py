@@ -308,8 +308,9 @@ def _draw(rng: random.Random, colour: str, dots: int = 0, size: int = 48):
 
 
 def _sample_item(rng: random.Random, subject: str, split: str, number: int) -> dict:
-    """One synthetic item; the kind cycles so every subject gets each layout."""
-    kind = (number - 1) % 4
+    """One synthetic item; the kind cycles over items and subjects, so any copy with
+    4 items per subject, or with 1 item of each of 4 subjects, has every layout."""
+    kind = (number - 1 + SUBJECTS.index(subject)) % 4
     colours = rng.sample(sorted(_COLOURS), 4)
     item = {c: None for c in HUB_COLUMNS}
     item.update(id=f"{split}_{subject}_{number}", explanation="", img_type="['Diagrams']",

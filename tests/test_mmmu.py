@@ -141,7 +141,7 @@ def test_import_sample_copy(sample_rows):
 
 
 def test_import_two_images_with_option_placeholder(sample_rows):
-    row = next(r for r in sample_rows if r["id"] == "validation_Art_3")
+    row = next(r for r in sample_rows if r["id"] == "validation_Art_4")
     assert len(row["images"]) == 2
     assert row["options"][1] == "<image 2>"
     assert row["answer"] == "B"
@@ -149,7 +149,7 @@ def test_import_two_images_with_option_placeholder(sample_rows):
 
 def test_import_renumbers_placeholders_across_empty_slots(sample_rows):
     # stored as image_1 and image_3 (image_2 empty), the question says "<image 3>"
-    row = next(r for r in sample_rows if r["id"] == "validation_Art_4")
+    row = next(r for r in sample_rows if r["id"] == "validation_Art_1")
     assert len(row["images"]) == 2
     assert "<image 2>" in row["question"] and "<image 3>" not in row["question"]
     # the renumbered placeholder points at the square (a solid block of one colour),

@@ -1,0 +1,120 @@
+"""`r1v3 eval mmmu` end to end on a tiny model and a generated MMMU-format copy."""
+
+import json
+
+import pytest
+
+from r1v3 import mmmu
+
+
+@pytest.fixture(scope="module")
+def mmmu_copy(tmp_path_factory):
+    path = tmp_path_factory.mktemp("mmmu")
+    mmmu.write_sample_copy(path, per_subject=1, seed=0)
+    return path
+
+
+@pytest.fixture
+def ready(cli, mmmu_copy):
+    assert cli("init", "tiny", "--name", "tiny", "--family", "internvl")[0] == 0
+    code, _, err = cli("data", "mmmu", "--path", mmmu_copy, "--name", "mmmu")
+    assert code == 0, err
+    return cli
+
+
+EVAL = ["eval", "mmmu", "--model", "tiny", "--data", "mmmu", "--max-new-tokens", "8", "--temperature", "0",
+        "--batch-size", "4"]
+
+
+def test_import_keeps_every_item_and_image(ready):
+    art = ready.store.resolve("mmmu", kind="dataset", verify=True)
+    assert art.metrics["rows"] == 30 and art.metrics["subjects"] == 30
+    assert art.metrics["images"] > 30  # some items have two images
+
+
+def test_eval_end_to_end(ready):
+    code, out, err = ready(*EVAL, "--name", "ev")
+    assert code == 0, err
+    assert "Overall" in out and "Tech & Engineering" in out
+    art = ready.store.resolve("ev", kind="eval", verify=True)
+    preds = [json.loads(line) for line in art.file("predictions.jsonl").read_text().splitlines()]
+    scores = json.loads(art.file("scores.json").read_text())
+    assert len(preds) == 30 == scores["overall"]["n"]
+    for p in preds:
+        assert {"response", "extracted", "method", "correct", "parse_failure"} <= set(p)
+    assert scores["overall"]["acc"] == sum(p["correct"] for p in preds) / 30
+    assert art.file("chart.png").stat().st_size > 1000
+    assert art.manifest["config"]["style"] == "reasoning" and art.manifest["config"]["max_new_tokens"] == 8
+    assert [i["ref"] for i in art.manifest["inputs"]] == ["tiny@v1", "mmmu@v1"]
+    assert not (ready.store.root / ".work" / "ev").exists() or not any((ready.store.root / ".work" / "ev").rglob("*.jsonl"))
+
+
+def test_resume_after_interruption_matches_uninterrupted(ready, monkeypatch):
+    from r1v3 import generation
+
+    assert ready(*EVAL, "--name", "full")[0] == 0
+    real = generation.TransformersBackend.generate
+
+    def dies_after_two_batches(self, requests, sampling, on_result=None):
+        for i, item in enumerate(real(self, requests, sampling, on_result)):
+            if i == 8:
+                raise KeyboardInterrupt  # what Ctrl-C (or a killed job) leaves behind
+            yield item
+
+    monkeypatch.setattr(generation.TransformersBackend, "generate", dies_after_two_batches)
+    code, _, _ = ready(*EVAL, "--name", "cut")
+    assert code == 130
+    assert "cut" not in [a.name for a in ready.store.list()]
+    monkeypatch.setattr(generation.TransformersBackend, "generate", real)
+    code, out, err = ready(*EVAL, "--name", "cut", "--resume")
+    assert code == 0, err
+    cut, full = ready.store.resolve("cut"), ready.store.resolve("full")
+    assert cut.metrics["items_resumed"] == 8 and cut.metrics["items_generated"] == 22
+    strip = lambda a: [{k: v for k, v in json.loads(l).items()} for l in a.file("predictions.jsonl").read_text().splitlines()]
+    assert strip(cut) == strip(full)
+    # a resume with other settings is refused rather than mixing two runs
+    monkeypatch.setattr(generation.TransformersBackend, "generate", dies_after_two_batches)
+    ready(*EVAL, "--name", "cut2")
+    monkeypatch.setattr(generation.TransformersBackend, "generate", real)
+    code, _, err = ready(*EVAL[:-4], "--temperature", "0", "--max-new-tokens", "9", "--name", "cut2", "--resume")
+    assert code == 2 and "other settings" in err
+
+
+def test_rescore_official_layout_and_json(cli, tmp_path):
+    out_dir = tmp_path / "official"
+    for subject, rows in {
+        "Art": [{"id": "validation_Art_1", "question_type": "multiple-choice", "answer": "B",
+                 "all_choices": ["A", "B", "C", "D"], "index2ans": {"A": "x", "B": "y", "C": "z", "D": "w"},
+                 "response": "The answer is (B)."}],
+        "Math": [{"id": "validation_Math_1", "question_type": "open", "answer": "1,000",
+                  "all_choices": [], "index2ans": {}, "response": "It is 1000."},
+                 {"id": "validation_Math_2", "question_type": "open", "answer": "3", "all_choices": [],
+                  "index2ans": {}, "response": "no idea"}],
+    }.items():
+        (out_dir / subject).mkdir(parents=True)
+        (out_dir / subject / "output.json").write_text(json.dumps(rows))
+    code, out, err = cli("eval", "mmmu", "--responses", out_dir, "--json")
+    assert code == 0, err
+    scores = json.loads(out)
+    assert scores["overall"] == {"acc": 2 / 3, "n": 3}
+    assert scores["disciplines"]["Art & Design"] == {"acc": 1.0, "n": 1}
+    assert scores["subjects"]["Math"] == {"acc": 0.5, "n": 2}
+    assert set(scores) >= {"overall", "disciplines", "subjects", "parse_failures"}
+    flat = tmp_path / "flat.json"
+    flat.write_text(json.dumps(json.loads((out_dir / "Math" / "output.json").read_text())))
+    code, out, _ = cli("eval", "mmmu", "--responses", flat, "--json")
+    assert code == 0 and json.loads(out)["overall"]["n"] == 2
+    code, out, _ = cli("eval", "mmmu", "--responses", out_dir, "--name", "rescored")
+    assert code == 0 and cli.store.resolve("rescored", kind="eval").metrics["n"] == 3
+
+
+def test_eval_bad_inputs(ready, tmp_path):
+    code, _, err = ready("eval", "mmmu", "--model", "tiny", "--data", "mmmu", "--name", "e", "--subjects", "Poetry")
+    assert code == 2 and "unknown MMMU subject" in err
+    code, _, err = ready("eval", "mmmu", "--model", "tiny", "--data", "mmmu", "--name", "e", "--split", "test")
+    assert code == 2 and "no split 'test'" in err
+    code, _, err = ready("data", "mmmu", "--path", tmp_path / "absent", "--name", "m")
+    assert code == 2
+    code, _, err = ready("data", "mmmu", "--path", tmp_path, "--name", "m", "--split", "dev")
+    assert code == 2
+    assert [a.name for a in ready.store.list() if a.kind == "eval"] == []
