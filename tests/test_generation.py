@@ -1,0 +1,350 @@
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from r1v3.errors import UserError
+from r1v3.generation import (
+    Completion,
+    OpenAIBackend,
+    Request,
+    Sampling,
+    SeededSampler,
+    TransformersBackend,
+    VLLMBackend,
+    make_backend,
+    special_ids_to_drop,
+    think_tags_are_special,
+    vllm_available,
+    vllm_prompt,
+    vllm_sampling_kwargs,
+)
+from r1v3.models import build_tiny, save_model
+
+WORDS = "the quick brown fox how many shapes are in the image what colour is the triangle wait hmm so".split()
+
+
+def image(i: int) -> Image.Image:
+    im = Image.new("RGB", (40 + 7 * i % 50, 30 + 11 * i % 60), (i * 37 % 255, i * 91 % 255, i * 53 % 255))
+    ImageDraw.Draw(im).rectangle([2, 2, 10 + i, 12], fill=(255, 255 - i * 9 % 255, 0))
+    return im
+
+
+def make_requests(n: int = 12, with_images: bool = True) -> list[Request]:
+    """Prompts of growing length with 0, 1 or 2 images, so sorting by length reorders them."""
+    out = []
+    for i in range(n):
+        k = i % 3 if with_images else 0
+        text = " ".join(WORDS[(i * 5 + j) % len(WORDS)] for j in range(2 + 3 * i))
+        content = [{"type": "image"}] * k + [{"type": "text", "text": text}]
+        out.append(Request(f"q{i}", [{"role": "user", "content": content}], [image(3 * i + j) for j in range(k)]))
+    return out
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # the tiny models' matmuls are too small to split; two OpenMP threads spinning against other
+    # processes on a shared 2-core machine make generate() up to 40x slower
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def internvl():
+    return build_tiny("internvl")
+
+
+def backend(model_processor, batch_size=4, **kw):
+    model, processor = model_processor
+    return TransformersBackend(model, processor, batch_size=batch_size, progress=False, **kw)
+
+
+# --- transformers: the key property -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", ["internvl", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava", "idefics3"])
+def test_batched_equals_one_at_a_time_greedy(family):
+    mp = build_tiny(family)
+    mp[1].tokenizer.padding_side = "right"  # what training collators leave behind: the backend must not care
+    requests = make_requests(12)
+    sampling = Sampling(max_new_tokens=16)
+    looped = backend(mp, batch_size=1).generate_all(requests, sampling)
+    batched = backend(mp, batch_size=5).generate_all(requests, sampling)
+    assert list(batched) == [r.id for r in requests]
+    for r in requests:
+        assert batched[r.id] == looped[r.id], r.id
+    # distinct outputs, so a request mapped to another request's result could not go unnoticed
+    assert len({c[0].text for c in batched.values()}) > 6
+    assert mp[1].tokenizer.padding_side == "right"
+    # sampling, n rows per request (generate expands pixel values per family): batching changes nothing either
+    sampled = Sampling(max_new_tokens=8, temperature=1.0, n=2, seed=7)
+    assert backend(mp, batch_size=2).generate_all(requests, sampled) == backend(mp, batch_size=10).generate_all(requests, sampled)
+
+
+def test_ids_map_back_after_length_sorting(internvl):
+    requests = make_requests(9)
+    b = backend(internvl, batch_size=3)
+    streamed = []
+    got = list(b.generate(requests, Sampling(max_new_tokens=4), on_result=lambda rid, cs: streamed.append(rid)))
+    seen = [rid for rid, _ in got]
+    assert sorted(seen) == sorted(r.id for r in requests) and streamed == seen
+    assert seen != [r.id for r in requests]  # really reordered: longest prompts first
+    # each result is the one that request gets on its own
+    alone = {r.id: b.generate_all([r], Sampling(max_new_tokens=4))[r.id] for r in requests}
+    assert dict(got) == alone
+
+
+def test_sampling_deterministic_for_seed_and_differs_across_seeds(internvl):
+    requests = make_requests(6)
+    s = dict(max_new_tokens=12, temperature=1.0, top_p=0.95)
+    a1 = backend(internvl, batch_size=4).generate_all(requests, Sampling(seed=1, **s))
+    a2 = backend(internvl, batch_size=4).generate_all(requests, Sampling(seed=1, **s))
+    a3 = backend(internvl, batch_size=4).generate_all(requests, Sampling(seed=2, **s))
+    assert a1 == a2
+    assert all(a1[r.id] != a3[r.id] for r in requests)
+    # per-request seeding: batch size, batch mates and resuming a subset change nothing
+    assert backend(internvl, batch_size=1).generate_all(requests, Sampling(seed=1, **s)) == a1
+    assert backend(internvl, batch_size=6).generate_all(requests[3:], Sampling(seed=1, **s)) == {r.id: a1[r.id] for r in requests[3:]}
+
+
+def test_seeded_sampler_follows_temperature_and_top_p():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]])).repeat(4000, 1)
+    picks = lambda t, p: SeededSampler(list(range(4000)), t, p)(None, logits).argmax(-1)  # noqa: E731
+    freq = torch.bincount(picks(1.0, 1.0), minlength=4) / 4000
+    assert torch.allclose(freq, torch.tensor([0.5, 0.3, 0.15, 0.05]), atol=0.03)
+    assert set(picks(1.0, 0.7).tolist()) == {0, 1}  # 0.5 < 0.7 <= 0.8: the two most likely tokens
+    assert set(picks(1e-4, 1.0).tolist()) == {0}  # near-zero temperature is argmax
+    out = SeededSampler([0, 1], 1.0, 1.0)(None, logits[:2])
+    assert ((out == 0).sum(-1) == 1).all() and torch.isinf(out).sum() == 6
+
+
+def test_n_completions(internvl):
+    requests = make_requests(4)
+    b = backend(internvl, batch_size=8)
+    sampled = b.generate_all(requests, Sampling(max_new_tokens=8, temperature=1.0, n=3))
+    for cs in sampled.values():
+        assert len(cs) == 3 and all(isinstance(c, Completion) for c in cs)
+        assert len({c.text for c in cs}) > 1
+    greedy = b.generate_all(requests, Sampling(max_new_tokens=8, n=2))
+    for cs in greedy.values():
+        assert len(cs) == 2 and cs[0] == cs[1]
+
+
+def test_finish_reason_length_and_stop():
+    model, processor = build_tiny("internvl", seed=3)
+    request = make_requests(2)[1]
+    capped = backend((model, processor)).generate_all([request], Sampling(max_new_tokens=5))[request.id][0]
+    assert capped.finish_reason == "length" and capped.n_tokens == 5
+
+    # make the 4th greedy token (the first one not seen before it) the end-of-sequence token
+    b = backend((model, processor))
+    inputs = b.encode([b.prompt_text(request)], [request.images])
+    with torch.inference_mode():
+        ids = model.generate(**inputs, max_new_tokens=8, do_sample=False)[0, inputs["input_ids"].shape[1] :].tolist()
+    k = next(k for k in range(3, 8) if ids[k] not in ids[:k])
+    model.generation_config.eos_token_id = [ids[k]]
+    stopped = backend((model, processor)).generate_all([request], Sampling(max_new_tokens=8))[request.id][0]
+    assert stopped.finish_reason == "stop"
+    assert stopped.n_tokens == k + 1  # the stop token counts
+    assert stopped.text == processor.tokenizer.decode(ids[:k], skip_special_tokens=True)
+
+
+def test_think_tags_survive_decoding_even_when_special(internvl):
+    from tokenizers import AddedToken
+
+    _, processor = build_tiny("internvl")
+    tok = processor.tokenizer
+    b = TransformersBackend(internvl[0], processor, progress=False)
+    ids = tok("<think> Wait </think> ok", add_special_tokens=False)["input_ids"] + [tok.convert_tokens_to_ids("<img>")]
+    ids += [tok.eos_token_id, tok.pad_token_id]
+    assert not think_tags_are_special(tok)
+    assert b._completion(torch.tensor(ids)) == Completion("<think> Wait </think> ok", len(ids) - 1, "stop")
+
+    # a reasoning tokenizer that registers the think tags as special tokens
+    tok.add_tokens([AddedToken(t, special=True, normalized=False) for t in ("<think>", "</think>")], special_tokens=True)
+    assert think_tags_are_special(tok)
+    assert tok.decode(ids, skip_special_tokens=True) == " Wait  ok"  # what plain decoding would do
+    b = TransformersBackend(internvl[0], processor, progress=False)
+    assert tok.convert_tokens_to_ids("<think>") not in special_ids_to_drop(tok)
+    assert b._completion(torch.tensor(ids)).text == "<think> Wait </think> ok"
+
+
+def test_text_only_requests_and_progress_bar(internvl, capsys):
+    requests = make_requests(3, with_images=False)
+    b = TransformersBackend(*internvl, batch_size=2, progress=True)
+    got = b.generate_all(requests, Sampling(max_new_tokens=3))
+    assert all(len(cs) == 1 and cs[0].n_tokens <= 3 for cs in got.values())
+
+
+def test_bad_requests_are_user_errors(internvl):
+    b = backend(internvl)
+    r = make_requests(3)
+    with pytest.raises(UserError, match="q1.*1 image parts in messages but 0 images"):
+        b.generate_all([Request("q1", r[1].messages, [])], Sampling())
+    with pytest.raises(UserError, match="duplicate request id"):
+        b.generate_all([r[0], r[0]], Sampling())
+    with pytest.raises(UserError, match="temperature"):
+        b.generate_all(r, Sampling(temperature=-1))
+    with pytest.raises(UserError, match="max_new_tokens"):
+        b.generate_all(r, Sampling(max_new_tokens=0))
+
+
+# --- vLLM (not installable here): the error path and the pure input construction -------------
+
+
+@pytest.mark.skipif(vllm_available(), reason="vLLM is installed")
+def test_missing_vllm_says_how_to_install(tmp_path):
+    with pytest.raises(UserError, match=r"pip install 'r1v3\[vllm\]'"):
+        VLLMBackend(tmp_path)
+    with pytest.raises(UserError, match=r"pip install 'r1v3\[vllm\]'"):
+        make_backend("vllm", tmp_path)
+
+
+def test_vllm_prompt_and_sampling_construction(internvl):
+    _, processor = internvl
+    r0, r1, r2 = make_requests(3)
+    assert vllm_prompt(processor, r0) == {"prompt": processor.apply_chat_template(r0.messages, add_generation_prompt=True, tokenize=False)}
+    p = vllm_prompt(processor, r2)
+    assert p["prompt"].count("<IMG_CONTEXT>") == 2 and p["prompt"].endswith("<|im_start|>assistant\n")
+    assert p["multi_modal_data"]["image"] == r2.images
+    greedy = vllm_sampling_kwargs(Sampling(max_new_tokens=7, n=4), "q1")
+    assert greedy["n"] == 1 and greedy["temperature"] == 0.0 and greedy["max_tokens"] == 7
+    sampled = vllm_sampling_kwargs(Sampling(temperature=1.0, top_p=0.9, n=4, seed=5), "q1")
+    assert (sampled["n"], sampled["temperature"], sampled["top_p"]) == (4, 1.0, 0.9)
+    assert sampled["seed"] == vllm_sampling_kwargs(Sampling(temperature=1.0, seed=5), "q1")["seed"]
+    assert sampled["seed"] != vllm_sampling_kwargs(Sampling(temperature=1.0, seed=5), "q2")["seed"]
+
+
+def test_vllm_prompt_drops_a_bos_vllm_would_add_again():
+    class Tok:
+        bos_token, bos_token_id = "<s>", 1
+
+        def __call__(self, text):
+            return {"input_ids": [1, 9]}  # this tokenizer prepends BOS itself
+
+    class Proc:
+        tokenizer = Tok()
+
+        def apply_chat_template(self, messages, add_generation_prompt, tokenize):
+            return "<s>[INST] hi [/INST]"
+
+    assert vllm_prompt(Proc(), text_request("a", "hi")) == {"prompt": "[INST] hi [/INST]"}
+
+
+def test_make_backend(tmp_path):
+    save_model(*build_tiny("llava"), tmp_path / "m")
+    b = make_backend("auto", tmp_path / "m", batch_size=3, progress=False)
+    assert isinstance(b, TransformersBackend) and b.batch_size == 3
+    with pytest.raises(UserError, match="unknown generation backend"):
+        make_backend("tgi", tmp_path / "m")
+
+
+# --- OpenAI-compatible HTTP endpoint -------------------------------------------------------------
+
+
+class FakeServer:
+    """A tiny OpenAI-compatible chat completions server on 127.0.0.1; `fail_first` 503s to retry through."""
+
+    def __init__(self, key="sk-test-SECRET", fail_first=0):
+        self.calls, self.key, self.fail_first = [], key, fail_first
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                server.calls.append((self.path, self.headers.get("Authorization"), body))
+                if self.headers.get("Authorization") != f"Bearer {server.key}":
+                    # a server that echoes the key it got: the client must not repeat it
+                    return self.reply(401, {"error": f"bad key {self.headers.get('Authorization')}"})
+                if len(server.calls) <= server.fail_first:
+                    return self.reply(503, {"error": "overloaded"})
+                prompt = body["messages"][-1]["content"]
+                message = {"role": "assistant", "content": f"echo {prompt} seed={body['seed']}"}
+                if "reason" in prompt:
+                    message = {"role": "assistant", "content": "B", "reasoning_content": "Hmm, wait."}
+                finish = "length" if "long" in prompt else "stop"
+                self.reply(200, {"choices": [{"message": message, "finish_reason": finish}], "usage": {"completion_tokens": 7}})
+
+            def reply(self, code, data):
+                raw = json.dumps(data).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def server():
+    s = FakeServer()
+    yield s
+    s.close()
+
+
+def text_request(rid, text, system=None):
+    messages = [{"role": "system", "content": system}] if system else []
+    messages.append({"role": "user", "content": [{"type": "text", "text": text}]})
+    return Request(rid, messages, [])
+
+
+def test_openai_backend_against_local_server(server, monkeypatch):
+    monkeypatch.setenv("TEST_KEY", server.key)
+    b = OpenAIBackend(server.url, "teacher", api_key_env="TEST_KEY", timeout=5, progress=False)
+    requests = [text_request("a", "2+2?", system="Think."), text_request("b", "go long"), text_request("c", "reason")]
+    got = b.generate_all(requests, Sampling(max_new_tokens=9, temperature=0.7, n=2, seed=3))
+    assert got["a"] == [Completion("echo 2+2? seed=3", 7, "stop"), Completion("echo 2+2? seed=4", 7, "stop")]
+    assert got["b"][0].finish_reason == "length"
+    assert got["c"][0].text == "<think>\nHmm, wait.\n</think>\n\nB"
+    assert len(server.calls) == 6  # one call per completion
+    path, auth, body = next(c for c in server.calls if c[2]["messages"][-1]["content"] == "2+2?")
+    assert path == "/v1/chat/completions" and auth == f"Bearer {server.key}"
+    assert body["model"] == "teacher" and body["max_tokens"] == 9 and body["n"] == 1 and body["temperature"] == 0.7
+    assert body["messages"] == [{"role": "system", "content": "Think."}, {"role": "user", "content": "2+2?"}]
+
+
+def test_openai_backend_retries_then_gives_up_without_leaking_key(monkeypatch):
+    monkeypatch.setenv("TEST_KEY", "sk-test-SECRET")
+    flaky = FakeServer(fail_first=2)
+    try:
+        b = OpenAIBackend(flaky.url, "t", api_key_env="TEST_KEY", max_retries=2, backoff=0.01, progress=False)
+        assert b.generate_all([text_request("a", "hi")], Sampling())["a"][0].text == "echo hi seed=0"
+        assert len(flaky.calls) == 3
+        dead = FakeServer(fail_first=100)
+        try:
+            b = OpenAIBackend(dead.url, "t", api_key_env="TEST_KEY", max_retries=1, backoff=0.01, progress=False)
+            with pytest.raises(UserError, match="gave up after 2 attempts.*HTTP 503"):
+                b.generate_all([text_request("a", "hi")], Sampling())
+        finally:
+            dead.close()
+        monkeypatch.setenv("TEST_KEY", "sk-wrong-SECRET")
+        with pytest.raises(UserError, match=r"HTTP 401.*check \$TEST_KEY") as err:
+            b = OpenAIBackend(flaky.url, "t", api_key_env="TEST_KEY", backoff=0.01, progress=False)
+            b.generate_all([text_request("a", "hi")], Sampling())
+        assert "SECRET" not in str(err.value)
+    finally:
+        flaky.close()
+
+
+def test_openai_backend_is_text_only(server):
+    b = OpenAIBackend(server.url, "t", progress=False)
+    with pytest.raises(UserError, match="'q1' has images.*text-only"):
+        b.generate_all(make_requests(2), Sampling())
+    assert server.calls == []
+    with pytest.raises(UserError, match="http"):
+        OpenAIBackend("localhost:8000", "t")
