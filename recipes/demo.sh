@@ -12,6 +12,9 @@ $R1V3 init smol --name smol
 # 2. Synthetic visual reasoning problems with captions for a text-only teacher.
 $R1V3 data synth --name shapes --n 500 --seed 0
 $R1V3 data show shapes --n 3 --sheet "$R1V3_STORE/shapes-contact-sheet.png"
+# 3. The untrained baseline on held-out problems, official MMMU prompt and scoring rules.
+$R1V3 eval mmmu --model smol --data shapes --split validation --style official \
+    --max-new-tokens 32 --batch-size 16 --name smol-shapes-base
 # What was made, and where it came from.
 $R1V3 artifacts ls
-$R1V3 artifacts lineage smol
+$R1V3 artifacts lineage smol-shapes-base

@@ -118,3 +118,18 @@ def test_eval_bad_inputs(ready, tmp_path):
     code, _, err = ready("data", "mmmu", "--path", tmp_path, "--name", "m", "--split", "dev")
     assert code == 2
     assert [a.name for a in ready.store.list() if a.kind == "eval"] == []
+
+
+def test_text_only_model_is_refused(ready, tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from r1v3.models import build_tiny
+
+    _, processor = build_tiny("llava")
+    llm = LlamaForCausalLM(LlamaConfig(vocab_size=len(processor.tokenizer), hidden_size=32, intermediate_size=64,
+                                       num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2))
+    llm.save_pretrained(tmp_path / "llm")
+    processor.tokenizer.save_pretrained(tmp_path / "llm")
+    assert ready("import-model", tmp_path / "llm", "--name", "textlm")[0] == 0
+    code, _, err = ready("eval", "mmmu", "--model", "textlm", "--data", "mmmu", "--name", "e")
+    assert code == 2 and "not a vision-language model" in err
