@@ -166,6 +166,8 @@ def generate_and_judge(cfg: Config, store: Store) -> tuple[list[dict], dict, lis
                 "rerun it with the same ones, or drop --resume to start over"
             )
         done = _read_partial(partial)
+    elif partial.exists() and partial.stat().st_size:
+        print(f"note: starting {cfg.name!r} over; an interrupted run's responses were discarded (use --resume to keep them)")
     partial.write_text("".join(json.dumps(done[i]) + "\n" for i in done))
     state_file.write_text(json.dumps({"key": key}))
     todo = [q for q in requests if q.id not in done]

@@ -117,6 +117,8 @@ def test_eval_bad_inputs(ready, tmp_path):
     assert code == 2
     code, _, err = ready("data", "mmmu", "--path", tmp_path, "--name", "m", "--split", "dev")
     assert code == 2
+    code, _, err = ready("data", "mmmu", "--from-hub", "--name", "m", "--subjects", "Math")  # tests run offline
+    assert code == 2 and "cannot download MMMU/MMMU@main" in err
     assert [a.name for a in ready.store.list() if a.kind == "eval"] == []
 
 
