@@ -1,6 +1,7 @@
 """Models: load/save any image-text-to-text model, the family table, the trainable-part policy,
-and two offline builders: `tiny` (random weights, for tests) and `smol` (SmolLM2 + a small
-InternVL vision tower, for the demo).
+`compose` (R1V: a VLM's vision tower and connector in front of a text-only LLM), and two
+offline builders: `tiny` (random weights, for tests) and `smol` (SmolLM2 composed behind a
+small InternVL vision tower, for the demo).
 
 A VLM has three parts, named after the paper: the vision tower, the connector (the projector
 that maps vision features into the LLM's embedding space) and the language model (`llm`,
@@ -13,7 +14,9 @@ the longest prefix of its name, so a connector nested inside the vision module (
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +37,18 @@ class Family:
     vision: tuple[str, ...]
     language_model: tuple[str, ...]
     image_placeholder: str  # what a chat template renders for one {"type": "image"} part
+    # compose: the tokens the family's processor looks up in the tokenizer (carried into an LLM's tokenizer)
+    image_tokens: tuple[str, ...] = ()
+    # compose: LLM model_types its language model can be; None = any causal LM (built with AutoModel)
+    compose_llms: tuple[str, ...] | None = None
+    # compose: the vision_config key that sets the connector's output size (None: it follows text_config)
+    connector_out_key: str | None = None
 
+
+_QWEN_IMAGE_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
+_IDEFICS3_IMAGE_TOKENS = ("<fake_token_around_image>", "<image>", "<end_of_utterance>", "<global-img>") + tuple(
+    f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)
+)
 
 FAMILIES: dict[str, Family] = {
     f.name: f
@@ -47,6 +61,7 @@ FAMILIES: dict[str, Family] = {
             vision=("model.vision_tower",),
             language_model=("model.language_model", "lm_head"),
             image_placeholder="<IMG_CONTEXT>\n",
+            image_tokens=("<img>", "</img>", "<IMG_CONTEXT>", "<video>"),
         ),
         Family(
             "qwen2_vl",
@@ -55,6 +70,10 @@ FAMILIES: dict[str, Family] = {
             vision=("model.visual",),
             language_model=("model.language_model", "lm_head"),
             image_placeholder="<|vision_start|><|image_pad|><|vision_end|>",
+            image_tokens=_QWEN_IMAGE_TOKENS,
+            # Qwen2VLTextModel is Qwen2 with multimodal RoPE: same weights, same text-only outputs
+            compose_llms=("qwen2",),
+            connector_out_key="hidden_size",
         ),
         Family(
             "qwen2_5_vl",
@@ -63,6 +82,9 @@ FAMILIES: dict[str, Family] = {
             vision=("model.visual",),
             language_model=("model.language_model", "lm_head"),
             image_placeholder="<|vision_start|><|image_pad|><|vision_end|>",
+            image_tokens=_QWEN_IMAGE_TOKENS,
+            compose_llms=("qwen2",),
+            connector_out_key="out_hidden_size",
         ),
         Family(
             "qwen3_vl",
@@ -72,6 +94,9 @@ FAMILIES: dict[str, Family] = {
             vision=("model.visual",),
             language_model=("model.language_model", "lm_head"),
             image_placeholder="<|vision_start|><|image_pad|><|vision_end|>",
+            image_tokens=_QWEN_IMAGE_TOKENS,
+            compose_llms=("qwen3",),  # Qwen3VLTextModel is Qwen3 plus deepstack inputs
+            connector_out_key="out_hidden_size",
         ),
         Family(
             "llava",
@@ -80,6 +105,7 @@ FAMILIES: dict[str, Family] = {
             vision=("model.vision_tower",),
             language_model=("model.language_model", "lm_head"),
             image_placeholder="<image>",
+            image_tokens=("<image>",),
         ),
         Family(
             "idefics3",
@@ -88,6 +114,7 @@ FAMILIES: dict[str, Family] = {
             vision=("model.vision_model",),
             language_model=("model.text_model", "lm_head"),
             image_placeholder="<image>",
+            image_tokens=_IDEFICS3_IMAGE_TOKENS,
         ),
     ]
 }
@@ -118,12 +145,18 @@ def _paths(family: Family) -> list[tuple[str, str]]:
     return pairs
 
 
+def _part_of(family: Family, name: str) -> str | None:
+    """The part a parameter (or buffer) name belongs to, by longest matching module path."""
+    pairs = sorted(_paths(family), key=lambda pair: -len(pair[0]))
+    return next((part for path, part in pairs if name == path or name.startswith(path + ".")), None)
+
+
 def part_of_parameters(model) -> dict[str, str]:
     """Parameter name -> part ("connector" | "vision" | "llm"), by longest matching module path."""
-    pairs = sorted(_paths(family_of(model)), key=lambda pair: -len(pair[0]))
+    family = family_of(model)
     parts, orphans = {}, []
     for name, _ in model.named_parameters():
-        part = next((part for path, part in pairs if name == path or name.startswith(path + ".")), None)
+        part = _part_of(family, name)
         if part is None:
             orphans.append(name)
         parts[name] = part
@@ -174,7 +207,7 @@ def count_parameters(model, trainable_only: bool = False) -> int:
 # load / save
 
 
-def _is_vlm_config(config) -> bool:
+def is_vlm_config(config) -> bool:
     from transformers import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING
 
     if type(config) in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING:
@@ -182,12 +215,17 @@ def _is_vlm_config(config) -> bool:
     return "AutoModelForImageTextToText" in (getattr(config, "auto_map", None) or {})
 
 
-def load_model(path, *, trust_remote_code: bool = False, dtype=None):
-    """Load (model, processor) from a local Hugging Face directory; safetensors weights only.
+def is_causal_lm_config(config) -> bool:
+    from transformers import MODEL_FOR_CAUSAL_LM_MAPPING
 
-    dtype: None keeps what the checkpoint says (transformers' "auto"); or a torch.dtype / "float32" / "bfloat16".
-    """
-    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+    if type(config) in MODEL_FOR_CAUSAL_LM_MAPPING:
+        return True
+    return "AutoModelForCausalLM" in (getattr(config, "auto_map", None) or {})
+
+
+def read_config(path, *, trust_remote_code: bool = False):
+    """The transformers config of a local model directory, or a UserError saying why not."""
+    from transformers import AutoConfig
 
     d = Path(path)
     if not d.is_dir():
@@ -195,31 +233,49 @@ def load_model(path, *, trust_remote_code: bool = False, dtype=None):
     if not (d / "config.json").is_file():
         raise UserError(f"model directory {d} has no config.json")
     try:
-        config = AutoConfig.from_pretrained(d, trust_remote_code=trust_remote_code)
+        return AutoConfig.from_pretrained(d, trust_remote_code=trust_remote_code)
     except ValueError as e:  # unknown model_type, remote code refused
         raise UserError(f"model directory {d}: cannot read config.json: {str(e).splitlines()[0]}") from e
-    if not _is_vlm_config(config):
-        raise UserError(
-            f"model directory {d} holds a {config.model_type!r} model, "
-            "not an image-text-to-text (vision-language) model"
-        )
+
+
+def _check_files(d: Path) -> None:
     if not any(d.glob("*.safetensors")):
         other = sorted(p.name for p in d.iterdir() if p.suffix in {".bin", ".pt", ".pth", ".ckpt", ".gguf"})
         found = f" (found {', '.join(other)}; only safetensors are loaded, convert them first)" if other else ""
         raise UserError(f"model directory {d} has no *.safetensors weights{found}")
     if not any((d / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
         raise UserError(f"model directory {d} has no tokenizer (tokenizer.json / tokenizer_config.json)")
-    if not any((d / f).is_file() for f in ("processor_config.json", "preprocessor_config.json")):
-        raise UserError(
-            f"model directory {d} has no image processor (processor_config.json / preprocessor_config.json)"
-        )
+
+
+def _dtype_kwargs(dtype) -> dict:
     if isinstance(dtype, str) and dtype != "auto":
         if not isinstance(getattr(torch, dtype, None), torch.dtype):
             raise UserError(f"unknown dtype {dtype!r}: use auto, float32, bfloat16 or float16")
         dtype = getattr(torch, dtype)
-    kwargs = {"dtype": dtype} if dtype is not None else {}
+    return {"dtype": dtype} if dtype is not None else {}
+
+
+def load_model(path, *, trust_remote_code: bool = False, dtype=None):
+    """Load (model, processor) from a local Hugging Face directory; safetensors weights only.
+
+    dtype: None keeps what the checkpoint says (transformers' "auto"); or a torch.dtype / "float32" / "bfloat16".
+    """
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    d = Path(path)
+    config = read_config(d, trust_remote_code=trust_remote_code)
+    if not is_vlm_config(config):
+        raise UserError(
+            f"model directory {d} holds a {config.model_type!r} model, "
+            "not an image-text-to-text (vision-language) model"
+        )
+    _check_files(d)
+    if not any((d / f).is_file() for f in ("processor_config.json", "preprocessor_config.json")):
+        raise UserError(
+            f"model directory {d} has no image processor (processor_config.json / preprocessor_config.json)"
+        )
     model = AutoModelForImageTextToText.from_pretrained(
-        d, use_safetensors=True, trust_remote_code=trust_remote_code, **kwargs
+        d, use_safetensors=True, trust_remote_code=trust_remote_code, **_dtype_kwargs(dtype)
     )
     try:
         processor = AutoProcessor.from_pretrained(d, trust_remote_code=trust_remote_code)
@@ -228,6 +284,35 @@ def load_model(path, *, trust_remote_code: bool = False, dtype=None):
     if not hasattr(processor, "image_processor"):
         raise UserError(f"model directory {d}: the processor ({type(processor).__name__}) has no image processor")
     return model, processor
+
+
+def read_llm(path, *, trust_remote_code: bool = False):
+    """(config, tokenizer) of a text-only causal LM directory, checked, without loading its weights."""
+    from transformers import AutoTokenizer
+
+    d = Path(path)
+    config = read_config(d, trust_remote_code=trust_remote_code)
+    if is_vlm_config(config):
+        raise UserError(f"model directory {d} holds a vision-language model ({config.model_type!r}), not a text-only LLM")
+    if not is_causal_lm_config(config):
+        raise UserError(f"model directory {d} holds a {config.model_type!r} model, not a causal (decoder-only) LM")
+    _check_files(d)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(d, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
+        raise UserError(f"model directory {d}: cannot load the tokenizer: {str(e).splitlines()[0]}") from e
+    return config, tokenizer
+
+
+def load_llm(path, *, trust_remote_code: bool = False, dtype=None):
+    """(model, tokenizer) of a text-only causal LM in a local directory; safetensors weights only."""
+    from transformers import AutoModelForCausalLM
+
+    _, tokenizer = read_llm(path, trust_remote_code=trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(
+        Path(path), use_safetensors=True, trust_remote_code=trust_remote_code, **_dtype_kwargs(dtype)
+    )
+    return model, tokenizer
 
 
 def save_model(model, processor, path) -> None:
@@ -284,14 +369,10 @@ _INTERNVL_TOKENS = {
 _TINY_TOKENS = {
     "internvl": (list(_INTERNVL_TOKENS.values()), _INTERNVL_TOKENS),
     "llava": (["<image>"], {"image_token": "<image>"}),
-    "idefics3": (
-        ["<fake_token_around_image>", "<image>", "<end_of_utterance>", "<global-img>"]
-        + [f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)],
-        {"image_token": "<image>"},
-    ),
+    "idefics3": (list(_IDEFICS3_IMAGE_TOKENS), {"image_token": "<image>"}),
 }
 _QWEN_TOKENS = (
-    ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"],
+    list(_QWEN_IMAGE_TOKENS),
     {
         "image_token": "<|image_pad|>",
         "video_token": "<|video_pad|>",
@@ -303,18 +384,20 @@ for _name in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl"):
     _TINY_TOKENS[_name] = _QWEN_TOKENS
 
 
+def _literal(text: str) -> str:
+    """`text` as a Jinja string literal."""
+    return "'" + text.replace("\\", "\\\\").replace("\n", "\\n").replace("'", "\\'") + "'"
+
+
 def chat_template(image_placeholder: str, default_system: str | None = None) -> str:
     """A ChatML template whose content may be a string or a list of {"type": "text"|"image"} parts.
 
     The assistant turn is wrapped in {% generation %} so TRL can train on assistant tokens only.
     """
 
-    def literal(text: str) -> str:
-        return "'" + text.replace("\\", "\\\\").replace("\n", "\\n").replace("'", "\\'") + "'"
-
     system = (
         "{%- if messages[0]['role'] != 'system' -%}"
-        "{{- " + literal(f"<|im_start|>system\n{default_system}<|im_end|>\n") + " -}}"
+        "{{- " + _literal(f"<|im_start|>system\n{default_system}<|im_end|>\n") + " -}}"
         "{%- endif -%}"
         if default_system
         else ""
@@ -329,7 +412,7 @@ def chat_template(image_placeholder: str, default_system: str | None = None) -> 
         "{{- '<|im_end|>' -}}{%- endgeneration -%}{{- '\\n' -}}"
         "{%- else -%}"
         "{%- for part in parts -%}"
-        "{%- if part['type'] == 'image' -%}{{- " + literal(image_placeholder) + " -}}"
+        "{%- if part['type'] == 'image' -%}{{- " + _literal(image_placeholder) + " -}}"
         "{%- elif part['type'] == 'text' -%}{{- part['text'] -}}{%- endif -%}"
         "{%- endfor -%}"
         "{{- '<|im_end|>\\n' -}}"
@@ -339,18 +422,30 @@ def chat_template(image_placeholder: str, default_system: str | None = None) -> 
     )
 
 
-def _tiny_tokenizer(family: Family):
+def tiny_tokenizer(
+    specials: list[str] = _CHATML_SPECIALS,
+    *,
+    chat_template: str | None,
+    eos_token: str = "<|im_end|>",
+    pad_token: str | None = "<|endoftext|>",
+    bos_token: str | None = None,
+    **named,
+):
+    """A byte-level BPE tokenizer (~660 tokens) trained offline on a small corpus, for tiny models.
+
+    `specials` become single special tokens; `named` are model-specific named tokens
+    (image_token="<image>", ...) as multimodal processors look them up.
+    """
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    specials, named = _TINY_TOKENS[family.name]
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=256 + 400,
         min_frequency=2,
-        special_tokens=_CHATML_SPECIALS + specials,
+        special_tokens=list(specials),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -359,13 +454,19 @@ def _tiny_tokenizer(family: Family):
     tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in ("<think>", "</think>")])
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        chat_template=chat_template(family.image_placeholder),
+        bos_token=bos_token,
+        eos_token=eos_token,
+        pad_token=pad_token,
+        chat_template=chat_template,
         padding_side="left",
         model_max_length=_TINY_TEXT["max_position_embeddings"],
         **named,
     )
+
+
+def _tiny_tokenizer(family: Family):
+    specials, named = _TINY_TOKENS[family.name]
+    return tiny_tokenizer(_CHATML_SPECIALS + specials, chat_template=chat_template(family.image_placeholder), **named)
 
 
 def _image_processor(name: str, **kwargs):
@@ -553,37 +654,25 @@ def smol_gguf_path() -> Path:
     )
 
 
-def build_smol(seed: int = 0):
-    """(model, processor): InternVL with SmolLM2-135M-Instruct as its LLM, float32, ~20 s on CPU."""
-    import transformers as tf
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+def load_smol_llm():
+    """(model, tokenizer): SmolLM2-135M-Instruct from the packaged GGUF file, float32, ~20 s on CPU."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf = smol_gguf_path()
-    torch.manual_seed(seed)  # the new token embeddings, the vision tower and the connector are random
-    gguf_tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    tok = tf.PreTrainedTokenizerFast(
-        tokenizer_object=gguf_tok.backend_tokenizer,
-        bos_token=gguf_tok.bos_token,
-        eos_token=gguf_tok.eos_token,
-        unk_token=gguf_tok.unk_token,
-        # not eos (the GGUF default): padding must never be mistaken for the end of an answer
-        pad_token="<|endoftext|>",
-        padding_side="left",
-        chat_template=chat_template(FAMILIES["internvl"].image_placeholder, default_system=SMOL_SYSTEM),
-        **_INTERNVL_TOKENS,
-    )
-    tok.add_special_tokens({"extra_special_tokens": list(_INTERNVL_TOKENS.values())})
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    return model, tokenizer
 
-    lm = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    lm.resize_token_embeddings(len(tok))
-    tok.model_max_length = lm.config.max_position_embeddings
-    text_config = lm.config.to_dict()
-    for key in ("quantization_config", "_name_or_path", "_model_name_or_path", "transformers_version", "dtype"):
-        text_config.pop(key, None)
-    text_config.update(pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
 
+def _smol_vision(seed: int = 0):
+    """(model, processor): an InternVL VLM with the smol vision tower (random) and a placeholder
+    one-layer text model, for `compose` to put SmolLM2 behind."""
+    import transformers as tf
+
+    torch.manual_seed(seed)
+    tok = _tiny_tokenizer(FAMILIES["internvl"])
     config = tf.InternVLConfig(
-        text_config=text_config,
+        text_config=dict(_TINY_TEXT, num_hidden_layers=1, vocab_size=len(tok), model_type="qwen2"),
         vision_config=dict(
             hidden_size=128,
             num_hidden_layers=2,
@@ -595,17 +684,9 @@ def build_smol(seed: int = 0):
         image_token_id=tok.convert_tokens_to_ids("<IMG_CONTEXT>"),
         image_seq_length=SMOL_IMAGE_TOKENS,
         downsample_ratio=0.5,
-        tie_word_embeddings=lm.config.tie_word_embeddings,
+        tie_word_embeddings=False,
     )
-    model = tf.InternVLForConditionalGeneration(config).to(torch.float32)
-    missing, unexpected = model.model.language_model.load_state_dict(lm.model.state_dict(), strict=False)
-    if missing or unexpected:
-        raise RuntimeError(
-            f"SmolLM2 weights do not fit the InternVL language model: missing {missing}, unexpected {unexpected}"
-        )
-    model.lm_head.load_state_dict(lm.lm_head.state_dict())
-    del lm
-
+    model = tf.InternVLForConditionalGeneration(config)
     side = {"height": SMOL_IMAGE_SIZE, "width": SMOL_IMAGE_SIZE}
     processor = tf.InternVLProcessor(
         # one tile per image (InternVLProcessor tiles by default): a fixed SMOL_IMAGE_TOKENS per image
@@ -615,8 +696,347 @@ def build_smol(seed: int = 0):
         image_seq_length=SMOL_IMAGE_TOKENS,
         chat_template=tok.chat_template,
     )
-    model.generation_config = GenerationConfig(
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, do_sample=False
-    )
-    model.eval()
     return model, processor
+
+
+def build_smol(seed: int = 0):
+    """(model, processor): InternVL with SmolLM2-135M-Instruct as its LLM, float32, ~25 s on CPU.
+
+    The vision tower, the connector and the new token embeddings are random (from `seed`).
+    """
+    llm, llm_tokenizer = load_smol_llm()
+    vlm, vlm_processor = _smol_vision(seed)
+    model, processor, _ = compose(vlm, vlm_processor, llm, llm_tokenizer, seed=seed)
+    return model, processor
+
+
+# ---------------------------------------------------------------------------------------------
+# compose (R1V): keep a VLM's vision tower and connector, replace its language model with a
+# text-only LLM, keep the LLM's tokenizer and chat template plus the VLM's image tokens
+
+# config keys that describe a checkpoint rather than an architecture
+_CHECKPOINT_KEYS = (
+    "quantization_config",
+    "_name_or_path",
+    "transformers_version",
+    "dtype",
+    "torch_dtype",
+    "architectures",
+    "auto_map",
+)
+_LM_TOKEN_KEYS = ("pad_token_id", "bos_token_id", "eos_token_id")
+
+
+def composable(vlm_config, llm_config) -> Family:
+    """The VLM's family when `llm_config`'s model can be its language model; else a UserError saying what works."""
+    from transformers import MODEL_MAPPING
+
+    family = family_of(vlm_config)
+    model_type = llm_config.model_type
+    if is_vlm_config(llm_config) or hasattr(llm_config, "vision_config"):
+        raise UserError(
+            f"the LLM is a vision-language model ({model_type!r}): compose takes a text-only causal LM as the LLM"
+        )
+    if not is_causal_lm_config(llm_config) or type(llm_config) not in MODEL_MAPPING:
+        raise UserError(f"the LLM ({model_type!r}) is not a decoder-only causal LM that transformers can build")
+    if family.compose_llms is not None and model_type not in family.compose_llms:
+        fixed = ", ".join(
+            f"{f.name} takes {' or '.join(f.compose_llms)}" for f in FAMILIES.values() if f.compose_llms
+        )
+        open_ = ", ".join(f.name for f in FAMILIES.values() if f.compose_llms is None)
+        raise UserError(
+            f"a {model_type!r} LLM cannot be the language model of a {family.name} VLM "
+            f"(its text model class is fixed): {fixed}; {open_} take any causal LM"
+        )
+    return family
+
+
+# chats that tell chat templates apart: default system prompt, multi-turn, generation prompt, think tags
+_PROBES = (
+    ([{"role": "user", "content": "PROBE-Q1"}], False),
+    ([{"role": "user", "content": "PROBE-Q1"}], True),
+    (
+        [
+            {"role": "system", "content": "PROBE-S"},
+            {"role": "user", "content": "PROBE-Q1"},
+            {"role": "assistant", "content": "PROBE-A1"},
+            {"role": "user", "content": "PROBE-Q2"},
+        ],
+        True,
+    ),
+    (
+        [
+            {"role": "user", "content": "PROBE-Q1"},
+            {"role": "assistant", "content": "<think> Wait, PROBE. </think> \\boxed{1}"},
+            {"role": "user", "content": "PROBE-Q2"},
+            {"role": "assistant", "content": "<think> Hmm. </think> \\boxed{2}"},
+        ],
+        False,
+    ),
+)
+
+
+def _renderings(tokenizer, template: str) -> list[str]:
+    from jinja2 import TemplateError
+
+    out = []
+    for messages, generation_prompt in _PROBES:
+        try:
+            out.append(
+                tokenizer.apply_chat_template(
+                    messages, chat_template=template, tokenize=False, add_generation_prompt=generation_prompt
+                )
+            )
+        except TemplateError as e:  # a template may refuse a chat shape: that is part of its behaviour
+            out.append(f"error: {e}")
+    return out
+
+
+def _accept_image_parts(template: str, image_placeholder: str) -> str:
+    """`template` behind a prelude that turns list contents ({"type": "image" | "text"} parts) into
+    strings, the image parts as the family's placeholder, so a text-only template renders them."""
+    prelude = (
+        "{%- set _r1v3 = namespace(messages=[]) -%}"
+        "{%- for m in messages -%}"
+        "{%- if m['content'] is not defined or m['content'] is none or m['content'] is string -%}"
+        "{%- set _r1v3.messages = _r1v3.messages + [m] -%}"
+        "{%- else -%}"
+        "{%- set _r1v3_text = namespace(s='') -%}"
+        "{%- for part in m['content'] -%}"
+        "{%- if part['type'] == 'image' -%}{%- set _r1v3_text.s = _r1v3_text.s + " + _literal(image_placeholder) + " -%}"
+        "{%- elif part['type'] == 'text' -%}{%- set _r1v3_text.s = _r1v3_text.s + part['text'] -%}"
+        "{%- endif -%}"
+        "{%- endfor -%}"
+        "{%- set _r1v3.messages = _r1v3.messages + [dict(m, content=_r1v3_text.s)] -%}"
+        "{%- endif -%}"
+        "{%- endfor -%}"
+        # no trailing '-': the template's own leading whitespace stays; trim_blocks eats one newline
+        "{%- set messages = _r1v3.messages %}"
+    )
+    return prelude + ("\n" if template.startswith("\n") else "") + template
+
+
+def vision_chat_template(tokenizer, image_placeholder: str) -> tuple[str, str]:
+    """(template, kind): the tokenizer's chat template made to accept image content parts.
+
+    kind "chatml": the template renders text chats exactly like our ChatML template (default
+    system prompt included), so that one is used: it also marks assistant turns with
+    {% generation %} for assistant-only training. kind "llm": the LLM's own template behind a
+    prelude that flattens image/text parts. Either way text-only chats render as before.
+    """
+    template = tokenizer.chat_template
+    if isinstance(template, dict):  # named templates (default, tool_use, ...): the default one is the chat
+        template = template.get("default")
+    if not template:
+        raise UserError("the LLM's tokenizer has no chat template: compose keeps the LLM's chat template")
+    reference = _renderings(tokenizer, template)
+    m = re.match(r"<\|im_start\|>system\n(.*?)<\|im_end\|>\n<\|im_start\|>user\nPROBE-Q1", reference[0], re.S)
+    chatml = chat_template(image_placeholder, default_system=m.group(1) if m else None)
+    if _renderings(tokenizer, chatml) == reference:
+        return chatml, "chatml"
+    wrapped = _accept_image_parts(template, image_placeholder)
+    if _renderings(tokenizer, wrapped) != reference:
+        raise UserError("the LLM's chat template renders text chats differently once adapted to image parts")
+    return wrapped, "llm"
+
+
+def _image_token_ids(config) -> dict[str, int]:
+    """The VLM config's token-id keys that name image/video tokens (image_token_id, image_token_index, ...)."""
+    return {
+        k: v
+        for k, v in config.to_dict().items()
+        if k.endswith(("_token_id", "_token_index"))
+        and not k.startswith("_")
+        and k not in _LM_TOKEN_KEYS
+        and isinstance(v, int)
+    }
+
+
+def _tokenizer_with_image_tokens(family: Family, vlm_config, vlm_tokenizer, llm_tokenizer, llm_config, template):
+    """(tokenizer, added tokens): the LLM's tokenizer plus the VLM's image special tokens (named as
+    the VLM's were, since processors look them up by name), a pad token, and `template`."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+    standard = set(PreTrainedTokenizerBase.SPECIAL_TOKENS_ATTRIBUTES)
+    named = {
+        k: str(getattr(vlm_tokenizer, k))
+        for k in vlm_tokenizer.SPECIAL_TOKENS_ATTRIBUTES
+        if k not in standard and getattr(vlm_tokenizer, k, None)
+    }
+    vlm_vocab = vlm_tokenizer.get_vocab()
+    wanted = [*named.values(), *(t for t in family.image_tokens if t in vlm_vocab)]
+    wanted += [vlm_tokenizer.convert_ids_to_tokens(i) for i in _image_token_ids(vlm_config).values()]
+    llm_vocab = llm_tokenizer.get_vocab()
+    added = [t for t in dict.fromkeys(wanted) if t not in llm_vocab]
+    kwargs = dict(named)
+    if llm_tokenizer.pad_token is None or llm_tokenizer.pad_token == llm_tokenizer.eos_token:
+        # padding must never be mistaken for the end of an answer
+        unk = llm_tokenizer.unk_token
+        kwargs["pad_token"] = unk if unk and unk != llm_tokenizer.eos_token else "<|pad|>"
+        if kwargs["pad_token"] not in llm_vocab:
+            added.append(kwargs["pad_token"])
+    if llm_tokenizer.model_max_length > 10**9:  # unset (GGUF): the LLM's context length
+        kwargs["model_max_length"] = llm_config.max_position_embeddings
+    # through save/load: the public way to add named model-specific tokens, and the tokenizer
+    # class and options (BOS handling, normalisation) stay the LLM's
+    with tempfile.TemporaryDirectory() as d:
+        llm_tokenizer.save_pretrained(d)
+        extra = [str(t) for t in llm_tokenizer.extra_special_tokens]
+        tok = AutoTokenizer.from_pretrained(
+            d,
+            extra_special_tokens=extra + [t for t in added if t != kwargs.get("pad_token")],
+            padding_side="left",
+            chat_template=template,
+            **kwargs,
+        )
+    tok.name_or_path = ""
+    new_vocab = tok.get_vocab()
+    moved = [t for t, i in llm_vocab.items() if new_vocab.get(t) != i]
+    if moved:
+        raise RuntimeError(f"adding image tokens changed the LLM's token ids (first: {moved[0]!r})")
+    for t in dict.fromkeys(wanted):
+        if len(tok.encode(t, add_special_tokens=False)) != 1:
+            raise RuntimeError(f"image token {t!r} is not a single token in the composed tokenizer")
+    return tok, sorted(added, key=tok.convert_tokens_to_ids)
+
+
+def _mrope(text: dict, vlm_text: dict) -> dict:
+    """Qwen-VL text models use multimodal RoPE; with text only its three position streams are equal
+    and any split of the rotary dimensions gives plain RoPE, i.e. the LLM's own positions. Keep the
+    VLM's split, rescaled to the LLM's head size."""
+    head_dim = text.get("head_dim") or text["hidden_size"] // text["num_attention_heads"]
+    half = head_dim // 2
+    vlm_rope = vlm_text.get("rope_parameters") or {}
+    section = list(vlm_rope.get("mrope_section") or [1, 1, 1])
+    if sum(section) != half:
+        scaled = [max(1, round(s * half / sum(section))) for s in section]
+        scaled[0] += half - sum(scaled)
+        section = scaled
+    rope = dict(text.get("rope_parameters") or {"rope_type": "default", "rope_theta": text.get("rope_theta", 10000.0)})
+    rope["mrope_section"] = section
+    if "mrope_interleaved" in vlm_rope:
+        rope["mrope_interleaved"] = vlm_rope["mrope_interleaved"]
+    return dict(text, rope_parameters=rope, model_type=vlm_text["model_type"])
+
+
+def _composed_config(family: Family, vlm_config, llm_config, vlm_tokenizer, tokenizer, vocab_size: int):
+    """The VLM's config with the LLM's as text_config, at the LLM's vocabulary size (compose resizes after)."""
+    d = vlm_config.to_dict()
+    text = {k: v for k, v in llm_config.to_dict().items() if k not in _CHECKPOINT_KEYS}
+    text["vocab_size"] = vocab_size
+    # a new pad token has no embedding row yet: compose sets it after resizing
+    text["pad_token_id"] = tokenizer.pad_token_id if tokenizer.pad_token_id < vocab_size else None
+    if family.compose_llms is not None:  # the family's own text config class
+        text = _mrope(text, d["text_config"])
+    d["text_config"] = text
+    if family.connector_out_key:
+        d["vision_config"][family.connector_out_key] = llm_config.hidden_size
+    for key, value in _image_token_ids(vlm_config).items():
+        d[key] = tokenizer.convert_tokens_to_ids(vlm_tokenizer.convert_ids_to_tokens(value))
+    for key in _LM_TOKEN_KEYS:
+        if d.get(key) is not None:
+            d[key] = text.get(key)
+    d["tie_word_embeddings"] = bool(getattr(llm_config, "tie_word_embeddings", False))
+    for key in _CHECKPOINT_KEYS:
+        d.pop(key, None)
+    return type(vlm_config).from_dict(d)
+
+
+def _processor_with_tokenizer(vlm_processor, tokenizer, template: str):
+    """The VLM's processor class and settings (image processor, image_seq_length, ...) around `tokenizer`."""
+    cls = type(vlm_processor)
+    kwargs = {a: tokenizer if a == "tokenizer" else getattr(vlm_processor, a) for a in cls.get_attributes()}
+    for name, param in inspect.signature(cls.__init__).parameters.items():
+        if param.kind in (param.VAR_KEYWORD, param.VAR_POSITIONAL) or name in ("self", "chat_template"):
+            continue
+        if name not in kwargs and hasattr(vlm_processor, name):
+            kwargs[name] = getattr(vlm_processor, name)
+    return cls(**kwargs, chat_template=template)
+
+
+def compose(vlm, vlm_processor, llm, llm_tokenizer, *, seed: int = 0):
+    """(model, processor, report): `vlm`'s vision tower and connector in front of the text-only `llm`.
+
+    The result is a model of the VLM's class and family whose language model and lm_head hold the
+    LLM's weights exactly (plus embedding rows for the image tokens the LLM's vocabulary lacks).
+    Connector tensors whose shape no longer fits the LLM's hidden size are re-initialised (from
+    `seed`) and listed in the report. The tokenizer is the LLM's with the VLM's image tokens; the
+    chat template is the LLM's, accepting image parts. The inputs are not modified.
+    """
+    from transformers import GenerationConfig
+
+    family = composable(vlm.config, llm.config)
+    vlm_tokenizer = vlm_processor.tokenizer
+    template, template_kind = vision_chat_template(llm_tokenizer, family.image_placeholder)
+    tokenizer, added = _tokenizer_with_image_tokens(
+        family, vlm.config, vlm_tokenizer, llm_tokenizer, llm.config, template
+    )
+    llm_vocab = llm.get_input_embeddings().weight.shape[0]
+    config = _composed_config(family, vlm.config, llm.config, vlm_tokenizer, tokenizer, llm_vocab)
+
+    # float32 unless both sides agree (a bf16 VLM + a bf16 LLM stay bf16, without a float32 copy)
+    dtype = llm.dtype if llm.dtype == vlm.dtype else torch.float32
+    torch.manual_seed(seed)  # the re-initialised connector tensors and the new embedding rows
+    model = type(vlm)._from_config(config, dtype=dtype)
+
+    # vision tower and connector from the VLM; a connector tensor whose shape no longer fits stays fresh
+    target = model.state_dict()
+    keep, reinitialised = {}, []
+    for name, tensor in vlm.state_dict().items():
+        part = _part_of(family, name)
+        if part == "llm":
+            continue
+        if part is None or name not in target:
+            raise UserError(f"{type(vlm).__name__}: tensor {name} is in no known part; this layout cannot be composed")
+        if target[name].shape == tensor.shape:
+            keep[name] = tensor
+        elif part == "connector":
+            reinitialised.append(name)
+        else:  # the vision config is the VLM's own: a change here is a bug
+            raise RuntimeError(f"vision tensor {name} changed shape in the composed model")
+    model.load_state_dict(keep, strict=False)
+
+    lm_path, head_path = family.language_model
+    language_model = model.get_submodule(lm_path)
+    source = getattr(llm, llm.base_model_prefix)
+    result = language_model.load_state_dict(source.state_dict(), strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        problems = [f"missing {k}" for k in result.missing_keys] + [f"unexpected {k}" for k in result.unexpected_keys]
+        raise UserError(
+            f"the {llm.config.model_type!r} LLM's weights do not fit the {family.name} language model "
+            f"({type(language_model).__name__}): {len(problems)} keys differ, first {problems[0]}"
+        )
+    model.get_submodule(head_path).load_state_dict(llm.get_output_embeddings().state_dict())
+    if len(tokenizer) > llm_vocab:
+        # new rows start at the mean of the LLM's embeddings (transformers' mean_resizing)
+        model.resize_token_embeddings(len(tokenizer))
+    model.config.get_text_config().pad_token_id = tokenizer.pad_token_id
+
+    # the LLM's decoding settings (eos ids, sampling defaults), with the composed pad token
+    settings = llm.generation_config.to_diff_dict() if llm.generation_config is not None else {}
+    generation = GenerationConfig(**{k: v for k, v in settings.items() if not k.startswith("_") and k != "transformers_version"})
+    generation.pad_token_id = tokenizer.pad_token_id
+    if generation.eos_token_id is None:
+        generation.eos_token_id = tokenizer.eos_token_id
+    model.generation_config = generation
+    model.eval()
+    processor = _processor_with_tokenizer(vlm_processor, tokenizer, template)
+
+    by_part = dict.fromkeys(PARTS, 0)
+    for name, param in model.named_parameters():
+        by_part[_part_of(family, name)] += param.numel()
+    report = {
+        "family": family.name,
+        "llm_model_type": llm.config.model_type,
+        "vlm_hidden_size": vlm.config.get_text_config().hidden_size,
+        "llm_hidden_size": llm.config.hidden_size,
+        "connector_reinitialised": reinitialised,
+        "connector_kept": [n for n in keep if _part_of(family, n) == "connector"],
+        "added_tokens": added,
+        "pad_token": tokenizer.pad_token,
+        "chat_template": template_kind,
+        "vocab_size": len(tokenizer),
+        "dtype": str(dtype).removeprefix("torch."),
+        "parameters": {"total": sum(by_part.values()), "by_part": by_part},
+    }
+    return model, processor, report
