@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -21,7 +22,7 @@ import shutil
 import time
 import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Iterator
 
 from r1v3 import __version__
@@ -29,8 +30,17 @@ from r1v3.errors import UserError
 
 KINDS = ("model", "dataset", "run", "selection", "eval")
 MANIFEST = "manifest.json"
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-VERSION_RE = re.compile(r"^v([1-9][0-9]*)$")
+# the manifest's own checksum (over its other keys), so a flipped byte in its config, kind or
+# lineage is caught like one in any other file
+MANIFEST_CHECKSUM = "manifest_sha256"
+# used with fullmatch: `^...$` lets a trailing newline through ("name\n")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+VERSION_RE = re.compile(r"v([1-9][0-9]*)")
+# Loading hashes every file except weight shards above this size, which get a size check unless
+# verify=True (`--verify`, `r1v3 artifacts verify`): a flipped byte in a config, tokenizer or
+# dataset is caught before use for little cost, and a 70 GB checkpoint is not read twice per load.
+QUICK_HASH_LIMIT = 64 << 20
+LARGE_SUFFIXES = (".safetensors",)
 # What must be inside an artifact of each kind, so a manifest cannot pass one kind off as another.
 KIND_SIGNATURE = {
     "model": ("config.json", "*.safetensors"),
@@ -44,7 +54,7 @@ def default_store() -> Path:
 
 
 def check_name(name: str) -> str:
-    if not NAME_RE.match(name or ""):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise UserError(
             f"invalid artifact name {name!r}: use letters, digits, '.', '_' or '-' "
             "(no '/', no '..', at most 100 characters)"
@@ -60,6 +70,19 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def _manifest_checksum(manifest: dict) -> str:
+    body = {k: v for k, v in manifest.items() if k != MANIFEST_CHECKSUM}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _bad_relpath(rel) -> bool:
+    """A manifest file entry that would point outside its artifact directory."""
+    if not isinstance(rel, str) or not rel or "\\" in rel or "\0" in rel:
+        return True
+    p = PurePosixPath(rel)
+    return p.is_absolute() or ".." in p.parts or rel == MANIFEST
 
 
 def _fsync_path(path: Path) -> None:
@@ -105,13 +128,17 @@ def _digest(files: dict) -> str:
     return h.hexdigest()
 
 
+def _large(rel: str, size: int) -> bool:
+    return size > QUICK_HASH_LIMIT and rel.endswith(LARGE_SUFFIXES)
+
+
 def _scan(root: Path) -> dict:
     files = {}
     for p in sorted(root.rglob("*")):
         if p.is_symlink():
             raise UserError(f"{p}: symlinks are not allowed inside an artifact")
-        if p.is_file() and p.name != MANIFEST:
-            rel = p.relative_to(root).as_posix()
+        rel = p.relative_to(root).as_posix()
+        if p.is_file() and rel != MANIFEST:
             files[rel] = {"sha256": sha256_file(p), "size": p.stat().st_size}
     return files
 
@@ -142,7 +169,7 @@ class Store:
             return []
         out = []
         for child in d.iterdir():
-            m = VERSION_RE.match(child.name)
+            m = VERSION_RE.fullmatch(child.name)
             if m and (child / MANIFEST).is_file():
                 out.append(int(m.group(1)))
         return sorted(out)
@@ -205,9 +232,21 @@ class Store:
         for key in ("kind", "name", "version", "files", "digest"):
             if key not in manifest:
                 raise UserError(f"{ref}: corrupted manifest {path / MANIFEST}: missing key {key!r}")
-        if manifest["kind"] not in KINDS:
+        if MANIFEST_CHECKSUM in manifest and manifest[MANIFEST_CHECKSUM] != _manifest_checksum(manifest):
+            raise UserError(f"{ref}: file {MANIFEST} is corrupted (its checksum does not match its content)")
+        if not isinstance(manifest["kind"], str) or manifest["kind"] not in KINDS:
             raise UserError(f"{ref}: manifest names unknown kind {manifest['kind']!r}")
-        m = VERSION_RE.match(path.name)
+        if not isinstance(manifest["name"], str) or type(manifest["version"]) is not int:
+            raise UserError(f"{ref}: corrupted manifest {path / MANIFEST}: bad name or version")
+        files = manifest["files"]
+        if not isinstance(files, dict):
+            raise UserError(f"{ref}: corrupted manifest {path / MANIFEST}: 'files' is not a mapping")
+        for rel, meta in files.items():
+            if _bad_relpath(rel):
+                raise UserError(f"{ref}: manifest lists file {rel!r}, which is not a plain path inside the artifact")
+            if not (isinstance(meta, dict) and isinstance(meta.get("sha256"), str) and type(meta.get("size")) is int):
+                raise UserError(f"{ref}: corrupted manifest {path / MANIFEST}: bad entry for file {rel!r}")
+        m = VERSION_RE.fullmatch(path.name)
         if m and (manifest["name"] != path.parent.name or manifest["version"] != int(m.group(1))):
             raise UserError(
                 f"{ref}: manifest says {manifest['name']}@v{manifest['version']} "
@@ -216,24 +255,32 @@ class Store:
         return Artifact(manifest["name"], int(manifest["version"]), path, manifest)
 
     def check(self, art: Artifact, full: bool = False) -> list[str]:
-        """Problems with an artifact's files: sizes always, sha256 too when `full`."""
+        """Problems with an artifact's files.
+
+        Always: sizes, files not in the manifest (a stray *.parquet or *.safetensors would be
+        used), symlinks, and the sha256 of every file but weight shards over QUICK_HASH_LIMIT;
+        with `full`, those shards' sha256 too.
+        """
         problems = []
         files = art.manifest["files"]
+        root = os.path.realpath(art.path)
         for rel, meta in files.items():
             p = art.path / rel
-            if not p.is_file():
+            if p.is_symlink() or os.path.commonpath([root, os.path.realpath(p)]) != root:
+                # a published artifact holds only its own regular files; a link could point anywhere
+                problems.append(f"file {rel} is a symlink or lies outside the artifact")
+            elif not p.is_file():
                 problems.append(f"file {rel} is missing")
             elif p.stat().st_size != meta["size"]:
                 problems.append(f"file {rel} has {p.stat().st_size} bytes, manifest says {meta['size']}")
-            elif full and sha256_file(p) != meta["sha256"]:
+            elif (full or not _large(rel, meta["size"])) and sha256_file(p) != meta["sha256"]:
                 problems.append(f"file {rel} is corrupted (sha256 mismatch)")
-        if full:
-            for p in art.path.rglob("*"):
-                rel = p.relative_to(art.path).as_posix()
-                if p.is_file() and rel != MANIFEST and rel not in files:
-                    problems.append(f"file {rel} is not in the manifest")
-            if _digest(files) != art.manifest["digest"]:
-                problems.append("manifest digest does not match its file list")
+        for p in art.path.rglob("*"):
+            rel = p.relative_to(art.path).as_posix()
+            if (p.is_file() or p.is_symlink()) and rel != MANIFEST and rel not in files:
+                problems.append(f"file {rel} is not in the manifest")
+        if _digest(files) != art.manifest["digest"]:
+            problems.append("manifest digest does not match its file list")
         for pattern in KIND_SIGNATURE.get(art.kind, ()):
             if not any(Path(rel).match(pattern) for rel in files):
                 problems.append(f"manifest says kind {art.kind!r} but there is no {pattern}")
@@ -273,7 +320,14 @@ class Store:
         if kind not in KINDS:
             raise ValueError(f"unknown artifact kind {kind!r}")
         staging = self.root / ".staging" / f"{name}-{uuid.uuid4().hex[:12]}"
-        staging.mkdir(parents=True)
+        try:
+            staging.mkdir(parents=True)
+        except OSError as e:
+            raise UserError(f"store {self.root}: cannot create a draft in {staging.parent}: {e.strerror or e}") from None
+        # Held for the draft's lifetime and released by the kernel when the writer dies (even by
+        # SIGKILL): `abandoned_drafts` tells a crashed writer's leftovers from a live one by it.
+        lock = os.open(staging, os.O_RDONLY)
+        fcntl.flock(lock, fcntl.LOCK_EX)
         draft = Draft(self, name, kind, stage, staging, dict(config or {}), list(inputs or []))
         try:
             yield draft
@@ -281,6 +335,41 @@ class Store:
         finally:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
+            os.close(lock)
+
+    def abandoned_drafts(self, min_age: float = 60.0) -> list[Path]:
+        """Drafts in .staging whose writer is gone (killed before publishing).
+
+        A draft is abandoned when nobody holds its lock and it is older than `min_age` seconds
+        (a new draft exists for an instant before its writer locks it). Only reliable where
+        flock works across writers: a local disk, or NFS with working lockd.
+        """
+        d = self.root / ".staging"
+        if not d.is_dir():
+            return []
+        now, found = time.time(), []
+        for child in sorted(d.iterdir()):
+            try:
+                if now - child.stat().st_mtime < min_age:
+                    continue
+                fd = os.open(child, os.O_RDONLY)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # a live writer holds it
+            finally:
+                os.close(fd)
+            found.append(child)
+        return found
+
+    def clean_staging(self, min_age: float = 60.0) -> list[Path]:
+        """Remove abandoned drafts (see `abandoned_drafts`); returns what was removed."""
+        gone = self.abandoned_drafts(min_age)
+        for p in gone:
+            shutil.rmtree(p, ignore_errors=True)
+        return gone
 
     def _commit(self, draft: Draft) -> Artifact:
         files = _scan(draft.path)
@@ -303,11 +392,18 @@ class Store:
         }
         parent = self.root / draft.name
         parent.mkdir(parents=True, exist_ok=True)
+        _fsync_path(self.root)  # the name directory must outlive a power cut as much as its version
         version = (self.versions(draft.name) or [0])[-1] + 1
         while True:
             manifest["version"] = version
+            # what is written is what a reader parses back (config values pass through str())
+            manifest = json.loads(json.dumps(manifest, default=str))
+            manifest[MANIFEST_CHECKSUM] = _manifest_checksum(manifest)
             mpath = draft.path / MANIFEST
-            mpath.write_text(json.dumps(manifest, indent=2, sort_keys=False, default=str) + "\n")
+            # a new file, never a write through an existing one: a manifest.json hard-linked from
+            # an imported directory would otherwise be overwritten at its source
+            mpath.unlink(missing_ok=True)
+            mpath.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
             _fsync_path(mpath)
             _fsync_path(draft.path)
             target = parent / f"v{version}"

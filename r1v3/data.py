@@ -127,6 +127,8 @@ def _resolve_path(path, k, where, base_dir):
         raise UserError(f"{where}: image {k} is a file path ({path!r}); paths are allowed only in jsonl files")
     if not path:
         raise UserError(f"{where}: image {k} path is empty")
+    if "\0" in path:  # the OS refuses such a name with a ValueError, not an OSError
+        raise UserError(f"{where}: image {k} path {path!r} contains a NUL byte")
     if os.path.isabs(path) or PurePath(path).drive:
         raise UserError(f"{where}: image {k} path {path!r} is absolute; give a path relative to {base_dir}")
     if ".." in PurePath(path).parts:
@@ -270,11 +272,15 @@ def _read_parquet(path):
 def _read_jsonl(path):
     base_dir = os.path.dirname(os.path.abspath(path))
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for lineno, raw_line in enumerate(f, 1):
+            where = f"{path} line {lineno}"
+            try:  # per line, so that bad bytes are reported with their line
+                line = raw_line.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise UserError(f"{where}: not UTF-8 text (bad byte at column {e.start + 1})")
             if not line.strip():
                 continue
-            where = f"{path} line {lineno}"
             try:
                 raw = json.loads(line)
             except json.JSONDecodeError as e:
@@ -299,6 +305,9 @@ def _read_hf_dir(path, split):
     import datasets
 
     is_saved = (path / "dataset_dict.json").exists() or (path / "state.json").exists()
+    # datasets' progress bars would break the one-line error on stderr
+    bars_were_on = not datasets.are_progress_bars_disabled()
+    datasets.disable_progress_bars()
     with tempfile.TemporaryDirectory(prefix="r1v3-hf-") as cache:
         try:
             if is_saved:
@@ -309,6 +318,9 @@ def _read_hf_dir(path, split):
                 ds = datasets.load_dataset(str(path), cache_dir=cache)
         except Exception as e:  # datasets raises many types for a folder it cannot read
             raise UserError(f"{path}: cannot read as a Hugging Face dataset directory: {_one_line(e)}")
+        finally:
+            if bars_were_on:
+                datasets.enable_progress_bars()
         if isinstance(ds, datasets.DatasetDict):
             split = _pick_split(set(ds), split, path)
             ds = ds[split]

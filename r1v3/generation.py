@@ -538,6 +538,16 @@ class _Retryable(Exception):
     pass
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    # urllib re-sends every header, Authorization included, to wherever a 30x points (another
+    # host, or plain http): an API key must only ever go to the configured base_url
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
+
+
 class OpenAIBackend(Backend):
     """Chat completions from an OpenAI-compatible server (vLLM serve, llama.cpp, a hosted API).
 
@@ -583,16 +593,20 @@ class OpenAIBackend(Backend):
             headers["Authorization"] = f"Bearer {key}"
         req = urllib.request.Request(self.url, data=json.dumps(payload).encode(), headers=headers, method="POST")
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+            with _OPENER.open(req, timeout=self.timeout) as resp:
                 return json.loads(resp.read().decode())
         except urllib.error.HTTPError as e:
-            body = self._scrub(e.read().decode(errors="replace")[:300])
+            # scrub before cutting: a key cut in half by the cut would no longer be recognised
+            body = self._scrub(e.read(1 << 16).decode(errors="replace"))[:300]
+            if 300 <= e.code < 400:
+                where = self._scrub(str(e.headers.get("Location", "?")))
+                raise UserError(f"{self.url} redirects (HTTP {e.code}) to {where}; set base_url to the final address") from None
             msg = f"{self.url} returned HTTP {e.code}: {body}"
             if e.code in (408, 409, 429) or e.code >= 500:
                 raise _Retryable(msg) from None
             hint = f" (check ${self.api_key_env})" if e.code in (401, 403) else ""
             raise UserError(msg.replace("\n", " ") + hint) from None
-        except (urllib.error.URLError, http.client.HTTPException, TimeoutError, ConnectionError, json.JSONDecodeError) as e:
+        except (urllib.error.URLError, http.client.HTTPException, OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise _Retryable(f"{self.url}: {self._scrub(str(getattr(e, 'reason', e)))}") from None
 
     def _one(self, messages: list[dict], sampling: Sampling, seed: int) -> Completion:
@@ -617,16 +631,22 @@ class OpenAIBackend(Backend):
         try:
             choice = data["choices"][0]
             message = choice["message"]
+            if not isinstance(message, dict) or not isinstance(choice, dict):
+                raise TypeError
         except (KeyError, IndexError, TypeError):
-            raise UserError(f"{self.url} answered without choices[0].message: {str(data)[:200]}") from None
-        text = message.get("content") or ""
+            raise UserError(f"{self.url} answered without choices[0].message: {self._scrub(str(data)[:200])}") from None
+        # a server's answer is data: anything but a string where text belongs counts as none
+        text = message.get("content")
+        text = text if isinstance(text, str) else ""
         # reasoning servers (vLLM --reasoning-parser, DeepSeek) return the trace apart from the answer;
         # distillation needs it, in the think template
         reasoning = message.get("reasoning_content") or message.get("reasoning")
-        if reasoning and "<think>" not in text:
+        if isinstance(reasoning, str) and reasoning and "<think>" not in text:
             text = f"<think>\n{reasoning.strip()}\n</think>\n\n{text.lstrip()}"
-        usage = data.get("usage") or {}
-        n_tokens = int(usage.get("completion_tokens") or len(text.split()))
+        usage = data.get("usage") if isinstance(data, dict) else None
+        used = usage.get("completion_tokens") if isinstance(usage, dict) else None
+        ok = isinstance(used, (int, float)) and not isinstance(used, bool) and 0 <= used < 1e12
+        n_tokens = int(used) if ok else len(text.split())
         reason = "length" if choice.get("finish_reason") == "length" else "stop"
         return Completion(text=text, n_tokens=n_tokens, finish_reason=reason)
 

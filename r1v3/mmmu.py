@@ -606,10 +606,13 @@ def load_responses(path) -> list[dict]:
             if subject not in SUBJECT_DISCIPLINE:
                 raise UserError(f"{file}: folder {subject!r} is not an MMMU subject")
             rows.extend(_response_rows(_read_json(file), str(file), subject))
-        return rows
-    if not path.is_file():
+    elif path.is_file():
+        rows = _response_rows(_read_json(path), str(path), None)
+    else:
         raise UserError(f"{path}: no such file or directory")
-    return _response_rows(_read_json(path), str(path), None)
+    if not rows:
+        raise UserError(f"{path}: holds no responses (empty list)")
+    return rows
 
 
 def judge_responses(rows: Sequence[dict], style: str = "official") -> list[dict]:

@@ -126,14 +126,33 @@ def _read_partial(path: Path) -> dict[str, dict]:
     done = {}
     if not path.exists():
         return done
-    with open(path) as f:
+    with open(path, "rb") as f:
         for line in f:
             try:
                 rec = json.loads(line)
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, UnicodeDecodeError):
                 break  # the line a crash cut short; everything after it is unwritten
+            if not isinstance(rec, dict) or not isinstance(rec.get("id"), str) or not isinstance(rec.get("samples"), list):
+                break
             done[rec["id"]] = rec
     return done
+
+
+def _read_key(path: Path) -> Optional[str]:
+    try:
+        return json.loads(path.read_text()).get("key")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    # a kill mid-write leaves the old file whole, so progress and its key always agree
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def _model_dir_is_vlm(model: Artifact) -> None:
@@ -155,12 +174,14 @@ def generate_and_judge(cfg: Config, store: Store) -> tuple[list[dict], dict, lis
     requests = [to_request(r, cfg.style) for r in rows]  # every prompt checked before any work
     by_id = {r["id"]: r for r in rows}
 
-    work = store.work_dir(cfg.name, "eval")
+    work = store.root / ".work" / cfg.name / "eval"  # made only once the run can start
     partial, state_file = work / "predictions.partial.jsonl", work / "state.json"
     key = _run_key(cfg, model, dataset)
     done: dict[str, dict] = {}
     if cfg.resume:
-        if state_file.exists() and json.loads(state_file.read_text()).get("key") != key:
+        previous = _read_key(state_file)
+        # finished items count only under the key they were made with (no key: nothing to trust)
+        if (previous is not None or _read_partial(partial)) and previous != key:
             raise UserError(
                 f"the interrupted eval {cfg.name!r} used other settings, model or data; "
                 "rerun it with the same ones, or drop --resume to start over"
@@ -168,19 +189,23 @@ def generate_and_judge(cfg: Config, store: Store) -> tuple[list[dict], dict, lis
         done = _read_partial(partial)
     elif partial.exists() and partial.stat().st_size:
         print(f"note: starting {cfg.name!r} over; an interrupted run's responses were discarded (use --resume to keep them)")
-    partial.write_text("".join(json.dumps(done[i]) + "\n" for i in done))
-    state_file.write_text(json.dumps({"key": key}))
     todo = [q for q in requests if q.id not in done]
 
     sampling = Sampling(
         max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, n=cfg.samples, seed=cfg.seed
     )
-    start, new_tokens = time.perf_counter(), 0
-    if todo:
+    backend = None
+    if todo:  # a model the backend cannot load fails here, before the store is touched
         vllm_kwargs = {"tensor_parallel_size": cfg.tensor_parallel_size} if cfg.tensor_parallel_size > 1 else {}
         backend = make_backend(
             cfg.backend, model.path, batch_size=cfg.batch_size, trust_remote_code=cfg.trust_remote_code, **vllm_kwargs
         )
+    store.work_dir(cfg.name, "eval")
+    # progress first, then its key: a kill in between leaves progress that the old key still describes
+    _write_atomic(partial, "".join(json.dumps(done[i]) + "\n" for i in done))
+    _write_atomic(state_file, json.dumps({"key": key}))
+    start, new_tokens = time.perf_counter(), 0
+    if backend is not None:
         with open(partial, "a") as out:
             for request_id, completions in backend.generate(todo, sampling):
                 row = by_id[request_id]

@@ -13,7 +13,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from r1v3.artifacts import Artifact, Store, check_name
+from r1v3.artifacts import MANIFEST, Artifact, Store, check_name
 from r1v3.config import to_dict
 from r1v3.errors import UserError
 
@@ -60,6 +60,31 @@ def inspect_dir(path: Path, trust_remote_code: bool) -> dict:
     return {"model_type": cfg["model_type"], "model_class": "vlm" if is_vlm else "causal-lm"}
 
 
+def _inside(path: str, roots: list[str]) -> bool:
+    return any(os.path.commonpath([root, path]) == root for root in roots)
+
+
+def files_to_import(src: Path, keep: set[str]) -> tuple[list[Path], list[str]]:
+    """(files to import, names skipped). A symlink may only lead inside the directory, or into
+    the blobs of the Hugging Face cache snapshot it belongs to: a model directory must not be
+    able to pull an arbitrary local file (a key, a credentials file) into the store."""
+    real = Path(os.path.realpath(src))
+    roots = [str(real)]
+    if real.parent.name == "snapshots":  # hub cache: snapshots/<commit>/file -> ../../blobs/<hash>
+        roots.append(os.path.realpath(real.parent.parent / "blobs"))
+    chosen, skipped = [], []
+    for f in sorted(src.iterdir()):
+        # an artifact directory's own manifest describes that artifact, not the model
+        if f.is_file() and f.suffix in keep and f.name != MANIFEST:
+            target = os.path.realpath(f)
+            if not _inside(target, roots):
+                raise UserError(f"{f}: is a symlink to {target}, outside the model directory; copy the file in instead")
+            chosen.append(f)
+        elif f.is_file():
+            skipped.append(f.name)
+    return chosen, skipped
+
+
 def run(cfg: Config, store: Store) -> Artifact:
     check_name(cfg.name)
     src = Path(cfg.path).expanduser()
@@ -71,12 +96,9 @@ def run(cfg: Config, store: Store) -> Artifact:
     except (ValueError, KeyError, OSError) as e:
         raise UserError(f"{src}: transformers cannot read this config: {str(e).splitlines()[0]}") from None
     keep = set(KEEP_SUFFIXES) | ({".py"} if cfg.trust_remote_code else set())
-    skipped = []
+    files, skipped = files_to_import(src, keep)
     with store.publish(cfg.name, "model", stage="import-model", config={**to_dict(cfg), "path": str(src.resolve())}) as draft:
-        for f in sorted(src.iterdir()):
-            if f.is_file() and f.suffix in keep:
-                _link_or_copy(f, draft.path / f.name)
-            elif f.is_file():
-                skipped.append(f.name)
+        for f in files:
+            _link_or_copy(f, draft.path / f.name)
         draft.metrics.update(info, skipped_files=skipped)
     return draft.artifact

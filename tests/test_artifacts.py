@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from r1v3.artifacts import Store
+from r1v3.artifacts import Store, _manifest_checksum
 from r1v3.errors import UserError
 
 
@@ -89,8 +89,9 @@ def test_concurrent_publishers_get_distinct_versions(store):
 def test_verify_catches_flipped_byte_and_truncation(store):
     art = publish_text(store, "x", "abcdef")
     f = art.file("data.txt")
-    f.write_bytes(b"abcdeX")  # same size: only the full check sees it
-    assert store.resolve("x").version == 1
+    f.write_bytes(b"abcdeX")  # same size: a small file is hashed on every load
+    with pytest.raises(UserError, match="data.txt is corrupted"):
+        store.resolve("x")
     with pytest.raises(UserError, match="data.txt is corrupted"):
         store.resolve("x", verify=True)
     f.write_bytes(b"abc")
@@ -105,10 +106,15 @@ def test_kind_and_manifest_checks(store):
     m = json.loads((art.path / "manifest.json").read_text())
     m["kind"] = "dataset"  # a lie: there is no parquet file
     (art.path / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(UserError, match="manifest.json is corrupted"):  # an edit without the checksum
+        store.resolve("x")
+    m["manifest_sha256"] = _manifest_checksum(m)  # a deliberate lie, checksum and all
+    (art.path / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(UserError, match="manifest says kind 'dataset' but there is no"):
         store.resolve("x")
     m["kind"] = "run"
     m["version"] = 7
+    m["manifest_sha256"] = _manifest_checksum(m)
     (art.path / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(UserError, match="manifest says x@v7 but the artifact sits at x/v1"):
         store.resolve("x")
