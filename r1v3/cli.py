@@ -126,13 +126,14 @@ def data_synth(
     name: str = typer.Option(..., "--name", help="Artifact name for the dataset."),
     n: Optional[int] = typer.Option(None, "--n", help="Number of problems over all splits (default: 500)."),
     seed: Optional[int] = SeedOpt,
+    messages: bool = typer.Option(False, "--messages", help="Add `messages` for chat SFT: the reasoning prompt and a template teacher's <think> answer."),
     cfg: Optional[Path] = ConfigOpt,
     overrides: Optional[List[str]] = OverridesArg,
 ):
     """Synthetic visual reasoning problems drawn with Pillow (counting, colour, position, arithmetic)."""
     from stages import synth
 
-    _run(synth, "synth", cfg, {"name": name, "n": n, "seed": seed}, overrides)
+    _run(synth, "synth", cfg, {"name": name, "n": n, "seed": seed, "messages": messages or None}, overrides)
 
 
 @data_app.command("import")
@@ -274,6 +275,71 @@ def print_scores(scores: dict) -> None:
     pf = scores["parse_failures"]
     extra = f"  mean@{k} {100 * scores[f'mean@{k}']:.1f}  pass@{k} {100 * scores[f'pass@{k}']:.1f}" if k > 1 else ""
     console.print(f"parse failures: {pf['n']} ({100 * pf['rate']:.1f}%){extra}")
+
+
+# ---- training --------------------------------------------------------------------------------
+
+
+@app.command("sft")
+def sft(
+    model: Optional[str] = typer.Option(None, "--model", help="Model artifact to fine-tune (a vision-language model)."),
+    data_ref: Optional[str] = typer.Option(None, "--data", help="Dataset artifact: rows with `messages`, or image + caption rows with --format caption."),
+    name: Optional[str] = typer.Option(None, "--name", help="Artifact name for the trained model."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="connector-align (connector, lr 2e-4) | cold-start (connector+llm, think template) | connector-retune (connector, lr 1e-5 cosine, early stopping)."),
+    trainable: Optional[str] = typer.Option(None, "--trainable", help="Parts to train: connector, vision, llm, all; join with + (default: the preset's)."),
+    split: Optional[str] = typer.Option(None, "--split", help="Training split (default: train)."),
+    eval_split: Optional[str] = typer.Option(None, "--eval-split", help="Validation split: loss every --eval-steps (connector-retune: validation)."),
+    fmt: Optional[str] = typer.Option(None, "--format", help="chat (rows' messages) | caption (describe-the-image from each row's caption) (default: chat)."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate (default: the preset's, else 2e-5)."),
+    epochs: Optional[float] = typer.Option(None, "--epochs", help="Epochs (default: the preset's, else 1)."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Optimizer steps; overrides --epochs."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Rows per device per micro-batch (default: 8)."),
+    grad_accum: Optional[int] = typer.Option(None, "--grad-accum", help="Micro-batches per optimizer step (default: 1)."),
+    max_length: Optional[int] = typer.Option(None, "--max-length", help="Max tokens per row, image tokens included; longer rows are dropped and counted (default: 16384)."),
+    save_steps: Optional[int] = typer.Option(None, "--save-steps", help="Checkpoint every N optimizer steps (default: 50)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run of the same name from its last complete checkpoint."),
+    gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing", help="Recompute activations in the backward pass to save memory."),
+    seed: Optional[int] = SeedOpt,
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow the model's own Python code."),
+    cfg: Optional[Path] = ConfigOpt,
+    overrides: Optional[List[str]] = OverridesArg,
+):
+    """Supervised fine-tuning of chosen parts (TRL SFTTrainer): loss on assistant tokens, checkpoints, --resume."""
+    from stages import sft as stage
+
+    options = dict(
+        model=model, data=data_ref, name=name, preset=preset, trainable=trainable, split=split, eval_split=eval_split,
+        format=fmt, learning_rate=lr, epochs=epochs, max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum,
+        max_length=max_length, save_steps=save_steps, resume=resume or None,
+        gradient_checkpointing=gradient_checkpointing or None, seed=seed, trust_remote_code=trust_remote_code or None,
+    )
+    conf = config.load(stage.Config, stage="sft", path=cfg, options=options, overrides=overrides or [])
+    art = stage.run(conf, store())
+    if os.environ.get("RANK", "0") == "0":  # under `accelerate launch` every process runs this; one reports
+        m = art.metrics
+        console.print(
+            f"[green]published[/green] {art.ref} (model) at {art.path}\n"
+            f"{m['steps']} steps, final loss {m['final_loss']:.4f}, {m['tokens_seen']} tokens seen, "
+            f"trainable {m['parameters']['trainable']:,} of {m['parameters']['total']:,} parameters ({'+'.join(m['trainable'])})",
+            highlight=False,
+        )
+
+
+@app.command("compose")
+def compose(
+    vlm: Optional[str] = typer.Option(None, "--vlm", help="Model artifact whose vision tower and connector are kept."),
+    llm: Optional[str] = typer.Option(None, "--llm", help="Text-only causal LM artifact (from import-model), or smol (SmolLM2-135M-Instruct)."),
+    name: Optional[str] = typer.Option(None, "--name", help="Artifact name for the composed model."),
+    seed: Optional[int] = SeedOpt,
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow the models' own Python code."),
+    cfg: Optional[Path] = ConfigOpt,
+    overrides: Optional[List[str]] = OverridesArg,
+):
+    """Replace a VLM's language model with a text reasoning LLM (R1V): LLM tokenizer and chat template, VLM image tokens."""
+    from stages import compose as stage
+
+    options = {"name": name, "vlm": vlm, "llm": llm, "seed": seed, "trust_remote_code": trust_remote_code or None}
+    _run(stage, "compose", cfg, options, overrides)
 
 
 # ---- artifacts -------------------------------------------------------------------------------

@@ -41,7 +41,8 @@ def _coerce(value: Any, tp, key: str, where: str):
                 return _coerce(value, arg, key, where)
             except UserError as e:
                 errors.append(e)
-        raise UserError(f"{where}: {key} must be {' or '.join(_type_name(a) for a in args)}, got {value!r}")
+        named = [_type_name(a) for a in args if a is not type(None)]  # None is "not set", not a choice
+        raise UserError(f"{where}: {key} must be {' or '.join(named)}, got {value!r}")
     if origin is Literal:
         if value not in args:
             raise UserError(f"{where}: {key} must be one of {', '.join(map(str, args))}; got {value!r}")
@@ -79,7 +80,9 @@ def _coerce(value: Any, tp, key: str, where: str):
     raise UserError(f"{where}: {key} must be {_type_name(tp)}, got {value!r}")
 
 
-def _build(cls, values: dict, where: str, prefix: str = ""):
+def _build(cls, values: dict, where: str, prefix: str = "", partial: bool = False):
+    """The dataclass from `values`; `partial` checks keys and types only (a recipe file may
+    leave required keys such as `name` to the command line)."""
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
@@ -88,6 +91,8 @@ def _build(cls, values: dict, where: str, prefix: str = ""):
             f"{where}: unknown key '{prefix}{unknown[0]}'; valid keys: {', '.join(prefix + n for n in sorted(names))}"
         )
     kwargs = {k: _coerce(v, hints[k], prefix + k, where) for k, v in values.items()}
+    if partial:
+        return kwargs
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as e:
@@ -151,7 +156,7 @@ def load(
         data = read_yaml(path)
         section = data.get(stage)
         values = dict(section) if isinstance(section, dict) else data
-        _build(cls, values, str(path))  # so a mistake in the file is reported against the file
+        _build(cls, values, str(path), partial=True)  # so a mistake in the file is reported against the file
     for k, v in (options or {}).items():
         if v is not None:
             _set_dotted(values, k, v)

@@ -361,3 +361,28 @@ def generate(n, seed, size=SIZE):
         "validation": rows[n_train:n_train + n_val],
         "test": rows[n_train + n_val:],
     }
+
+
+def with_solutions(rows):
+    """Copies of rows with `messages`: the reasoning prompt, then a template teacher's answer.
+
+    The user turn is the prompt `r1v3 eval mmmu` uses (style "reasoning"), so a model trained on
+    these rows is trained on the eval's own format; the image is not mentioned, so trainers put it
+    first in the user turn, as the eval does. The assistant turn reasons from the caption inside
+    <think>...</think> and ends with \\boxed{answer}: a cold-start trace without a teacher model.
+    """
+    from r1v3 import mmmu  # lazy: this module otherwise imports only Pillow
+
+    out = []
+    for row in rows:
+        prompt = "".join(p["text"] for p in mmmu.build_prompt(row, "reasoning") if p["type"] == "text")
+        if row["question_type"] == "multiple-choice":
+            value = row["options"][LETTERS.index(row["answer"])]
+            conclusion = f"So the answer is {value}, which is option {row['answer']}."
+        else:
+            conclusion = f"So the answer is {row['answer']}."
+        question = row["question"].split(" Answer with")[0]  # the open form's hint is not part of the question
+        reasoning = f"The image shows: {row['caption']} The question is: {question} {conclusion}"
+        answer = f"<think>{reasoning}</think>\n\\boxed{{{row['answer']}}}"
+        out.append(dict(row, messages=[{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]))
+    return out

@@ -16,6 +16,7 @@ class Config:
     name: str
     n: int = 500
     seed: int = 0
+    messages: bool = False  # add `messages` (reasoning prompt + a template teacher's <think> answer) for chat SFT
 
 
 def run(cfg: Config, store: Store) -> Artifact:
@@ -23,6 +24,8 @@ def run(cfg: Config, store: Store) -> Artifact:
     if cfg.n < 10:
         raise UserError(f"n must be at least 10 to fill train/validation/test splits, got {cfg.n}")
     splits = synthetic.generate(cfg.n, seed=cfg.seed)
+    if cfg.messages:
+        splits = {k: synthetic.with_solutions(v) for k, v in splits.items()}
     with store.publish(cfg.name, "dataset", stage="synth", config=to_dict(cfg)) as draft:
         data.write_splits(draft.path, splits)
         rows = [r for split in splits.values() for r in split]
