@@ -174,7 +174,8 @@ class Store:
                 out.append(int(m.group(1)))
         return sorted(out)
 
-    def list(self) -> list[Artifact]:
+    def list(self, damaged: list | None = None) -> list[Artifact]:
+        """Published artifacts; those whose manifest cannot be read go to `damaged` (messages)."""
         if not self.root.is_dir():
             return []
         arts = []
@@ -182,8 +183,11 @@ class Store:
             if d.name.startswith(".") or not d.is_dir():
                 continue
             for v in self.versions(d.name):
-                with contextlib.suppress(UserError):
+                try:
                     arts.append(self._open(d / f"v{v}"))
+                except UserError as e:
+                    if damaged is not None:
+                        damaged.append(str(e))
         return arts
 
     def resolve(self, ref: str, kind: str | tuple[str, ...] | None = None, verify: bool = False) -> Artifact:

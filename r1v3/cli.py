@@ -6,6 +6,7 @@ traceback instead.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -348,7 +349,8 @@ def compose(
 @artifacts_app.command("ls")
 def artifacts_ls(kind: Optional[str] = typer.Option(None, "--kind", help="Only this kind.")):
     """List every artifact in the store."""
-    arts = [a for a in store().list() if kind is None or a.kind == kind]
+    damaged: list[str] = []
+    arts = [a for a in store().list(damaged=damaged) if kind is None or a.kind == kind]
     table = Table(title=f"store {store().root}")
     for col in ("ref", "kind", "stage", "created", "size", "inputs"):
         table.add_column(col)
@@ -357,6 +359,11 @@ def artifacts_ls(kind: Optional[str] = typer.Option(None, "--kind", help="Only t
         inputs = ", ".join(i["ref"] for i in a.manifest.get("inputs", []))
         table.add_row(a.ref, a.kind, a.manifest.get("stage", ""), a.manifest.get("created", ""), _human(size), inputs)
     console.print(table)
+    for message in damaged:
+        err_console.print(f"damaged: {message}", markup=False, highlight=False, soft_wrap=True)
+    drafts = store().abandoned_drafts()
+    if drafts:
+        console.print(f"{len(drafts)} abandoned draft(s) in {store().root / '.staging'}: `r1v3 artifacts gc` removes them")
 
 
 @artifacts_app.command("show")
@@ -383,16 +390,28 @@ def artifacts_show(
 
 @artifacts_app.command("verify")
 def artifacts_verify(ref: str = typer.Argument(..., help="Artifact reference.")):
-    """Check every file's sha256 against the manifest (a flipped byte is reported by file name)."""
+    """Check every file's sha256 against the manifest (a flipped byte is reported by file name). Exit 1 if damaged."""
     s = store()
     path = s._locate(ref)
-    art = s._open(path, ref=ref)
-    problems = s.check(art, full=True)
+    try:
+        art = s._open(path, ref=ref)
+        problems = [f"{art.ref}: {p}" for p in s.check(art, full=True)]
+    except UserError as e:  # a damaged manifest is a failed verification like any damaged file
+        problems = [str(e)]
     if problems:
         for p in problems:
-            err_console.print(f"error: {art.ref}: {p}")
+            err_console.print(f"error: {p}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(1)
     console.print(f"[green]ok[/green] {art.ref}: {len(art.manifest['files'])} files verified")
+
+
+@artifacts_app.command("gc")
+def artifacts_gc(
+    older_than: float = typer.Option(60.0, "--older-than", help="Only drafts abandoned at least this many seconds ago."),
+):
+    """Remove drafts left in STORE/.staging by crashed runs (live drafts are never touched)."""
+    removed = store().clean_staging(min_age=older_than)
+    console.print(f"removed {len(removed)} abandoned draft(s)" + "".join(f"\n  {p}" for p in removed))
 
 
 @artifacts_app.command("lineage")
@@ -432,6 +451,10 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
     debug = "--debug" in argv or os.environ.get("R1V3_DEBUG") == "1"
     command = typer.main.get_command(app)
     try:
@@ -453,6 +476,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         err_console.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
         return 2
+    except OSError as e:
+        # the machine, not the code: a full disk or a read-only store deserves one line, not a traceback
+        if debug or e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.EPERM):
+            raise
+        err_console.print(f"error: {e.strerror}: {e.filename or ''}", markup=False, highlight=False, soft_wrap=True)
+        return 1
 
 
 def entrypoint() -> None:

@@ -93,6 +93,12 @@ def _build(cls, values: dict, where: str, prefix: str = "", partial: bool = Fals
     kwargs = {k: _coerce(v, hints[k], prefix + k, where) for k, v in values.items()}
     if partial:
         return kwargs
+    missing = [f.name for f in dataclasses.fields(cls) if f.name not in kwargs
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        key = prefix + missing[0]
+        hint = f"--{key.replace('_', '-')} or " if not prefix else ""
+        raise UserError(f"{where}: missing required setting '{key}' (give {hint}{key}=...)")
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as e:

@@ -184,6 +184,11 @@ def parse_parts(parts: str) -> list[str]:
     return [p for p in PARTS if p in names]
 
 
+def numel(param) -> int:
+    """Elements of a parameter, also when DeepSpeed ZeRO-3 has partitioned it (numel() is 0 then)."""
+    return getattr(param, "ds_numel", None) or param.numel()
+
+
 def set_trainable(model, parts: str) -> dict:
     """Make exactly the named parts trainable (requires_grad) and freeze the rest."""
     wanted = parse_parts(parts)
@@ -193,14 +198,15 @@ def set_trainable(model, parts: str) -> dict:
     for name, param in model.named_parameters():
         on = part_of[name] in wanted
         param.requires_grad_(on)
-        by_part[part_of[name]] += param.numel()
-        total += param.numel()
-        trainable += param.numel() if on else 0
+        n = numel(param)
+        by_part[part_of[name]] += n
+        total += n
+        trainable += n if on else 0
     return {"trainable": trainable, "total": total, "parts": wanted, "by_part": by_part}
 
 
 def count_parameters(model, trainable_only: bool = False) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+    return sum(numel(p) for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1024,7 +1030,7 @@ def compose(vlm, vlm_processor, llm, llm_tokenizer, *, seed: int = 0):
 
     by_part = dict.fromkeys(PARTS, 0)
     for name, param in model.named_parameters():
-        by_part[_part_of(family, name)] += param.numel()
+        by_part[_part_of(family, name)] += numel(param)
     report = {
         "family": family.name,
         "llm_model_type": llm.config.model_type,

@@ -139,3 +139,22 @@ def test_debug_shows_traceback(cli):
 
     with pytest.raises(UserError):
         cli("--debug", "data", "show", "nope")
+
+
+def test_ls_reports_damaged_and_gc_removes_abandoned_drafts(cli, populated):
+    art = cli.store.resolve("shapes")
+    (art.path / "manifest.json").write_text("{")
+    code, out, err = cli("artifacts", "ls")
+    assert code == 0 and "damaged:" in err and "corrupted manifest" in err
+    code, _, err = cli("artifacts", "verify", "shapes@v1")
+    assert code == 1 and "corrupted manifest" in err
+    leftover = cli.store.root / ".staging" / "dead-draft"
+    leftover.mkdir(parents=True)
+    (leftover / "half.parquet").write_bytes(b"x")
+    code, out, _ = cli("artifacts", "gc", "--older-than", "0")
+    assert code == 0 and "removed 1 abandoned draft" in out and not leftover.exists()
+
+
+def test_missing_required_setting_is_one_line(cli):
+    code, _, err = cli("compose", "--vlm", "x", "--name", "y")
+    assert code == 2 and "missing required setting 'llm' (give --llm or llm=...)" in err
