@@ -37,7 +37,7 @@ MANIFEST_CHECKSUM = "manifest_sha256"
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 VERSION_RE = re.compile(r"v([1-9][0-9]*)")
 # Loading hashes every file except weight shards above this size, which get a size check unless
-# verify=True (`--verify`, `r1v3 artifacts verify`): a flipped byte in a config, tokenizer or
+# verify=True (`r1v3 artifacts verify`): a flipped byte in a config, tokenizer or
 # dataset is caught before use for little cost, and a 70 GB checkpoint is not read twice per load.
 QUICK_HASH_LIMIT = 64 << 20
 LARGE_SUFFIXES = (".safetensors",)
@@ -233,10 +233,10 @@ class Store:
             raise UserError(f"{ref}: corrupted manifest {path / MANIFEST}: {e}") from None
         if not isinstance(manifest, dict):
             raise UserError(f"{ref}: corrupted manifest {path / MANIFEST}: not a JSON object")
-        for key in ("kind", "name", "version", "files", "digest"):
+        for key in ("kind", "name", "version", "files", "digest", MANIFEST_CHECKSUM):
             if key not in manifest:
                 raise UserError(f"{ref}: corrupted manifest {path / MANIFEST}: missing key {key!r}")
-        if MANIFEST_CHECKSUM in manifest and manifest[MANIFEST_CHECKSUM] != _manifest_checksum(manifest):
+        if manifest[MANIFEST_CHECKSUM] != _manifest_checksum(manifest):
             raise UserError(f"{ref}: file {MANIFEST} is corrupted (its checksum does not match its content)")
         if not isinstance(manifest["kind"], str) or manifest["kind"] not in KINDS:
             raise UserError(f"{ref}: manifest names unknown kind {manifest['kind']!r}")
@@ -427,3 +427,15 @@ class Store:
         d = self.root / ".work" / check_name(name) / key
         d.mkdir(parents=True, exist_ok=True)
         return d
+
+    def lock_work(self, name: str, key: str):
+        """Hold `.work/<name>/<key>.lock` for as long as the returned file stays open (or the
+        process lives): two runs of one name would otherwise overwrite each other's progress."""
+        path = self.work_dir(name, key).parent / f"{key}.lock"
+        f = open(path, "a")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.close()
+            raise UserError(f"another run of {name!r} ({key}) is in progress in this store; wait for it or use another --name") from None
+        return f

@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-import click
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -56,17 +55,20 @@ def store() -> Store:
     return Store(STATE["store"] or default_store())
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        console.print(f"r1v3 {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _root(
     store_dir: Optional[Path] = typer.Option(
         None, "--store", envvar="R1V3_STORE", help="Artifact store directory (default: ./artifacts)."
     ),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks instead of one-line errors."),
-    version: bool = typer.Option(False, "--version", help="Print the version and exit."),
+    version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True, callback=_print_version),
 ) -> None:
-    if version:
-        console.print(f"r1v3 {__version__}")
-        raise typer.Exit()
     STATE["store"] = store_dir
 
 
@@ -161,6 +163,8 @@ def data_show(
     """Print a few rows of a dataset and optionally save a contact sheet of its images."""
     from r1v3 import data
 
+    if n < 0:
+        raise UserError(f"--n must be 0 or more, got {n}")
     art = store().resolve(ref, kind="dataset")
     splits = data.list_splits(art.path)
     split = split or ("train" if "train" in splits else splits[0])
@@ -188,7 +192,7 @@ def data_show(
 def data_mmmu(
     name: str = typer.Option(..., "--name", help="Artifact name for the dataset."),
     path: Optional[Path] = typer.Option(None, "--path", help="Local MMMU copy laid out as on the hub (<Subject>/<split>-*.parquet)."),
-    split: Optional[str] = typer.Option(None, "--split", help="dev | validation | test (default: validation)."),
+    split: Optional[str] = typer.Option(None, "--split", help="dev | validation (default: validation); test answers are withheld by the benchmark."),
     subjects: Optional[List[str]] = typer.Option(None, "--subjects", help="Subject folder or short name; repeat for several (default: all 30)."),
     from_hub: bool = typer.Option(False, "--from-hub", help="Download from the hub instead of --path (needs network)."),
     revision: Optional[str] = typer.Option(None, "--revision", help="Hub dataset revision to pin (default: main; the commit is recorded)."),
@@ -214,17 +218,17 @@ def eval_mmmu(
     name: Optional[str] = typer.Option(None, "--name", help="Eval artifact name (optional with --responses)."),
     responses: Optional[Path] = typer.Option(None, "--responses", help="Re-score saved responses: <Subject>/output.json dir or one JSON list."),
     split: Optional[str] = typer.Option(None, "--split", help="Dataset split (default: validation)."),
-    subjects: Optional[List[str]] = typer.Option(None, "--subjects", help="Only these subjects; repeat for several."),
-    limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N items (quick checks)."),
+    subjects: Optional[List[str]] = typer.Option(None, "--subjects", help="Only these subjects; repeat for several (default: all in the split)."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N items, for quick checks (default: all)."),
     style: Optional[str] = typer.Option(None, "--style", help="official (the benchmark's prompt) | reasoning (<think> + \\boxed{}) (default: reasoning; official for --responses)."),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Generation budget (default: 16384 reasoning, 128 official)."),
-    temperature: Optional[float] = typer.Option(None, "--temperature", help="(default: 1.0 reasoning as in the paper, 0 (greedy) official)."),
+    temperature: Optional[float] = typer.Option(None, "--temperature", help="Sampling temperature; 0 is greedy (default: 1.0 reasoning, as in the paper; 0 official)."),
     top_p: Optional[float] = typer.Option(None, "--top-p", help="Nucleus sampling (default: 1.0)."),
-    samples: Optional[int] = typer.Option(None, "--samples", help="Responses per item; reports mean@k and pass@k (the paper: 5)."),
+    samples: Optional[int] = typer.Option(None, "--samples", help="Responses per item k; reports mean@k and pass@k (default: 1; the paper: 5)."),
     seed: Optional[int] = SeedOpt,
     backend: Optional[str] = typer.Option(None, "--backend", help="auto | transformers | vllm (default: auto = vllm when CUDA and vLLM are present)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Prompts per batch, transformers backend (default: 8)."),
-    tensor_parallel_size: Optional[int] = typer.Option(None, "--tensor-parallel-size", help="GPUs per model, vllm backend."),
+    tensor_parallel_size: Optional[int] = typer.Option(None, "--tensor-parallel-size", help="GPUs per model, vllm backend (default: 1)."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted eval of the same name without redoing finished items."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow the model's own Python code."),
     as_json: bool = typer.Option(False, "--json", help="Print the scores as JSON on stdout."),
@@ -252,7 +256,12 @@ def eval_mmmu(
 
 
 def print_scores(scores: dict) -> None:
-    table = Table(title="MMMU accuracy (official rules, weighted by items)")
+    title = {
+        "official": "MMMU accuracy: official rules, weighted by items",
+        "reasoning": "MMMU accuracy: answer after </think> (last \\boxed{}, else a stated answer, else the official parse); "
+                     "official judgments, open answers also by numeric/symbolic equivalence; weighted by items",
+    }.get(scores.get("style"), "MMMU accuracy, weighted by items")
+    table = Table(title=title)
     table.add_column("discipline / subject")
     table.add_column("n", justify="right")
     table.add_column("acc %", justify="right")
@@ -289,7 +298,7 @@ def sft(
     preset: Optional[str] = typer.Option(None, "--preset", help="connector-align (connector, lr 2e-4) | cold-start (connector+llm, think template) | connector-retune (connector, lr 1e-5 cosine, early stopping)."),
     trainable: Optional[str] = typer.Option(None, "--trainable", help="Parts to train: connector, vision, llm, all; join with + (default: the preset's)."),
     split: Optional[str] = typer.Option(None, "--split", help="Training split (default: train)."),
-    eval_split: Optional[str] = typer.Option(None, "--eval-split", help="Validation split: loss every --eval-steps (connector-retune: validation)."),
+    eval_split: Optional[str] = typer.Option(None, "--eval-split", help="Validation split: its loss every eval_steps (default: none; connector-retune: validation)."),
     fmt: Optional[str] = typer.Option(None, "--format", help="chat (rows' messages) | caption (describe-the-image from each row's caption) (default: chat)."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate (default: the preset's, else 2e-5)."),
     epochs: Optional[float] = typer.Option(None, "--epochs", help="Epochs (default: the preset's, else 1)."),
@@ -347,8 +356,12 @@ def compose(
 
 
 @artifacts_app.command("ls")
-def artifacts_ls(kind: Optional[str] = typer.Option(None, "--kind", help="Only this kind.")):
+def artifacts_ls(kind: Optional[str] = typer.Option(None, "--kind", help="Only this kind: model, dataset, run, selection or eval.")):
     """List every artifact in the store."""
+    from r1v3.artifacts import KINDS
+
+    if kind is not None and kind not in KINDS:
+        raise UserError(f"--kind must be one of {', '.join(KINDS)}, got {kind!r}")
     damaged: list[str] = []
     arts = [a for a in store().list(damaged=damaged) if kind is None or a.kind == kind]
     table = Table(title=f"store {store().root}")
@@ -460,14 +473,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rv = command.main(args=argv, prog_name="r1v3", standalone_mode=False)
         return rv if isinstance(rv, int) else 0
-    except click.exceptions.Exit as e:
+    except typer.Exit as e:
         return e.exit_code
-    except click.ClickException as e:
-        e.show()
-        return e.exit_code
-    except click.exceptions.Abort:
+    except typer.Abort:
         err_console.print("aborted")
         return 130
+    except typer.TyperException as e:  # usage errors: bad option, missing option, no command, ...
+        ctx = getattr(e, "ctx", None)
+        if type(e).__name__ == "NoArgsIsHelpError" or not hasattr(e, "format_message"):
+            e.show()  # a bare group: its help is the answer
+        else:
+            where = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+            err_console.print(f"error: {e.format_message()}{where}", markup=False, highlight=False, soft_wrap=True)
+        return getattr(e, "exit_code", 2)
     except KeyboardInterrupt:
         err_console.print("interrupted")
         return 130
@@ -477,11 +495,12 @@ def main(argv: list[str] | None = None) -> int:
         err_console.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
         return 2
     except OSError as e:
-        # the machine, not the code: a full disk or a read-only store deserves one line, not a traceback
-        if debug or e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.EPERM):
+        # a path the user gave that cannot be written or read, a full disk, a read-only store:
+        # one line naming the file, not a traceback (--debug shows it)
+        if debug or not (e.filename or e.errno in (errno.ENOSPC, errno.EDQUOT)):
             raise
-        err_console.print(f"error: {e.strerror}: {e.filename or ''}", markup=False, highlight=False, soft_wrap=True)
-        return 1
+        err_console.print(f"error: {e.filename or ''}: {e.strerror}", markup=False, highlight=False, soft_wrap=True)
+        return 2 if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST) else 1
 
 
 def entrypoint() -> None:

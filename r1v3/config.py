@@ -2,7 +2,7 @@
 
 A recipe file is either one stage's mapping, or a mapping of stage sections
 (`sft: {...}`, `rl: {...}`) from which the stage takes its own. Overrides are dotted
-`key=value` pairs whose values are parsed as YAML scalars (`lr=2e-4`, `trainable=connector`).
+`key=value` pairs whose values are parsed as YAML scalars (`learning_rate=2e-4`, `trainable=connector`).
 Every key and type is checked, and the resolved config is what goes into the manifest.
 """
 

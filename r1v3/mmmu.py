@@ -554,6 +554,10 @@ def _response_rows(data, where: str, subject: str | None) -> list[dict]:
                                 f"got {all_choices!r}")
             if not isinstance(index2ans, dict):
                 raise UserError(f"{at}: a multiple-choice row needs an object 'index2ans'")
+            if sorted(map(str, index2ans)) != [str(c) for c in all_choices]:
+                # a missing option text would become "", which every response contains
+                raise UserError(f"{at}: 'index2ans' must have exactly the keys of 'all_choices' "
+                                f"({', '.join(map(str, all_choices))}), got {', '.join(map(str, index2ans)) or 'none'}")
         row_subject = subject or subject_of_id(raw["id"])
         if row_subject is None:
             raise UserError(
@@ -612,6 +616,12 @@ def load_responses(path) -> list[dict]:
         raise UserError(f"{path}: no such file or directory")
     if not rows:
         raise UserError(f"{path}: holds no responses (empty list)")
+    seen: dict[str, int] = {}
+    for row in rows:
+        if row["sample"] == 0:
+            if row["id"] in seen:
+                raise UserError(f"{path}: id {row['id']!r} appears twice (give k samples as a list in one 'response')")
+            seen[row["id"]] = 1
     return rows
 
 

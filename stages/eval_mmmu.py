@@ -56,7 +56,7 @@ class Config:
         return Config(**{
             **to_dict(self),
             "style": style,
-            "max_new_tokens": self.max_new_tokens or (PAPER_BUDGET if reasoning else OFFICIAL_BUDGET),
+            "max_new_tokens": self.max_new_tokens if self.max_new_tokens is not None else (PAPER_BUDGET if reasoning else OFFICIAL_BUDGET),
             "temperature": self.temperature if self.temperature is not None else (1.0 if reasoning else 0.0),
         })
 
@@ -115,10 +115,11 @@ def to_request(row: dict, style: str):
     return Request(id=row["id"], messages=[{"role": "user", "content": content}], images=images)
 
 
-def _run_key(cfg: Config, model: Artifact, dataset: Artifact) -> str:
-    """What must match for a resumed run to continue the interrupted one."""
+def _run_key(cfg: Config, model: Artifact, dataset: Artifact, backend: str) -> str:
+    """What must match for a resumed run to continue the interrupted one (the backend too:
+    vLLM and transformers sample differently for the same seed)."""
     keep = {k: v for k, v in to_dict(cfg).items() if k not in ("resume", "batch_size", "backend", "name")}
-    blob = json.dumps({"cfg": keep, "model": model.digest, "data": dataset.digest}, sort_keys=True)
+    blob = json.dumps({"cfg": keep, "model": model.digest, "data": dataset.digest, "backend": backend}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -132,7 +133,11 @@ def _read_partial(path: Path) -> dict[str, dict]:
                 rec = json.loads(line)
             except (json.JSONDecodeError, UnicodeDecodeError):
                 break  # the line a crash cut short; everything after it is unwritten
-            if not isinstance(rec, dict) or not isinstance(rec.get("id"), str) or not isinstance(rec.get("samples"), list):
+            if not isinstance(rec, dict):
+                break
+            samples = rec.get("samples")
+            if (not isinstance(rec.get("id"), str) or not isinstance(samples, list)
+                    or not all(isinstance(x, dict) and isinstance(x.get("response"), str) for x in samples)):
                 break
             done[rec["id"]] = rec
     return done
@@ -153,6 +158,16 @@ def _write_atomic(path: Path, text: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def resolve_backend(name: str) -> str:
+    if name != "auto":
+        return name
+    import torch
+
+    from r1v3.generation import vllm_available
+
+    return "vllm" if torch.cuda.is_available() and vllm_available() else "transformers"
 
 
 def _model_dir_is_vlm(model: Artifact) -> None:
@@ -176,7 +191,7 @@ def generate_and_judge(cfg: Config, store: Store) -> tuple[list[dict], dict, lis
 
     work = store.root / ".work" / cfg.name / "eval"  # made only once the run can start
     partial, state_file = work / "predictions.partial.jsonl", work / "state.json"
-    key = _run_key(cfg, model, dataset)
+    key = _run_key(cfg, model, dataset, resolve_backend(cfg.backend))
     done: dict[str, dict] = {}
     if cfg.resume:
         previous = _read_key(state_file)
@@ -201,6 +216,7 @@ def generate_and_judge(cfg: Config, store: Store) -> tuple[list[dict], dict, lis
             cfg.backend, model.path, batch_size=cfg.batch_size, trust_remote_code=cfg.trust_remote_code, **vllm_kwargs
         )
     store.work_dir(cfg.name, "eval")
+    lock = store.lock_work(cfg.name, "eval")  # held until the process ends: one writer per work dir
     # progress first, then its key: a kill in between leaves progress that the old key still describes
     _write_atomic(partial, "".join(json.dumps(done[i]) + "\n" for i in done))
     _write_atomic(state_file, json.dumps({"key": key}))
@@ -208,22 +224,20 @@ def generate_and_judge(cfg: Config, store: Store) -> tuple[list[dict], dict, lis
     if backend is not None:
         with open(partial, "a") as out:
             for request_id, completions in backend.generate(todo, sampling):
-                row = by_id[request_id]
-                samples = []
-                for c in completions:
-                    judged = mmmu.judge(row, c.text, cfg.style)
-                    samples.append({k: judged[k] for k in ("response", "extracted", "method", "parse_failure", "correct")}
-                                   | {"n_tokens": c.n_tokens, "finish_reason": c.finish_reason})
-                    new_tokens += c.n_tokens
-                rec = {"id": request_id, "subject": row["subject"], "question_type": row["question_type"],
-                       "answer": row["answer"], "samples": samples}
+                # raw responses only: judging happens once, at the end, so a resumed run is
+                # scored by one version of the rules
+                samples = [{"response": c.text, "n_tokens": c.n_tokens, "finish_reason": c.finish_reason}
+                           for c in completions]
+                new_tokens += sum(c.n_tokens for c in completions)
+                rec = {"id": request_id, "samples": samples}
                 done[request_id] = rec
                 out.write(json.dumps(rec) + "\n")
                 out.flush()
                 os.fsync(out.fileno())
     elapsed = time.perf_counter() - start
+    lock.close()
     predictions = [
-        {k: v for k, v in done[r["id"]].items() if k != "samples"} | {"sample": i} | s
+        mmmu.judge(r, s["response"], cfg.style) | {"sample": i, "n_tokens": s["n_tokens"], "finish_reason": s["finish_reason"]}
         for r in rows
         for i, s in enumerate(done[r["id"]]["samples"])
     ]
@@ -266,6 +280,11 @@ def chart(scores: dict, path: Path, title: str) -> None:
 
 
 def run(cfg: Config, store: Store) -> tuple[Optional[Artifact], dict]:
+    if cfg.responses:
+        defaults = Config()
+        ignored = [k for k in to_dict(cfg) if k not in ("responses", "name", "style") and getattr(cfg, k) != getattr(defaults, k)]
+        if ignored:
+            raise UserError(f"--responses re-scores saved responses: {', '.join(ignored)} do not apply to it")
     cfg = cfg.resolved()
     _check(cfg)
     if cfg.name:
@@ -278,6 +297,7 @@ def run(cfg: Config, store: Store) -> tuple[Optional[Artifact], dict]:
         predictions, timing, inputs = generate_and_judge(cfg, store)
         samples = cfg.samples
     scores = scores_for(predictions, samples)
+    scores["style"] = cfg.style
     if not cfg.name:
         return None, scores
     with store.publish(cfg.name, "eval", stage="eval-mmmu", config=to_dict(cfg), inputs=inputs) as draft:

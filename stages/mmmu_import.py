@@ -18,7 +18,7 @@ HUB_REPO = "MMMU/MMMU"
 class Config:
     name: str
     path: Optional[str] = None  # a local copy laid out as on the hub: <Subject>/<split>-*.parquet
-    split: Literal["dev", "validation", "test"] = "validation"
+    split: Literal["dev", "validation"] = "validation"  # the test split's answers are withheld: nothing to score
     subjects: list[str] = field(default_factory=list)  # empty: all 30
     from_hub: bool = False
     revision: str = "main"  # with from_hub; the commit it resolves to is recorded

@@ -158,3 +158,33 @@ def test_ls_reports_damaged_and_gc_removes_abandoned_drafts(cli, populated):
 def test_missing_required_setting_is_one_line(cli):
     code, _, err = cli("compose", "--vlm", "x", "--name", "y")
     assert code == 2 and "missing required setting 'llm' (give --llm or llm=...)" in err
+
+
+@pytest.mark.parametrize("argv,fragment", [
+    (["data", "synth"], "Missing option '--name'"),
+    (["data", "synth", "--name", "x", "--bogus"], "No such option: --bogus"),
+    (["eval", "mmmu", "--limit", "abc"], "Invalid value for '--limit'"),
+    (["nosuch"], "No such command 'nosuch'"),
+    (["artifacts", "ls", "--kind", "bogus"], "--kind must be one of"),
+    (["data", "show", "x", "--n", "-1"], "--n must be 0 or more"),
+])
+def test_usage_errors_are_one_line(cli, argv, fragment):
+    code, out, err = cli(*argv)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], err
+    assert "Traceback" not in out + err
+
+
+def test_version(cli):
+    code, out, _ = cli("--version")
+    assert code == 0 and out.startswith("r1v3 ")
+
+
+def test_one_writer_per_work_dir(store):
+    from r1v3.errors import UserError
+
+    held = store.lock_work("run", "eval")
+    with pytest.raises(UserError, match="another run of 'run' .eval. is in progress"):
+        store.lock_work("run", "eval")
+    held.close()
+    store.lock_work("run", "eval").close()

@@ -377,3 +377,15 @@ def test_bad_responses_directory(tmp_path):
         mmmu.load_responses(tmp_path)
     with pytest.raises(UserError, match="no such file or directory"):
         mmmu.load_responses(tmp_path / "missing.json")
+
+
+def test_rescoring_refuses_holes_and_duplicates(tmp_path):
+    row = {"id": "validation_Art_1", "question_type": "multiple-choice", "answer": "B",
+           "all_choices": ["A", "B"], "index2ans": {"A": "red"}, "response": "It is definitely the first one here."}
+    (tmp_path / "holes.json").write_text(json.dumps([row]))
+    with pytest.raises(UserError, match="'index2ans' must have exactly the keys of 'all_choices'"):
+        mmmu.load_responses(tmp_path / "holes.json")
+    row["index2ans"] = {"A": "red", "B": "blue"}
+    (tmp_path / "dup.json").write_text(json.dumps([row, row]))
+    with pytest.raises(UserError, match="appears twice"):
+        mmmu.load_responses(tmp_path / "dup.json")

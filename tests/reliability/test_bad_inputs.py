@@ -204,7 +204,7 @@ def cases(f: dict) -> list:
         ("responses: invalid JSON", ["eval", "mmmu", "--responses", f["resp_badjson"]], "invalid JSON"),
         ("responses: not a subject folder", ["eval", "mmmu", "--responses", f["resp_dir"]], "is not an MMMU subject"),
         ("responses with --model", ["eval", "mmmu", "--responses", f["resp_empty"], "--model", "m"],
-         "do not also give --model"),
+         "model do not apply to it"),
         # model directories
         ("remote code without the flag", ["import-model", f["remote"], "--name", "x"], "pass --trust-remote-code"),
         ("unknown model_type", ["import-model", f["unknown_type"], "--name", "x"], "transformers cannot read this config"),
