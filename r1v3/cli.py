@@ -114,11 +114,12 @@ def import_model(
     path: Path = typer.Argument(..., help="A local Hugging Face model directory (config.json + *.safetensors)."),
     name: str = typer.Option(..., "--name", help="Artifact name."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow the model's own Python code (recorded)."),
+    link: bool = typer.Option(False, "--link", help="Hard-link the files instead of copying (same filesystem; the artifact then shares the source's bytes)."),
 ):
     """Wrap a local Hugging Face model directory (a VLM or a text LLM) as a model artifact."""
     from stages import import_model as stage
 
-    _run(stage, "import-model", None, {"path": str(path), "name": name, "trust_remote_code": trust_remote_code}, [])
+    _run(stage, "import-model", None, {"path": str(path), "name": name, "trust_remote_code": trust_remote_code, "link": link}, [])
 
 
 # ---- data ------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """`r1v3 import-model`: wrap a local Hugging Face model directory as a model artifact.
 
-Files are hard-linked when the store is on the same filesystem (a 70 GB model is not
-copied twice) and copied otherwise; either way the manifest hashes what was imported.
+Files are copied, so the artifact cannot change when the source does; `--link` hard-links
+them instead (no second copy of a 70 GB model, but the artifact then shares the source's bytes).
+Either way the manifest hashes what was imported.
 Pickle-based weights are never imported: safetensors only.
 """
 
@@ -26,13 +27,19 @@ class Config:
     path: str
     name: str
     trust_remote_code: bool = False
+    # Hard links save a 70 GB copy, but the artifact then shares its bytes with the source: a
+    # save_pretrained over the source rewrites them in place, unnoticed until a full verify.
+    link: bool = False
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
-    try:
-        os.link(os.path.realpath(src), dst)
-    except OSError:
-        shutil.copyfile(src, dst)
+def _link_or_copy(src: Path, dst: Path, link: bool) -> None:
+    if link:
+        try:
+            os.link(os.path.realpath(src), dst)
+            return
+        except OSError:
+            pass  # another filesystem: copy
+    shutil.copyfile(src, dst)
 
 
 def inspect_dir(path: Path, trust_remote_code: bool) -> dict:
@@ -99,6 +106,6 @@ def run(cfg: Config, store: Store) -> Artifact:
     files, skipped = files_to_import(src, keep)
     with store.publish(cfg.name, "model", stage="import-model", config={**to_dict(cfg), "path": str(src.resolve())}) as draft:
         for f in files:
-            _link_or_copy(f, draft.path / f.name)
+            _link_or_copy(f, draft.path / f.name, cfg.link)
         draft.metrics.update(info, skipped_files=skipped)
     return draft.artifact
