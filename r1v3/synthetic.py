@@ -19,6 +19,7 @@ Rows follow the schema of r1v3.data; this module imports only Pillow so it stays
 
 import hashlib
 import random
+import re
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -363,26 +364,140 @@ def generate(n, seed, size=SIZE):
     }
 
 
-def with_solutions(rows):
-    """Copies of rows with `messages`: the reasoning prompt, then a template teacher's answer.
+MESSAGE_STYLES = ("think", "brief", "direct", "caption")
+CAPTION_PROMPT = "Describe the image briefly."
 
-    The user turn is the prompt `r1v3 eval mmmu` uses (style "reasoning"), so a model trained on
-    these rows is trained on the eval's own format; the image is not mentioned, so trainers put it
-    first in the user turn, as the eval does. The assistant turn reasons from the caption inside
-    <think>...</think> and ends with \\boxed{answer}: a cold-start trace without a teacher model.
+# the caption's own phrasing, parsed back into objects for the short texts below
+_SHAPE = re.compile(r"a (\w+) (\w+) at ([a-z ]+?) \(x=(\d+), y=(\d+)\)")
+_NUMBER = re.compile(r"(-?\d+) in (\w+) at ([a-z ]+?) \(x=(\d+), y=(\d+)\)")
+_BAR = re.compile(r"(\w+) \(height (\d+)\)")
+
+
+def _objects(row):
+    """What the caption lists, in its (reading) order: shapes, numbers or bars as dicts."""
+    caption = row["caption"]
+    if "bar chart" in caption:
+        return [{"color": c, "height": int(h)} for c, h in _BAR.findall(caption)]
+    if row["subject"] == "arithmetic":
+        return [{"value": int(v), "color": c, "region": r} for v, c, r, _, _ in _NUMBER.findall(caption)]
+    return [{"color": c, "kind": k, "region": r} for c, k, r, _, _ in _SHAPE.findall(caption)]
+
+
+def short_caption(row):
+    """The caption without pixel sizes and coordinates: "a red circle at top left, a blue square at center".
+
+    About a fifth of the full caption's tokens: what connector alignment on a small CPU budget can
+    afford, and all a model needs to name what is where.
+    """
+    objs = _objects(row)
+    if "bar chart" in row["caption"]:
+        return "a bar chart with bars, from left to right: " + ", ".join(f"{o['color']} {o['height']}" for o in objs)
+    if row["subject"] == "arithmetic":
+        return ", ".join(f"a {o['color']} {o['value']} at {o['region']}" for o in objs)
+    return ", ".join(f"a {o['color']} {o['kind']} at {o['region']}" for o in objs)
+
+
+def _value(row):
+    """The answer as text: the chosen option's text for multiple choice."""
+    if row["question_type"] == "multiple-choice":
+        return row["options"][LETTERS.index(row["answer"])]
+    return row["answer"]
+
+
+def _listing(objs, color=True):
+    return ", ".join(f"{o['color']} at {o['region']}" if color else o["region"] for o in objs)
+
+
+def brief_reasoning(row):
+    """A one- or two-sentence trace that names only the objects the question is about, then the value.
+
+    "There are 3 circles: red at top left, blue at center, green at bottom right." Short enough to
+    train and sample on a CPU, and grounded in what is drawn, so a model that learns to write it
+    has to look at the image.
+    """
+    q, v, objs = row["question"].split(" Answer with")[0], _value(row), _objects(row)
+    task = row["subject"]
+    if task == "counting":
+        noun = re.match(r"How many (.+?) are in the image\?", q).group(1)
+        words = noun.split()
+        kind = {p: k for k, p in PLURAL.items()}[words[-1]]
+        color = words[0] if len(words) == 2 else None
+        hits = [o for o in objs if o["kind"] == kind and color in (None, o["color"])]
+        if not hits:
+            return f"There are no {noun}."
+        what = noun if len(hits) > 1 else " ".join(words[:-1] + [kind])
+        where = ("at " if color else "") + _listing(hits, color=color is None)
+        return f"There {'are' if len(hits) > 1 else 'is'} {len(hits)} {what}: {where}."
+    if task == "color":
+        m = re.match(r"What color is the (?:(\w+most) )?(\w+)\?", q)
+        qualifier, kind = m.groups()
+        hits = [o for o in objs if o["kind"] == kind]
+        if qualifier is None:
+            return f"The {kind} is {v}."
+        return f"The {PLURAL[kind]}: {_listing(hits)}. The {qualifier} one is {v}."
+    if task == "spatial":
+        m = re.match(r"Where is the (\w+) (\w+) relative to the (\w+) (\w+)\?", q)
+        ca, ka, cb, kb = m.groups()
+        a = next(o for o in objs if (o["color"], o["kind"]) == (ca, ka))
+        b = next(o for o in objs if (o["color"], o["kind"]) == (cb, kb))
+        rel = {"left": "left of", "right": "right of"}.get(v, v)
+        return f"The {ca} {ka} is at {a['region']}, the {cb} {kb} at {b['region']}, so it is {rel} it."
+    if task == "arithmetic":
+        nums = [o["value"] for o in objs]
+        if q.startswith("What is the sum of the numbers"):
+            return f"{' + '.join(map(str, nums))} = {v}."
+        if q.startswith("What is the larger number"):
+            return f"{max(nums)} - {min(nums)} = {v}."
+        if q.startswith("Add all"):
+            return f"{' + '.join(map(str, nums))} = {sum(nums)}, minus {min(nums)} is {v}."
+        red = [o["value"] for o in objs if o["color"] == "red"]
+        blue = [o["value"] for o in objs if o["color"] == "blue"]
+        def total(name, nums):
+            return f"{name}: {nums[0]}." if len(nums) == 1 else f"{name}: {' + '.join(map(str, nums))} = {sum(nums)}."
+        return f"{total('Red', red)} {total('Blue', blue)} {sum(red)} - {sum(blue)} = {v}."
+    # chart: every bar matters to a comparison
+    bars = ", ".join(f"{o['color']} {o['height']}" for o in objs)
+    return f"The bars: {bars}. So the answer is {v}."
+
+
+def with_solutions(rows, style="think"):
+    """Copies of rows with `messages` for chat SFT, in one of MESSAGE_STYLES:
+
+    think    the reasoning prompt `r1v3 eval mmmu` uses, then a template teacher's answer that
+             reasons from the full caption inside <think>...</think> and ends with \\boxed{answer}:
+             a cold-start trace without a teacher model (200-400 tokens)
+    brief    the reasoning prompt, then a short trace naming only the objects the question is
+             about (brief_reasoning) and \\boxed{answer}; evaluate with --style reasoning and a
+             small --max-new-tokens
+    direct   the official MMMU prompt, then the bare answer (the option letter, or the value);
+             evaluate with --style official
+    caption  "Describe the image briefly." then short_caption: image-text pairs for connector
+             alignment that cost a fifth of the full caption's tokens
+
+    The image is not mentioned in the user turn, so trainers put it first, as the eval does.
     """
     from r1v3 import mmmu  # lazy: this module otherwise imports only Pillow
 
+    if style not in MESSAGE_STYLES:
+        raise UserError(f"messages style must be one of {', '.join(MESSAGE_STYLES)}, got {style!r}")
     out = []
     for row in rows:
-        prompt = "".join(p["text"] for p in mmmu.build_prompt(row, "reasoning") if p["type"] == "text")
-        if row["question_type"] == "multiple-choice":
-            value = row["options"][LETTERS.index(row["answer"])]
-            conclusion = f"So the answer is {value}, which is option {row['answer']}."
+        if style == "caption":
+            prompt, answer = CAPTION_PROMPT, short_caption(row)
+        elif style == "direct":
+            prompt = "".join(p["text"] for p in mmmu.build_prompt(row, "official") if p["type"] == "text")
+            answer = row["answer"]
         else:
-            conclusion = f"So the answer is {row['answer']}."
-        question = row["question"].split(" Answer with")[0]  # the open form's hint is not part of the question
-        reasoning = f"The image shows: {row['caption']} The question is: {question} {conclusion}"
-        answer = f"<think>{reasoning}</think>\n\\boxed{{{row['answer']}}}"
+            prompt = "".join(p["text"] for p in mmmu.build_prompt(row, "reasoning") if p["type"] == "text")
+            if style == "brief":
+                reasoning = brief_reasoning(row)
+            else:
+                if row["question_type"] == "multiple-choice":
+                    conclusion = f"So the answer is {_value(row)}, which is option {row['answer']}."
+                else:
+                    conclusion = f"So the answer is {row['answer']}."
+                question = row["question"].split(" Answer with")[0]  # the open form's hint is not part of the question
+                reasoning = f"The image shows: {row['caption']} The question is: {question} {conclusion}"
+            answer = f"<think>{reasoning}</think>\n\\boxed{{{row['answer']}}}"
         out.append(dict(row, messages=[{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]))
     return out

@@ -18,7 +18,8 @@ template), and only the chosen parts have requires_grad, so the optimizer holds 
 Checkpoints go to STORE/.work/<name>/sft/checkpoint-N every save_steps; `--resume` continues
 from the last complete one with the same data order (seeded sampler, skipped batches, restored
 RNG), giving the same weights as an uninterrupted run. The published model artifact carries the
-loss curve (metrics and loss.png), parameter counts by part, tokens seen and wall time.
+loss curve (metrics and loss.png), parameter counts by part, tokens seen, wall time and the
+median time per optimizer step.
 
 Multi-GPU: `accelerate launch --config_file recipes/accelerate/zero3.yaml -m r1v3.cli sft ...`
 runs this same code in every process; only the main process publishes.
@@ -350,6 +351,26 @@ def complete_checkpoints(output_dir: Path) -> list[Path]:
     return [p for _, p in sorted(found) if checkpoint_is_complete(p)]
 
 
+def _discard(work: Path) -> None:
+    """Delete a work directory so that a kill midway leaves no half-deleted checkpoint for --resume:
+    renamed aside first (atomic), then deleted, with what earlier killed discards left."""
+    if work.exists():
+        os.rename(work, work.with_name(f"{work.name}.discarded-{os.getpid()}-{time.time_ns()}"))
+    for old in work.parent.glob(f"{work.name}.discarded-*"):
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _previous_key(state_file: Path) -> str | None:
+    """The interrupted run's key: None without a state file, "" if it cannot be read."""
+    if not state_file.exists():
+        return None
+    try:
+        key = json.loads(state_file.read_text()).get("key")
+    except (OSError, ValueError, AttributeError):
+        return ""
+    return key if isinstance(key, str) else ""
+
+
 def _run_key(cfg: Config, model: Artifact, dataset: Artifact) -> str:
     """What must match for --resume to continue the interrupted run."""
     keep = {k: v for k, v in to_dict(cfg).items() if k not in RESUME_FREE}
@@ -391,7 +412,47 @@ def _trainer_class():
                 return super()._load_best_model()
             _load_weights(self.model, self.state.best_model_checkpoint)
 
+        # Resumed from the checkpoint of a run that had already finished (killed while publishing),
+        # transformers 5.23 still trains the rest of the epoch it stopped in (step max_steps+1, ...),
+        # or past an early stop; the kill-in-publish tests caught it. Nothing is left to train then.
+        def _init_training_state(self, max_steps, *args, **kwargs):
+            out = super()._init_training_state(max_steps, *args, **kwargs)
+            # self.control is the checkpoint's here (restore_callback_states_from_checkpoint), before
+            # on_train_begin resets should_training_stop
+            self._finished_before_resume = self.state.global_step >= max_steps or self.control.should_training_stop
+            # TRL's logged `num_tokens` counter lives on the trainer, not in the checkpoint: after a resume the
+            # published log_history.json restarted it from 0. It counts what num_input_tokens_seen counts
+            # (non-padding tokens), which the checkpoint does restore.
+            if hasattr(self, "_total_train_tokens"):
+                self._total_train_tokens = self.state.num_input_tokens_seen
+            return out
+
+        def _run_epoch(self, *args, **kwargs):
+            if getattr(self, "_finished_before_resume", False):
+                self.control.should_training_stop = True
+                return None
+            return super()._run_epoch(*args, **kwargs)
+
     return Trainer
+
+
+def _backend_settings(processor, restore: tuple | None = None) -> tuple | None:
+    """The fast tokenizer backend's (padding, truncation), or with `restore`, put them back.
+
+    The collator's padded calls switch padding on in the backend, and save_pretrained writes that
+    into tokenizer.json, where loading takes it for the default pad side and length. So the
+    published tokenizer.json depended on whether the publishing process had trained (a run
+    resumed after training ended had not; the kill-in-publish tests caught it).
+    """
+    backend = getattr(getattr(processor, "tokenizer", processor), "backend_tokenizer", None)
+    if backend is None:
+        return None
+    if restore is None:
+        return backend.padding, backend.truncation
+    padding, truncation = restore
+    backend.no_padding() if padding is None else backend.enable_padding(**padding)
+    backend.no_truncation() if truncation is None else backend.enable_truncation(**truncation)
+    return restore
 
 
 def _fingerprint(model, names: set[str]) -> dict[str, str]:
@@ -445,10 +506,29 @@ def _callbacks(cfg: Config, report: dict):
                     "frozen parameters must not be in it"
                 )
 
-    callbacks = [Progress(), Durable(), OptimizerCheck()]
+    class StepTimer(TrainerCallback):
+        # wall time of each optimizer step (collation, forward, backward, optimizer), end to end
+        def on_train_begin(self, args, state, control, **kwargs):
+            report["step_ends"] = [time.perf_counter()]
+
+        def on_step_end(self, args, state, control, **kwargs):
+            report["step_ends"].append(time.perf_counter())
+
+    callbacks = [Progress(), Durable(), OptimizerCheck(), StepTimer()]
     if cfg.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
     return callbacks
+
+
+def _seconds_per_step(ends: list[float]) -> float | None:
+    """Median optimizer-step time, leaving out the first step (it pays for warm-up: lazy kernels,
+    allocator growth). The median also leaves out the odd step that saved a checkpoint or ran
+    validation, so this is what more steps cost, not what the run cost (that is train_seconds)."""
+    import statistics
+
+    steps = [b - a for a, b in zip(ends, ends[1:])]
+    steps = steps[1:] or steps
+    return round(statistics.median(steps), 3) if steps else None
 
 
 def plot_loss(log_history: list[dict], path: Path, title: str) -> None:
@@ -531,6 +611,7 @@ def run(cfg: Config, store: Store) -> Artifact:
     dist = args.distributed_state
     model, processor = models.load_model(model_art.path, trust_remote_code=cfg.trust_remote_code, dtype=cfg.dtype)
     params = models.set_trainable(model, cfg.trainable)
+    tokenizer_as_loaded = _backend_settings(processor)
 
     template = training_template(processor, model_art.ref)
     lengths = measure(processor, train_examples, template, f"{data_art.ref} [{cfg.split}]")
@@ -559,8 +640,11 @@ def run(cfg: Config, store: Store) -> Artifact:
     resume_from = None
     if dist.is_main_process:
         work.mkdir(parents=True, exist_ok=True)
-        previous = json.loads(state_file.read_text()).get("key") if state_file.exists() else None
+        previous = _previous_key(state_file)
         checkpoints = complete_checkpoints(work)
+        if cfg.resume and previous == "" and checkpoints:
+            raise UserError(f"cannot tell which settings the interrupted sft {cfg.name!r} used ({state_file} is "
+                            "unreadable); drop --resume to start over")
         if cfg.resume and previous not in (None, key) and checkpoints:
             raise UserError(
                 f"the interrupted sft {cfg.name!r} used other settings, model or data; rerun it with the same ones, "
@@ -572,9 +656,12 @@ def run(cfg: Config, store: Store) -> Artifact:
             print(f"note: starting {cfg.name!r} over; the checkpoints of an interrupted run were discarded "
                   "(use --resume to continue from them)")
         if not cfg.resume or not checkpoints:
-            shutil.rmtree(work)
+            _discard(work)  # a plain rmtree killed midway left checkpoints that --resume took as complete
             work.mkdir(parents=True)
-        state_file.write_text(json.dumps({"key": key}))
+        # replaced, never rewritten in place: a kill mid-write left an empty file that broke every later run
+        tmp = state_file.with_name(state_file.name + ".tmp")
+        tmp.write_text(json.dumps({"key": key}))
+        os.replace(tmp, state_file)
     dist.wait_for_everyone()
     if cfg.resume:
         checkpoints = complete_checkpoints(work)
@@ -619,6 +706,8 @@ def run(cfg: Config, store: Store) -> Artifact:
     dist.wait_for_everyone()
     if trainer.is_fsdp_enabled:
         trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
+    if tokenizer_as_loaded is not None:
+        _backend_settings(processor, restore=tokenizer_as_loaded)  # publish the tokenizer as it was loaded
     trainer.save_model(str(final))  # every process: ZeRO-3/FSDP gather the full weights collectively
     dist.wait_for_everyone()
 
@@ -666,9 +755,10 @@ def run(cfg: Config, store: Store) -> Artifact:
             stopped_early=bool(cfg.early_stopping_patience) and state.global_step < state.max_steps,
             resumed_from_step=int(Path(resume_from).name.split("-")[1]) if resume_from else None,
             train_seconds=round(train_seconds, 2),
+            seconds_per_step=_seconds_per_step(report.get("step_ends", [])),
             wall_seconds=round(time.perf_counter() - start, 2),
         )
-    shutil.rmtree(work, ignore_errors=True)
+    _discard(work)
     try:
         work.parent.rmdir()  # .work/<name>, unless another stage keeps work there
     except OSError:

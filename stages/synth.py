@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from typing import Literal, Union
 
 from r1v3 import data, synthetic
 from r1v3.artifacts import Artifact, Store, check_name
@@ -16,7 +17,11 @@ class Config:
     name: str
     n: int = 500
     seed: int = 0
-    messages: bool = False  # add `messages` (reasoning prompt + a template teacher's <think> answer) for chat SFT
+    # add `messages` for chat SFT in one of synthetic.MESSAGE_STYLES: think (reasoning prompt, a template
+    # teacher's <think> over the full caption), brief (a short grounded <think>), direct (official prompt,
+    # bare answer), caption (describe -> short caption, for connector alignment). true means think: the
+    # flag this option started as.
+    messages: Union[bool, Literal["think", "brief", "direct", "caption"]] = False
 
 
 def run(cfg: Config, store: Store) -> Artifact:
@@ -25,7 +30,8 @@ def run(cfg: Config, store: Store) -> Artifact:
         raise UserError(f"n must be at least 10 to fill train/validation/test splits, got {cfg.n}")
     splits = synthetic.generate(cfg.n, seed=cfg.seed)
     if cfg.messages:
-        splits = {k: synthetic.with_solutions(v) for k, v in splits.items()}
+        style = "think" if cfg.messages is True else cfg.messages
+        splits = {k: synthetic.with_solutions(v, style) for k, v in splits.items()}
     with store.publish(cfg.name, "dataset", stage="synth", config=to_dict(cfg)) as draft:
         data.write_splits(draft.path, splits)
         rows = [r for split in splits.values() for r in split]

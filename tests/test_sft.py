@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from r1v3 import config, data, models, synthetic
+from r1v3 import config, data, mmmu, models, synthetic
 from stages import sft
 
 REPO = Path(__file__).resolve().parents[1]
@@ -130,6 +131,7 @@ def test_loss_goes_down_and_metrics(ready):
     assert m["tokens_seen"] > 30 * 4 * 20  # every row is 20+ tokens, 4 image tokens included
     assert m["dropped_too_long"] == {"train": 0} and m["examples"] == {"train": 8}
     assert m["wall_seconds"] > 0 and art.file("loss.png").stat().st_size > 5000
+    assert 0 < m["seconds_per_step"] < m["train_seconds"]  # a median step time, first step left out
     assert "published fit@v1" in out and "30 steps" in out
     assert not (ready.store.root / ".work" / "fit").exists()  # checkpoints go once the model is published
 
@@ -182,6 +184,35 @@ def test_synth_messages_are_valid_cold_start_data(cli):
         assert "<think>" in user["content"] and r["question"].split(" Answer with")[0] in user["content"]
         assert sft.THINK.match(assistant["content"]) and assistant["content"].endswith(f"\\boxed{{{r['answer']}}}")
         assert r["caption"] in assistant["content"]
+
+
+def test_synth_message_styles(cli):
+    # the option started as a flag (true = think); a style is given as messages=STYLE
+    for style in ("brief", "direct", "caption"):
+        code, _, err = cli("data", "synth", "--name", style, "--n", "40", f"messages={style}")
+        assert code == 0, err
+    assert cli("data", "synth", "--name", "bad", "--n", "20", "messages=long")[0] == 2
+    brief, direct, caption = (data.read_split(cli.store.resolve(s).path, "train") for s in ("brief", "direct", "caption"))
+    for b, d, c in zip(brief, direct, caption):
+        assert b["id"] == d["id"] == c["id"] and b["caption"] == c["caption"]  # the same problems, full captions kept
+        value = b["options"]["ABCD".index(b["answer"])] if b["options"] else b["answer"]
+        think = b["messages"][1]["content"]
+        assert sft.THINK.match(think) and think.endswith(f"\\boxed{{{b['answer']}}}") and value in think
+        assert len(think) < 200 and b["messages"][0]["content"] == synthetic.with_solutions([b])[0]["messages"][0]["content"]
+        official = "".join(p["text"] for p in mmmu.build_prompt(d, "official") if p["type"] == "text")
+        assert d["messages"] == [{"role": "user", "content": official}, {"role": "assistant", "content": d["answer"]}]
+        user, short = c["messages"]
+        assert user["content"] == synthetic.CAPTION_PROMPT and "(x=" not in short and len(short) < len(c["caption"]) / 2
+    # the short caption names every object of the full one, in the same order
+    for c in caption:
+        if c["subject"] in ("counting", "color", "spatial"):
+            named = re.findall(r"a (\w+ \w+) at", c["messages"][1]["content"])
+            assert named == re.findall(r"a (\w+ \w+) at [a-z ]+ \(x=", c["caption"])
+    # brief traces count what the question asks about
+    for b in brief:
+        if b["subject"] == "counting":
+            value = b["options"]["ABCD".index(b["answer"])] if b["options"] else b["answer"]
+            assert re.match(rf"<think>There (are|is) {value} ", b["messages"][1]["content"])
 
 
 def test_recipe_files_resolve_to_the_paper_settings():

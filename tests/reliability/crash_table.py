@@ -1,12 +1,14 @@
 """Print the crash-safety table: every writing stage x kill point, survived or not.
 
-    python -m tests.reliability.crash_table          # the whole sweep (~3 minutes on 2 cores)
+    python -m tests.reliability.crash_table          # the whole sweep (~7 minutes on 2 cores)
     python -m tests.reliability.crash_table --ci     # only the points CI runs
 
 "Survived" means: the process died by SIGKILL at that point; nothing incomplete was visible in
 the store; every visible artifact passed `r1v3 artifacts verify`; the dead writer's draft was
-recognised as abandoned; and a re-run (with --resume for eval) published files identical
-(sha256) to an uninterrupted run's.
+recognised as abandoned; and a re-run (with --resume for eval and sft) published files identical
+(sha256) to an uninterrupted run's (for sft's log_history.json: every per-step entry; see
+harness._without_wall_clock). For sft the checkpoint --resume will pick must hold every file a
+resume reads, and the re-run must resume from the checkpoint the kill point implies.
 """
 
 from __future__ import annotations
@@ -41,6 +43,9 @@ def main(argv=None) -> int:
                 notes = [f"{d['leftover_drafts']} abandoned draft(s), cleaned"] if d["leftover_drafts"] else []
                 if d.get("items_resumed") is not None:
                     notes.append(f"{d['items_resumed']} items resumed")
+                if "resumed_from_step" in d:
+                    step = d["resumed_from_step"]
+                    notes.append(f"resumed from checkpoint-{step}" if step else "re-run started from step 0")
                 notes += d["notes"]
                 rows.append((stage, point, "survived", "; ".join(notes)))
             except AssertionError as e:

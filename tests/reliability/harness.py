@@ -1,16 +1,22 @@
 """Crash-safety scenarios: run a writing stage in a real process, SIGKILL it at a chosen point,
 check the store, re-run (with --resume where the stage has it) and compare with an uninterrupted run.
 
+A kill point is (label, killer options, in CI?) or (label, options, in CI?, expectations): the
+expectations say what the kill must have left and what the re-run must report, so a kill that
+lands somewhere else than its label says fails instead of passing for the wrong reason. Options
+may be a list of option lists (successive killed runs; later ones get --resume unless their
+options start with "--fresh").
+
 Used by test_crash.py (pytest) and crash_table.py (prints the stage x kill point table).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -35,10 +41,16 @@ class Stage:
     label: str
     name: str  # the artifact it publishes
     argv: list  # r1v3 arguments; "{inputs}" in an item is replaced by the inputs directory
-    points: list  # (label, killer options or a list of them for successive kills, in CI?)
+    points: list  # (label, killer options or a list of them for successive kills, in CI?[, expectations])
     resumable: bool = False
-    needs_store: bool = False  # starts from the prepared store (a model and a dataset in it)
-    extra: dict = field(default_factory=dict)
+    needs_store: bool = False  # starts from the prepared store (models and datasets in it)
+    # files whose bytes legitimately differ between two uninterrupted runs: compared after
+    # normalize(bytes) instead (sft: the wall-clock fields of log_history.json)
+    volatile: dict = field(default_factory=dict)
+    # manifest metrics that must also equal the uninterrupted run's
+    same_metrics: tuple = ()
+    resume_metric: str | None = None  # what the re-run reports about resuming (eval: items_resumed)
+    after_kill: object = None  # callable(stage, store) -> (notes, facts) checking the work directory
 
 
 EVAL_ARGS = ["eval", "mmmu", "--model", "m", "--data", "mm", "--name", "ev", "--max-new-tokens", "8",
@@ -98,9 +110,114 @@ STAGES = {
             ("publish: draft half written", ["--kill", "stages.eval_mmmu:chart"], False),
             (*FSYNC, False), (*RENAME, True), (*AFTER_RENAME, False),
         ],
-        resumable=True, needs_store=True,
+        resumable=True, needs_store=True, resume_metric="items_resumed",
     ),
 }
+
+
+def _without_wall_clock(blob: bytes) -> bytes:
+    """log_history.json minus what a clock decides (train_runtime, *_per_second) and the closing
+    summary's train_loss, which transformers reports for the last train() call only (after a resume:
+    the resumed steps' mean; 0.0 if nothing was left to train). Every per-step entry must match."""
+    log = json.loads(blob)
+    keep = [{k: v for k, v in h.items() if not (k.endswith("_runtime") or k.endswith("_per_second"))
+             and not (k == "train_loss" and "total_flos" in h)} for h in log]
+    return json.dumps(keep, sort_keys=True).encode()
+
+
+# a tiny InternVL on 8 chat rows, 2 per step: 6 optimizer steps, a checkpoint every 2 (kept: the last 2)
+SFT_ARGS = ["sft", "--model", "m", "--data", "sftd", "--name", "ft", "--trainable", "connector+llm", "--lr", "5e-3",
+            "--batch-size", "2", "--max-steps", "6", "--save-steps", "2"]
+STEP = "transformers:Trainer.training_step"  # N-th call: step N's forward+backward (+after: before its optimizer step)
+CKPT_STATE = "transformers.trainer_callback:TrainerState.save_to_json"  # the last file of a checkpoint
+CKPT_FILES = ("model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json")
+
+
+def _sft_after_kill(stage: Stage, store: Store) -> tuple[list[str], dict]:
+    """What --resume will see: the newest checkpoint it accepts must hold everything a resume reads."""
+    from stages import sft
+
+    work = store.root / ".work" / stage.name / "sft"
+    if not work.exists():
+        aside = list(work.parent.glob("sft.discarded-*")) if work.parent.exists() else []
+        note = "work directory discarded (a half-deleted copy set aside, ignored)" if aside else (
+            "no checkpoints" if work.parent.exists() else "no work directory (the store was not touched)")
+        return [note], {"work": work.parent.exists(), "resume_from": None}
+    complete = sft.complete_checkpoints(work)
+    steps = [int(p.name.split("-")[1]) for p in complete]
+    skipped = sorted(int(p.name.split("-")[1]) for p in work.glob("checkpoint-*") if p not in complete)
+    if complete:
+        newest = complete[-1]
+        missing = [f for f in CKPT_FILES if not (newest / f).is_file()]
+        assert not missing, f"{newest.name} is taken as complete but lacks {missing}"
+        state = json.loads((newest / "trainer_state.json").read_text())
+        assert state["global_step"] == steps[-1], f"{newest.name} holds step {state['global_step']}"
+    notes = [f"checkpoints {steps or 'none'} complete" + (f", {skipped} incomplete (skipped)" if skipped else "")]
+    return notes, {"work": True, "resume_from": steps[-1] if steps else None}
+
+
+STAGES["sft"] = Stage(
+    "sft --resume", "ft", SFT_ARGS,
+    [
+        ("loading inputs (measuring row 5 of 8)", ["--kill", "trl.data_utils:prepare_multimodal_messages@5"], False,
+         {"work": False, "resume_from": None}),
+        ("run key write cut short (r1v3-run.json)", ["--kill-open", "r1v3-run.json@1"], False, {"resume_from": None}),
+        ("mid-step 2, no checkpoint yet", ["--kill", f"{STEP}@2+after"], False, {"resume_from": None}),
+        ("mid-step 3, after checkpoint-2", ["--kill", f"{STEP}@3+after"], True, {"resume_from": 2}),
+        ("checkpoint-4 save begun, nothing written", ["--kill", "transformers:Trainer._save_checkpoint@2"], False,
+         {"resume_from": 2}),
+        ("checkpoint-4 save: weights, optimizer, RNG written, trainer_state.json not",
+         ["--kill", f"{CKPT_STATE}~checkpoint-4/trainer_state.json"], True, {"resume_from": 2}),
+        ("checkpoint-4 save: trainer_state.json torn", ["--kill-open", "checkpoint-4/trainer_state.json@1"], False,
+         {"resume_from": 2}),
+        ("checkpoint rotation: checkpoint-2 half deleted", ["--kill", "os:unlink@1+after~model.safetensors"], False,
+         {"resume_from": 6}),
+        ("resume killed in its checkpoint-4 save",
+         [["--kill", f"{STEP}@3+after"], ["--kill", f"{CKPT_STATE}~checkpoint-4/trainer_state.json"]], False,
+         {"resume_from": 2}),
+        ("resume killed while saving its run key",
+         [["--kill", f"{STEP}@3+after"], ["--kill-open", "r1v3-run.json@1"]], False, {"resume_from": 2}),
+        ("starting over killed while discarding the old checkpoints",
+         [["--kill", f"{STEP}@3+after"], ["--fresh", "--kill", "os:unlink@1+after~scheduler.pt"]], False,
+         {"resume_from": None}),
+        ("publish: draft half written (weights in, loss.png not)", ["--kill", "stages.sft:plot_loss"], True,
+         {"resume_from": 6}),
+        (*FSYNC, False, {"resume_from": 6}), (*RENAME, False, {"resume_from": 6}),
+        (*AFTER_RENAME, False, {"resume_from": 6}),
+        ("published, killed while removing the checkpoints", ["--kill", "os:unlink@2+after~model.safetensors"], False,
+         {"published": True, "resume_from": None}),
+    ],
+    resumable=True, needs_store=True, volatile={"log_history.json": _without_wall_clock},
+    same_metrics=("steps", "loss_curve", "tokens_seen", "final_loss"), resume_metric="resumed_from_step",
+    after_kill=_sft_after_kill,
+)
+
+# early stopping (connector-retune's validation loss): training ends before --max-steps, at the step
+# whose checkpoint records should_training_stop; a resume from there must train nothing more.
+# A regression test of its own (test_crash.py, slow), not a row of the crash table.
+OTHER_STAGES = {}
+OTHER_STAGES["sft early stop"] = Stage(
+    "sft --resume (early stopping)", "es",
+    ["sft", "--model", "m", "--data", "esd", "--name", "es", "--preset", "connector-retune", "--trainable",
+     "connector+llm", "--lr", "1e-2", "--batch-size", "4", "--max-steps", "30", "--save-steps", "2",
+     "early_stopping_patience=2"],
+    [("publish: draft half written, after the early stop at step 18", ["--kill", "stages.sft:plot_loss"], False,
+      {"resume_from": 18})],
+    resumable=True, needs_store=True, volatile={"log_history.json": _without_wall_clock},
+    same_metrics=("steps", "stopped_early", "best_checkpoint_step", "loss_curve", "eval_loss_curve", "eval_loss",
+                  "tokens_seen"),
+    resume_metric="resumed_from_step", after_kill=_sft_after_kill,
+)
+
+STAGES["compose"] = Stage(
+    "compose", "cm", ["compose", "--vlm", "m", "--llm", "llm", "--name", "cm", "--seed", "3"],
+    [
+        ("model composed, nothing saved", ["--kill", "r1v3.models:compose+after"], False),
+        ("save: weights written, processor not", ["--kill", "transformers:ProcessorMixin.save_pretrained"], True),
+        (*FSYNC, False), (*RENAME, True), (*AFTER_RENAME, False),
+    ],
+    needs_store=True,
+)
 
 
 def points(ci_only: bool = False) -> list[tuple[str, str]]:
@@ -110,12 +227,38 @@ def points(ci_only: bool = False) -> list[tuple[str, str]]:
 # ---- inputs ---------------------------------------------------------------------------------
 
 
+# a ChatML template without {% generation %} markers, like a Qwen2.5 instruct model's
+CHATML = (
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+
+def _tiny_llm(path: Path) -> None:
+    """A random text-only Qwen2 (hidden 48, so compose re-initialises the connector) with a chat template."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from r1v3 import models
+
+    tok = models.tiny_tokenizer(chat_template=CHATML)
+    config = Qwen2Config(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=len(tok), tie_word_embeddings=False,
+                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(1)
+    Qwen2ForCausalLM(config).save_pretrained(path)
+    tok.save_pretrained(path)
+
+
 def prepare_inputs(base: Path) -> Path:
     """Everything the stages read: a jsonl dataset, an MMMU copy, a plain HF model directory, and a
-    store holding model `m` and dataset `mm` (for eval)."""
+    store holding model `m`, datasets `mm` (for eval) and `sftd` (chat rows, for sft), and a
+    text-only LLM `llm` (for compose)."""
     from PIL import Image
 
-    from r1v3 import mmmu, models
+    from r1v3 import data, mmmu, models
 
     base.mkdir(parents=True, exist_ok=True)
     rows = base / "rows"
@@ -130,6 +273,35 @@ def prepare_inputs(base: Path) -> Path:
     models.save_model(model, processor, base / "hfmodel")
     quiet(["--store", str(base / "store"), "init", "tiny", "--name", "m", "--family", "internvl"])
     quiet(["--store", str(base / "store"), "data", "mmmu", "--path", str(base / "mmmu"), "--name", "mm"])
+    sft_rows = base / "sftrows"
+    sft_rows.mkdir()
+    with open(sft_rows / "rows.jsonl", "w") as f:
+        for i in range(8):
+            Image.new("RGB", (12, 12), (30 * i, 200 - 20 * i, 90)).save(sft_rows / f"{i}.png")
+            f.write(json.dumps({
+                "id": f"s{i}", "images": [f"{i}.png"], "question": f"How many squares? ({i})", "options": [],
+                "answer": str(i % 5), "question_type": "open",
+                "messages": [{"role": "user", "content": f"How many squares are there? ({i})"},
+                             {"role": "assistant", "content": f"<think>I count {i % 5}.</think>\n\\boxed{{{i % 5}}}"}],
+            }) + "\n")
+    quiet(["--store", str(base / "store"), "data", "import", str(sft_rows / "rows.jsonl"), "--name", "sftd"])
+    # train and validation disagree, so the validation loss soon rises and early stopping ends the run
+    splits = {}
+    for split, n, answer in (("train", 8, "<think>Wait, the circles are red.</think>\n\\boxed{A}"),
+                             ("validation", 4, "<think>Hmm, so the total is 12.</think>\n\\boxed{9}")):
+        with open(sft_rows / f"{split}.jsonl", "w") as f:
+            for i in range(n):
+                f.write(json.dumps({
+                    "id": f"{split[0]}{i}", "images": [f"{i}.png"], "question": f"Which option? ({i})", "options": [],
+                    "answer": "A", "question_type": "open",
+                    "messages": [{"role": "user", "content": f"Which option is right? ({split} {i})"},
+                                 {"role": "assistant", "content": answer}],
+                }) + "\n")
+        splits[split] = data.load_rows(str(sft_rows / f"{split}.jsonl"))
+    with Store(base / "store").publish("esd", "dataset", stage="test") as draft:
+        data.write_splits(draft.path, splits)
+    _tiny_llm(base / "llm")
+    quiet(["--store", str(base / "store"), "import-model", str(base / "llm"), "--name", "llm"])
     return base
 
 
@@ -153,14 +325,26 @@ def _fresh_store(stage: Stage, inputs: Path, root: Path) -> Store:
     return Store(root)
 
 
+def fingerprint(stage: Stage, art) -> dict:
+    """What must equal the uninterrupted run's: every file's sha256 and size (a volatile file's
+    after normalising), and the stage's `same_metrics`."""
+    out = dict(art.manifest["files"])
+    for rel, normalize in stage.volatile.items():
+        if rel in out:
+            out[rel] = {"normalized_sha256": hashlib.sha256(normalize(art.file(rel).read_bytes())).hexdigest()}
+    for key in stage.same_metrics:
+        out[f"metrics.{key}"] = art.metrics.get(key)
+    return out
+
+
 def reference(stage_key: str, inputs: Path, workdir: Path, _cache: dict = {}) -> dict:
-    """The uninterrupted run's file list (name -> sha256, size), computed once per process."""
+    """The uninterrupted run's fingerprint, computed once per process."""
     key = (stage_key, str(inputs))
     if key not in _cache:
-        stage = STAGES[stage_key]
+        stage = STAGES.get(stage_key) or OTHER_STAGES[stage_key]
         store = _fresh_store(stage, inputs, workdir / f"reference-{stage.name}")
         quiet(["--store", str(store.root), *_argv(stage, inputs)])
-        _cache[key] = store.resolve(stage.name, verify=True).manifest["files"]
+        _cache[key] = fingerprint(stage, store.resolve(stage.name, verify=True))
     return _cache[key]
 
 
@@ -169,7 +353,9 @@ def reference(stage_key: str, inputs: Path, workdir: Path, _cache: dict = {}) ->
 
 def _kill_run(stage: Stage, options: list, inputs: Path, store: Store, resume: bool) -> subprocess.CompletedProcess:
     env = dict(os.environ, R1V3_STORE=str(store.root), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-               HF_DATASETS_OFFLINE="1", PYTHONPATH=str(REPO))
+               HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONPATH=str(REPO))
+    if options[:1] == ["--fresh"]:
+        options, resume = options[1:], False
     argv = _argv(stage, inputs) + (["--resume"] if resume else [])
     return subprocess.run([sys.executable, str(KILLER), *options, "--", *argv], env=env, cwd=REPO,
                           capture_output=True, text=True, timeout=600)
@@ -196,10 +382,12 @@ def _check_store_after_kill(stage: Stage, store: Store, published_ok: bool) -> l
 
 def run_scenario(stage_key: str, point_label: str, inputs: Path, workdir: Path) -> dict:
     """Kill, check, re-run, compare. Raises AssertionError saying what broke; returns details."""
-    stage = STAGES[stage_key]
-    _, options, _ = next(p for p in stage.points if p[0] == point_label)
+    stage = STAGES.get(stage_key) or OTHER_STAGES[stage_key]
+    point = next(p for p in stage.points if p[0] == point_label)
+    options, expect = point[1], (point[3] if len(point) > 3 else {})
     ref = reference(stage_key, inputs, workdir)
-    root = workdir / ("crash-" + re.sub(r"[^A-Za-z0-9]+", "-", f"{stage.name}-{point_label}"))
+    # named by index, not label: a label's words in the store path would match the killer's ~TEXT filters
+    root = workdir / f"crash-{stage.name}-{[p[0] for p in stage.points].index(point_label)}"
     store = _fresh_store(stage, inputs, root)
     start = time.perf_counter()
     details = {"stage": stage_key, "point": point_label}
@@ -210,26 +398,45 @@ def run_scenario(stage_key: str, point_label: str, inputs: Path, workdir: Path) 
         assert proc.returncode == -9, (
             f"kill point not reached (exit {proc.returncode}): {proc.stderr[-1500:]}"
         )
-    after_rename = point_label == AFTER_RENAME[0]
+    after_rename = point_label == AFTER_RENAME[0] or expect.get("published", False)
     details["notes"] = _check_store_after_kill(stage, store, after_rename)
+    if stage.after_kill is not None:
+        notes, facts = stage.after_kill(stage, store)
+        details["notes"] += notes
+        for k, want in expect.items():
+            assert k not in facts or facts[k] == want, f"the kill left {k}={facts.get(k)!r}, expected {want!r} ({notes})"
     drafts = sorted(p.name for p in (store.root / ".staging").iterdir()) if (store.root / ".staging").exists() else []
     details["leftover_drafts"] = len(drafts)
     # the dead writer's drafts are recognisable as abandoned (its lock died with it)
     assert sorted(p.name for p in store.abandoned_drafts(min_age=0)) == drafts
 
     # re-run: the leftovers must not be in the way
-    quiet(["--store", str(store.root), *_argv(stage, inputs), *(["--resume"] if stage.resumable else [])])
+    argv = ["--store", str(store.root), *_argv(stage, inputs), *(["--resume"] if stage.resumable else [])]
+    try:
+        quiet(argv)
+    except AssertionError:
+        raise
+    except Exception as e:  # a traceback where a re-run should just work
+        raise AssertionError(f"re-run crashed: {type(e).__name__}: {e}") from e
     art = store.resolve(stage.name, verify=True)
     assert art.version == (2 if after_rename else 1), f"re-run published {art.ref}"
     quiet(["--store", str(store.root), "artifacts", "verify", art.ref])
-    if art.manifest["files"] != ref:
-        diff = sorted(k for k in set(ref) | set(art.manifest["files"]) if ref.get(k) != art.manifest["files"].get(k))
+    got = fingerprint(stage, art)
+    if got != ref:
+        diff = sorted(k for k in set(ref) | set(got) if ref.get(k) != got.get(k))
         raise AssertionError(f"re-run differs from the uninterrupted run in {diff}")
-    if stage.resumable:
+    if stage.resume_metric == "items_resumed":  # eval
         details["items_resumed"] = art.metrics.get("items_resumed")
         if "generation" in point_label or "torn" in point_label or "resume" in point_label:
             assert art.metrics["items_resumed"] > 0, "resume redid every item"
         assert not list((store.root / ".work").rglob("*.jsonl")), "work files left after publishing"
+    elif stage.resume_metric:
+        details[stage.resume_metric] = art.metrics.get(stage.resume_metric)
+        if "resume_from" in expect:
+            assert art.metrics.get(stage.resume_metric) == expect["resume_from"], (
+                f"re-run reports {stage.resume_metric}={art.metrics.get(stage.resume_metric)}, "
+                f"expected {expect['resume_from']}")
+        assert not (store.root / ".work" / stage.name).exists(), "work directory left after publishing"
     removed = store.clean_staging(min_age=0)
     assert len(removed) == len(drafts) and not any((store.root / ".staging").iterdir())
     details["seconds"] = round(time.perf_counter() - start, 1)
