@@ -130,14 +130,22 @@ def data_synth(
     name: str = typer.Option(..., "--name", help="Artifact name for the dataset."),
     n: Optional[int] = typer.Option(None, "--n", help="Number of problems over all splits (default: 500)."),
     seed: Optional[int] = SeedOpt,
-    messages: bool = typer.Option(False, "--messages", help="Add `messages` for chat SFT: the reasoning prompt and a template teacher's <think> answer."),
+    messages: Optional[str] = typer.Option(
+        None, "--messages", metavar="STYLE",
+        help="Add a `messages` conversation per problem for chat SFT. think: the reasoning prompt and a template "
+        "teacher's <think> trace + \\boxed{answer}; brief: the same with a one-line trace; direct: the official "
+        "prompt and the bare answer; caption: describe the image -> its short caption (connector alignment).",
+    ),
+    tasks: Optional[str] = typer.Option(None, "--tasks", help="Comma-separated subset of counting,color,spatial,arithmetic,chart (default: all)."),
+    difficulty: Optional[str] = typer.Option(None, "--difficulty", help="normal, hard or normal,hard (default: both)."),
     cfg: Optional[Path] = ConfigOpt,
     overrides: Optional[List[str]] = OverridesArg,
 ):
-    """Synthetic visual reasoning problems drawn with Pillow (counting, colour, position, arithmetic)."""
+    """Synthetic visual reasoning problems drawn with Pillow (counting, colour, position, arithmetic, charts)."""
     from stages import synth
 
-    _run(synth, "synth", cfg, {"name": name, "n": n, "seed": seed, "messages": messages or None}, overrides)
+    options = {"name": name, "n": n, "seed": seed, "messages": messages, "tasks": tasks, "difficulty": difficulty}
+    _run(synth, "synth", cfg, options, overrides)
 
 
 @data_app.command("import")

@@ -48,8 +48,8 @@ def _coerce(value: Any, tp, key: str, where: str):
             raise UserError(f"{where}: {key} must be one of {', '.join(map(str, args))}; got {value!r}")
         return value
     if origin in (list, tuple):
-        if isinstance(value, str):  # `subjects=Math` from the command line means a list of one
-            value = [value]
+        if isinstance(value, str):  # `tasks=color` or `tasks=color,counting` from the command line
+            value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
             raise UserError(f"{where}: {key} must be a list, got {value!r}")
         inner = args[0] if args else Any

@@ -311,17 +311,26 @@ def problem_key(question, image):
     return h.hexdigest()
 
 
-def generate(n, seed, size=SIZE):
+def generate(n, seed, size=SIZE, tasks=None, difficulties=None):
     """n problem rows split into train/validation/test (80/10/10), deterministic for a seed.
 
-    Rows cycle through every task x difficulty x form, so any 20 consecutive rows hold each
-    combination once; splits are consecutive runs, so a split of 20+ rows covers them all.
-    No two rows share an id or a (question, image) pair, across splits too.
+    Rows cycle through every task x difficulty x form (of the `tasks` and `difficulties` asked
+    for, default all), so any 20 consecutive rows of the full set hold each combination once;
+    splits are consecutive runs, so a split of 20+ rows covers them all. No two rows share an id
+    or a (question, image) pair, across splits too.
     """
     if not isinstance(n, int) or n < 3:
         raise UserError(f"synthetic: n must be an integer of at least 3 (one row per split), got {n!r}")
+    tasks, difficulties = list(tasks or TASKS), list(difficulties or DIFFICULTIES)
+    for value, known, what in ((tasks, TASKS, "task"), (difficulties, DIFFICULTIES, "difficulty")):
+        for v in value:
+            if v not in known:
+                raise UserError(f"synthetic: unknown {what} {v!r}; choose from {', '.join(known)}")
+        if len(set(value)) != len(value):
+            raise UserError(f"synthetic: a {what} is given twice in {', '.join(value)}")
     rng = random.Random(seed)
-    combos = [(t, d, f) for t in TASKS for d in DIFFICULTIES for f in FORMS]
+    # in the module's order whatever order they were asked in, so the same set gives the same rows
+    combos = [(t, d, f) for t in TASKS if t in tasks for d in DIFFICULTIES if d in difficulties for f in FORMS]
     rows, seen = [], set()
     for i in range(n):
         task, difficulty, form = combos[i % len(combos)]

@@ -228,7 +228,7 @@ def load_examples(dataset: Artifact, split: str, cfg: Config) -> list[dict]:
         if not any(r["messages"] for r in rows):
             raise UserError(
                 f"{where}: no row has `messages`; chat SFT needs conversations (assistant turn in the think "
-                "template), e.g. from `r1v3 data synth --messages`; for image-caption rows use format=caption"
+                "template), e.g. from `r1v3 data synth --messages think`; for image-caption rows use format=caption"
             )
         missing = next((r for r in rows if not r["messages"]), None)
         if missing is not None:

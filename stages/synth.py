@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Union
 
 from r1v3 import data, synthetic
@@ -22,13 +22,15 @@ class Config:
     # bare answer), caption (describe -> short caption, for connector alignment). true means think: the
     # flag this option started as.
     messages: Union[bool, Literal["think", "brief", "direct", "caption"]] = False
+    tasks: list[str] = field(default_factory=list)  # a subset of synthetic.TASKS; default all
+    difficulty: list[str] = field(default_factory=list)  # normal and/or hard; default both
 
 
 def run(cfg: Config, store: Store) -> Artifact:
     check_name(cfg.name)
     if cfg.n < 10:
         raise UserError(f"n must be at least 10 to fill train/validation/test splits, got {cfg.n}")
-    splits = synthetic.generate(cfg.n, seed=cfg.seed)
+    splits = synthetic.generate(cfg.n, seed=cfg.seed, tasks=cfg.tasks, difficulties=cfg.difficulty)
     if cfg.messages:
         style = "think" if cfg.messages is True else cfg.messages
         splits = {k: synthetic.with_solutions(v, style) for k, v in splits.items()}

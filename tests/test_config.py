@@ -32,6 +32,8 @@ def test_precedence_defaults_yaml_options_overrides(tmp_path):
     assert config.to_dict(cfg)["optim"] == {"lr": 2e-4, "warmup": 0.1}
     cfg = config.load(Cfg, stage="sft", overrides=["steps=3", "optim.lr=1"])
     assert cfg.steps == 3 and cfg.optim.lr == 1.0
+    assert config.load(Cfg, stage="sft", overrides=["subjects=Math, Art"]).subjects == ["Math", "Art"]
+    assert config.load(Cfg, stage="sft", overrides=["subjects=[Math, Art]"]).subjects == ["Math", "Art"]
 
 
 @pytest.mark.parametrize("text,msg", [

@@ -229,6 +229,19 @@ def test_generate_500_is_fast():
     assert sum(len(v) for v in s.values()) == 500
 
 
+def test_generate_subset_of_tasks_and_difficulties():
+    s = synthetic.generate(40, 0, tasks=["counting", "color"], difficulties=["normal"])
+    rows = [r for split in s.values() for r in split]
+    assert {r["subject"] for r in rows} == {"counting", "color"}
+    assert {r["difficulty"] for r in rows} == {"normal"}
+    # the order they are asked in does not change the rows
+    assert s == synthetic.generate(40, 0, tasks=["color", "counting"], difficulties=["normal"])
+    with pytest.raises(UserError, match="unknown task 'colour'"):
+        synthetic.generate(40, 0, tasks=["colour"])
+    with pytest.raises(UserError, match="given twice"):
+        synthetic.generate(40, 0, difficulties=["hard", "hard"])
+
+
 def test_generate_rejects_tiny_n():
     with pytest.raises(UserError, match="at least 3"):
         synthetic.generate(2, 0)

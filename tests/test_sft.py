@@ -176,7 +176,7 @@ def test_caption_format_and_image_placement(ready):
 
 
 def test_synth_messages_are_valid_cold_start_data(cli):
-    code, _, err = cli("data", "synth", "--name", "sol", "--n", "20", "--messages")
+    code, _, err = cli("data", "synth", "--name", "sol", "--n", "20", "--messages", "think")
     assert code == 0, err
     rows = data.read_split(cli.store.resolve("sol").path, "train")
     for r in rows:
