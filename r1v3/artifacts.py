@@ -85,6 +85,38 @@ def _bad_relpath(rel) -> bool:
     return p.is_absolute() or ".." in p.parts or rel == MANIFEST
 
 
+# ---- resumable runs: a run's scratch state lives in STORE/.work/<name>/<stage>/ (Store.work_dir)
+
+
+def run_key(settings: dict, *inputs: "Artifact") -> str:
+    """What must match for --resume to continue an interrupted run: its settings and the
+    contents (digests) of the artifacts it reads."""
+    blob = json.dumps({"settings": settings, "inputs": [a.digest for a in inputs]}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def read_run_key(path: Path) -> str | None:
+    """The key an interrupted run recorded: None without the file, "" if it cannot be read."""
+    if not path.exists():
+        return None
+    try:
+        key = json.loads(path.read_text()).get("key")
+    except (OSError, ValueError, AttributeError):
+        return ""
+    return key if isinstance(key, str) else ""
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Replace `path` with `text`, never rewrite it in place: a kill mid-write leaves the old
+    file whole (an empty or torn state file once broke every later run)."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 def _fsync_path(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:

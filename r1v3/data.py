@@ -65,6 +65,47 @@ PNG_MODES = ("1", "L", "LA", "P", "RGB", "RGBA", "I", "I;16")
 PARQUET_ROW_GROUP = 100  # small row groups: image rows are big, and readers stream by group
 
 
+def interleave_images(texts: list[str], n_images: int, where: str, lead: int = 0) -> tuple[list[list[dict]], list[int]]:
+    """Texts (the turns of one conversation) as content parts with the images in place.
+
+    The first `<image N>` across the texts becomes {"type": "image", "index": N-1} where it
+    stands; a later mention of the same image stays text, so each image is sent once. Images no
+    text mentions go first in texts[lead]. Returns the parts of each text (adjacent text merged,
+    empty text dropped) and the image indices in the order their parts appear.
+    """
+    mentioned = set()
+    for text in texts:
+        for m in IMAGE_REF.finditer(text):
+            n = int(m.group(1))
+            if not 1 <= n <= n_images:
+                raise UserError(f"{where}: '{m.group(0)}' refers to image {n} but the row has {n_images} image(s)")
+            mentioned.add(n - 1)
+    sent, out = set(), []
+    for t, text in enumerate(texts):
+        parts = [{"type": "image", "index": k} for k in range(n_images) if k not in mentioned] if t == lead else []
+        pos = 0
+        for m in IMAGE_REF.finditer(text):
+            k = int(m.group(1)) - 1
+            if k in sent:
+                continue
+            sent.add(k)
+            parts += [{"type": "text", "text": text[pos:m.start()]}, {"type": "image", "index": k}]
+            pos = m.end()
+        parts.append({"type": "text", "text": text[pos:]})
+        merged = []
+        for part in parts:
+            if part["type"] == "text":
+                if not part["text"]:
+                    continue
+                if merged and merged[-1]["type"] == "text":
+                    merged[-1] = {"type": "text", "text": merged[-1]["text"] + part["text"]}
+                    continue
+            merged.append(part)
+        out.append(merged)
+    order = [p["index"] for parts in out for p in parts if p["type"] == "image"]
+    return out, order
+
+
 # -----------------------------------------------------------------------------
 # validation
 

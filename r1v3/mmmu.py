@@ -17,7 +17,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Sequence
 
-from r1v3 import answers
+from r1v3 import answers, data
 from r1v3.errors import UserError
 
 # The six disciplines and their 30 subjects, named as the benchmark's subject folders.
@@ -65,7 +65,6 @@ REASONING_OPEN_INSTRUCTION = (
     "\\boxed{}."
 )
 
-IMAGE_REF = re.compile(r"<image\s*(\d+)>")
 MAX_IMAGES = 7  # image_1 .. image_7 in the hub schema
 HUB_COLUMNS = (
     "id", "question", "options", "explanation",
@@ -132,34 +131,8 @@ def build_prompt(row: dict, style: str) -> list[dict]:
     if style not in STYLES:
         raise UserError(f"prompt style must be one of {', '.join(STYLES)}, got {style!r}")
     text = _prompt_text(row, style)
-    n_images = len(row.get("images") or [])
-    parts: list[dict] = []
-    seen: set[int] = set()
-    pos = 0
-    for m in IMAGE_REF.finditer(text):
-        n = int(m.group(1))
-        if not 1 <= n <= n_images:
-            raise UserError(
-                f"row {row.get('id', '?')}: '{m.group(0)}' refers to image {n} but the row has {n_images} image(s)"
-            )
-        if n in seen:
-            continue
-        seen.add(n)
-        parts.append({"type": "text", "text": text[pos:m.start()]})
-        parts.append({"type": "image", "index": n - 1})
-        pos = m.end()
-    parts.append({"type": "text", "text": text[pos:]})
-    leading = [{"type": "image", "index": k} for k in range(n_images) if k + 1 not in seen]
-    merged: list[dict] = []
-    for part in leading + parts:
-        if part["type"] == "text":
-            if not part["text"]:
-                continue
-            if merged and merged[-1]["type"] == "text":
-                merged[-1] = {"type": "text", "text": merged[-1]["text"] + part["text"]}
-                continue
-        merged.append(part)
-    return merged
+    parts, _ = data.interleave_images([text], len(row.get("images") or []), f"row {row.get('id', '?')}")
+    return parts[0]
 
 
 # --------------------------------------------------------------------------------------
@@ -197,7 +170,7 @@ def _renumber(text: str, mapping: dict[int, int], where: str) -> str:
             raise UserError(f"{where}: '{m.group(0)}' refers to image_{n}, which is empty")
         return f"<image {mapping[n]}>"
 
-    return IMAGE_REF.sub(sub, text)
+    return data.IMAGE_REF.sub(sub, text)
 
 
 def _hub_row(raw: dict, subject: str, split: str, where: str, folder: Path) -> dict:

@@ -12,7 +12,6 @@ Works on any problem dataset: subjects outside MMMU's 30 count per subject and o
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import Literal, Optional
 
 from r1v3 import data, mmmu
-from r1v3.artifacts import Artifact, Store, check_name
+from r1v3.artifacts import Artifact, Store, check_name, read_run_key, run_key, write_atomic
 from r1v3.config import to_dict
 from r1v3.errors import UserError
 
@@ -119,8 +118,7 @@ def _run_key(cfg: Config, model: Artifact, dataset: Artifact, backend: str) -> s
     """What must match for a resumed run to continue the interrupted one (the backend too:
     vLLM and transformers sample differently for the same seed)."""
     keep = {k: v for k, v in to_dict(cfg).items() if k not in ("resume", "batch_size", "backend", "name")}
-    blob = json.dumps({"cfg": keep, "model": model.digest, "data": dataset.digest, "backend": backend}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return run_key(dict(keep, backend=backend), model, dataset)
 
 
 def _read_partial(path: Path) -> dict[str, dict]:
@@ -141,23 +139,6 @@ def _read_partial(path: Path) -> dict[str, dict]:
                 break
             done[rec["id"]] = rec
     return done
-
-
-def _read_key(path: Path) -> Optional[str]:
-    try:
-        return json.loads(path.read_text()).get("key")
-    except (OSError, ValueError, AttributeError):
-        return None
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    # a kill mid-write leaves the old file whole, so progress and its key always agree
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def resolve_backend(name: str) -> str:
@@ -194,7 +175,7 @@ def generate_and_judge(cfg: Config, store: Store) -> tuple[list[dict], dict, lis
     key = _run_key(cfg, model, dataset, resolve_backend(cfg.backend))
     done: dict[str, dict] = {}
     if cfg.resume:
-        previous = _read_key(state_file)
+        previous = read_run_key(state_file)
         # finished items count only under the key they were made with (no key: nothing to trust)
         if (previous is not None or _read_partial(partial)) and previous != key:
             raise UserError(
@@ -218,8 +199,8 @@ def generate_and_judge(cfg: Config, store: Store) -> tuple[list[dict], dict, lis
     store.work_dir(cfg.name, "eval")
     lock = store.lock_work(cfg.name, "eval")  # held until the process ends: one writer per work dir
     # progress first, then its key: a kill in between leaves progress that the old key still describes
-    _write_atomic(partial, "".join(json.dumps(done[i]) + "\n" for i in done))
-    _write_atomic(state_file, json.dumps({"key": key}))
+    write_atomic(partial, "".join(json.dumps(done[i]) + "\n" for i in done))
+    write_atomic(state_file, json.dumps({"key": key}))
     start, new_tokens = time.perf_counter(), 0
     if backend is not None:
         with open(partial, "a") as out:

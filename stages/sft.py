@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Literal, Optional
 
 from r1v3 import data, models
-from r1v3.artifacts import Artifact, Store, check_name
+from r1v3.artifacts import Artifact, Store, check_name, read_run_key, run_key, write_atomic
 from r1v3.config import to_dict
 from r1v3.errors import UserError
 
@@ -183,38 +183,15 @@ def conversation(row: dict, cfg: Config, where: str) -> dict:
                     f"{where}: assistant turn is not in the think template ({why} '<think>reasoning</think>' "
                     f"then the answer; it starts {m['content'][:40]!r})"
                 )
-    mentioned = set()
-    for m in messages:
-        if m["role"] != "assistant":
-            for ref in data.IMAGE_REF.finditer(m["content"]):
-                k = int(ref.group(1))
-                if not 1 <= k <= len(images):
-                    raise UserError(f"{where}: messages mention {ref.group(0)} but the row has {len(images)} image(s)")
-                mentioned.add(k - 1)
-    order, out, first_user = [], [], True
-    for m in messages:
-        parts, text = [], m["content"]
-        if m["role"] == "user" and first_user:
-            first_user = False
-            for i in range(len(images)):
-                if i not in mentioned:
-                    parts.append(dict(IMAGE_PART))
-                    order.append(i)
-        if m["role"] != "assistant":
-            pos = 0
-            for ref in data.IMAGE_REF.finditer(text):
-                i = int(ref.group(1)) - 1
-                if i in order:
-                    continue  # a second mention stays text: each image is sent once
-                if text[pos:ref.start()]:
-                    parts.append(_text(text[pos:ref.start()]))
-                parts.append(dict(IMAGE_PART))
-                order.append(i)
-                pos = ref.end()
-            text = text[pos:]
-        if text or not parts:
-            parts.append(_text(text))
-        out.append({"role": m["role"], "content": parts})
+    # images go where a system/user turn mentions them, else first in the first user turn
+    shown = [i for i, m in enumerate(messages) if m["role"] != "assistant"]
+    lead = next(j for j, i in enumerate(shown) if messages[i]["role"] == "user") if images else 0
+    placed, order = data.interleave_images([messages[i]["content"] for i in shown], len(images), where, lead)
+    parts_of = dict(zip(shown, placed))
+    out = []
+    for i, m in enumerate(messages):
+        parts = [dict(IMAGE_PART) if p["type"] == "image" else _text(p["text"]) for p in parts_of.get(i, [])]
+        out.append({"role": m["role"], "content": parts or [_text(m["content"])]})
     return {"messages": out, "images": [images[i] for i in order]}
 
 
@@ -360,22 +337,9 @@ def _discard(work: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _previous_key(state_file: Path) -> str | None:
-    """The interrupted run's key: None without a state file, "" if it cannot be read."""
-    if not state_file.exists():
-        return None
-    try:
-        key = json.loads(state_file.read_text()).get("key")
-    except (OSError, ValueError, AttributeError):
-        return ""
-    return key if isinstance(key, str) else ""
-
-
 def _run_key(cfg: Config, model: Artifact, dataset: Artifact) -> str:
     """What must match for --resume to continue the interrupted run."""
-    keep = {k: v for k, v in to_dict(cfg).items() if k not in RESUME_FREE}
-    blob = json.dumps({"cfg": keep, "model": model.digest, "data": dataset.digest}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return run_key({k: v for k, v in to_dict(cfg).items() if k not in RESUME_FREE}, model, dataset)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -640,7 +604,7 @@ def run(cfg: Config, store: Store) -> Artifact:
     resume_from = None
     if dist.is_main_process:
         work.mkdir(parents=True, exist_ok=True)
-        previous = _previous_key(state_file)
+        previous = read_run_key(state_file)
         checkpoints = complete_checkpoints(work)
         if cfg.resume and previous == "" and checkpoints:
             raise UserError(f"cannot tell which settings the interrupted sft {cfg.name!r} used ({state_file} is "
@@ -658,10 +622,7 @@ def run(cfg: Config, store: Store) -> Artifact:
         if not cfg.resume or not checkpoints:
             _discard(work)  # a plain rmtree killed midway left checkpoints that --resume took as complete
             work.mkdir(parents=True)
-        # replaced, never rewritten in place: a kill mid-write left an empty file that broke every later run
-        tmp = state_file.with_name(state_file.name + ".tmp")
-        tmp.write_text(json.dumps({"key": key}))
-        os.replace(tmp, state_file)
+        write_atomic(state_file, json.dumps({"key": key}))
     dist.wait_for_everyone()
     if cfg.resume:
         checkpoints = complete_checkpoints(work)

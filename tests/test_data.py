@@ -242,6 +242,18 @@ def test_generate_subset_of_tasks_and_difficulties():
         synthetic.generate(40, 0, difficulties=["hard", "hard"])
 
 
+def test_interleave_images_places_each_image_once():
+    texts = ["System mentions <image 2>.", "Compare <image 3> with <image 2>; again <image 3>."]
+    parts, order = data.interleave_images(texts, 4, "row r", lead=1)
+    assert parts[0] == [{"type": "text", "text": "System mentions "}, {"type": "image", "index": 1},
+                        {"type": "text", "text": "."}]
+    # unmentioned images (0 and 3) lead the lead text; a repeated mention stays text
+    assert [p.get("index", p.get("text")) for p in parts[1]] == [0, 3, "Compare ", 2, " with <image 2>; again <image 3>."]
+    assert order == [1, 0, 3, 2]
+    with pytest.raises(UserError, match="row r: '<image 5>' refers to image 5 but the row has 4 image"):
+        data.interleave_images(["<image 5>"], 4, "row r")
+
+
 def test_generate_rejects_tiny_n():
     with pytest.raises(UserError, match="at least 3"):
         synthetic.generate(2, 0)
