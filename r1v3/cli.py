@@ -240,6 +240,7 @@ def eval_mmmu(
     tensor_parallel_size: Optional[int] = typer.Option(None, "--tensor-parallel-size", help="GPUs per model, vllm backend (default: 1)."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted eval of the same name without redoing finished items."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow the model's own Python code."),
+    blank_images: bool = typer.Option(False, "--blank-images", help="Replace every image with a white one of its size: the score without looking (a blind baseline)."),
     as_json: bool = typer.Option(False, "--json", help="Print the scores as JSON on stdout."),
     cfg: Optional[Path] = ConfigOpt,
     overrides: Optional[List[str]] = OverridesArg,
@@ -252,6 +253,7 @@ def eval_mmmu(
         subjects=subjects or None, limit=limit, style=style, max_new_tokens=max_new_tokens, temperature=temperature,
         top_p=top_p, samples=samples, seed=seed, backend=backend, batch_size=batch_size,
         tensor_parallel_size=tensor_parallel_size, resume=resume or None, trust_remote_code=trust_remote_code or None,
+        blank_images=blank_images or None,
     )
     conf = config.load(stage.Config, stage="eval", path=cfg, options=options, overrides=overrides or [])
     art, scores = stage.run(conf, store())
@@ -309,7 +311,7 @@ def sft(
     split: Optional[str] = typer.Option(None, "--split", help="Training split (default: train)."),
     eval_split: Optional[str] = typer.Option(None, "--eval-split", help="Validation split: its loss every eval_steps (default: none; connector-retune: validation)."),
     fmt: Optional[str] = typer.Option(None, "--format", help="chat (rows' messages) | caption (describe-the-image from each row's caption) (default: chat)."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate (default: the preset's, else 2e-5)."),
+    lr: Optional[float] = typer.Option(None, "--lr", "--learning-rate", help="Learning rate, the `learning_rate` key of a recipe (default: the preset's, else 2e-5)."),
     epochs: Optional[float] = typer.Option(None, "--epochs", help="Epochs (default: the preset's, else 1)."),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Optimizer steps; overrides --epochs."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Rows per device per micro-batch (default: 8)."),

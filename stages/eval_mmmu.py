@@ -48,6 +48,9 @@ class Config:
     tensor_parallel_size: int = 1
     resume: bool = False
     trust_remote_code: bool = False
+    # every image replaced by a white one of its size: what the model scores without looking, so a
+    # gain can be told apart from learning the answer format and the answer priors
+    blank_images: bool = False
 
     def resolved(self) -> "Config":
         style = self.style or ("official" if self.responses else "reasoning")
@@ -97,6 +100,10 @@ def load_rows(cfg: Config, dataset: Artifact) -> list[dict]:
     rows = rows[: cfg.limit] if cfg.limit else rows
     if not rows:
         raise UserError(f"{dataset.ref} [{cfg.split}]: no rows to evaluate")
+    if cfg.blank_images:
+        from PIL import Image
+
+        rows = [dict(r, images=[Image.new("RGB", im.size, "white") for im in r["images"]]) for r in rows]
     return rows
 
 

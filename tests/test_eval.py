@@ -108,6 +108,27 @@ def test_rescore_official_layout_and_json(cli, tmp_path):
     assert code == 0 and cli.store.resolve("rescored", kind="eval").metrics["n"] == 3
 
 
+def test_blank_images_ablation(ready, monkeypatch):
+    from r1v3 import generation
+
+    seen = []
+    real = generation.TransformersBackend.generate
+
+    def spy(self, requests, sampling, on_result=None):
+        requests = list(requests)
+        seen.extend(im for r in requests for im in r.images)
+        yield from real(self, requests, sampling, on_result)
+
+    monkeypatch.setattr(generation.TransformersBackend, "generate", spy)
+    code, _, err = ready(*EVAL, "--name", "blind", "--blank-images", "--limit", "6")
+    assert code == 0, err
+    assert seen and all(im.getextrema() == ((255, 255),) * 3 for im in seen)
+    assert ready.store.resolve("blind", kind="eval").manifest["config"]["blank_images"] is True
+    ready.store.resolve("mmmu", verify=True)  # the dataset itself is untouched
+    code, _, err = ready("eval", "mmmu", "--responses", ready.store.root, "--blank-images")
+    assert code == 2 and "blank_images do not apply" in err
+
+
 def test_eval_bad_inputs(ready, tmp_path):
     code, _, err = ready("eval", "mmmu", "--model", "tiny", "--data", "mmmu", "--name", "e", "--subjects", "Poetry")
     assert code == 2 and "unknown MMMU subject" in err
