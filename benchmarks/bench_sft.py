@@ -66,14 +66,14 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     try:
         cli(["init", "smol", "--name", "smol"], env)
-        cli(["data", "synth", "--name", "probs", "--n", str(args.n), "--seed", "0", "messages=direct"], env)
+        cli(["data", "synth", "--name", "probs", "--n", str(args.n), "--seed", "0", "--messages", "direct"], env)
         results = []
         for i, mode in enumerate(modes):
             name = f"sft{i}"
-            argv = ["sft", "--model", "smol", "--data", "probs", "--name", name, "--trainable", mode,
+            command = ["sft", "--model", "smol", "--data", "probs", "--name", name, "--trainable", mode,
                     "--lr", str(args.lr), "--max-steps", str(args.steps), "--batch-size", str(args.batch_size),
                     "--save-steps", str(10 * args.steps), "--seed", "0"]
-            _, peak_kb = cli(argv, env)
+            _, peak_kb = cli(command, env)
             m = manifest(store, name)["metrics"]
             results.append(dict(mode=mode, peak_mb=peak_kb / 1024, s_step=m["seconds_per_step"],
                                 trainable=m["parameters"]["trainable"], optimizer=m["optimizer_parameters"],
