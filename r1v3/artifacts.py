@@ -115,6 +115,7 @@ def write_atomic(path: Path, text: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    _fsync_path(path.parent)  # the rename itself must outlive a power cut
 
 
 def _fsync_path(path: Path) -> None:

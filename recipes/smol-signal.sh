@@ -4,7 +4,7 @@
 # untrained, aligned and trained models by the official MMMU rules, next to chance and to the trained
 # model with every image blanked (what it scores without looking).
 #
-# Usage: bash recipes/smol-signal.sh   (after ./setup.sh; R1V3_STORE picks the store, default ./artifacts)
+# Usage: bash recipes/smol-signal.sh   (after ./setup.sh; R1V3_STORE picks the store, default: the repository's artifacts/)
 #
 # Scaled to a CPU, not to the paper: two tasks (colour and counting, normal level), short captions
 # ("a red circle at top left, a blue square at center"), one-sentence think traces ("There are 2
@@ -12,9 +12,12 @@
 # above the paper's (5e-3 for a fresh 0.6M-parameter connector, 1e-4 for the LLM) because a few
 # hundred steps is all there is.
 set -euo pipefail
+# a relative store counts from where you are, not from the repository
+export R1V3_STORE=$(realpath -m "${R1V3_STORE:-$(dirname "$0")/../artifacts}")
 cd "$(dirname "$0")/.."
-R1V3=${R1V3:-.venv/bin/r1v3}
-export R1V3_STORE=${R1V3_STORE:-./artifacts}
+R1V3=${R1V3:-.venv/bin/r1v3}     # split at spaces, so it may be "python -m r1v3.cli"
+PYTHON=${PYTHON:-.venv/bin/python}  # prints the table at the end: checked now, not after 35 minutes
+"$PYTHON" -c "import r1v3" 2>/dev/null || { echo "error: $PYTHON cannot import r1v3 (run ./setup.sh, or set PYTHON)" >&2; exit 2; }
 export HF_HUB_OFFLINE=1
 N=${N:-1000}                      # problems: 80% train, 10% validation (the eval), 10% test
 ALIGN_STEPS=${ALIGN_STEPS:-150}   # batch 8, ~4 s a step
@@ -55,7 +58,7 @@ evaluate smol-signal signal-trained
 evaluate smol-signal signal-trained-blind --blank-images
 
 # The accuracies next to chance, and what each stage took.
-${PYTHON:-.venv/bin/python} - "$R1V3_STORE" "$TIMES" <<'EOF'
+"$PYTHON" - "$R1V3_STORE" "$TIMES" <<'EOF'
 import json, sys
 from collections import defaultdict
 from pathlib import Path

@@ -182,14 +182,17 @@ def generate_and_judge(cfg: Config, store: Store) -> tuple[list[dict], dict, lis
     key = _run_key(cfg, model, dataset, resolve_backend(cfg.backend))
     done: dict[str, dict] = {}
     if cfg.resume:
-        previous = read_run_key(state_file)
+        previous, progress = read_run_key(state_file), _read_partial(partial)
+        if previous == "" and progress:
+            raise UserError(f"cannot tell which settings the interrupted eval {cfg.name!r} used ({state_file} is "
+                            "unreadable); drop --resume to start over")
         # finished items count only under the key they were made with (no key: nothing to trust)
-        if (previous is not None or _read_partial(partial)) and previous != key:
+        if (previous not in (None, "") or progress) and previous != key:
             raise UserError(
                 f"the interrupted eval {cfg.name!r} used other settings, model or data; "
                 "rerun it with the same ones, or drop --resume to start over"
             )
-        done = _read_partial(partial)
+        done = progress
     elif partial.exists() and partial.stat().st_size:
         print(f"note: starting {cfg.name!r} over; an interrupted run's responses were discarded (use --resume to keep them)")
     todo = [q for q in requests if q.id not in done]

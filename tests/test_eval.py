@@ -129,6 +129,19 @@ def test_blank_images_ablation(ready, monkeypatch):
     assert code == 2 and "blank_images do not apply" in err
 
 
+def test_resume_with_an_unreadable_state_file(ready):
+    work = ready.store.root / ".work" / "torn" / "eval"
+    work.mkdir(parents=True)
+    (work / "state.json").write_text("{\"ke")  # torn: no progress to trust, so --resume starts fresh
+    code, _, err = ready(*EVAL, "--name", "torn", "--limit", "2", "--resume")
+    assert code == 0, err
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "state.json").write_text("{\"ke")
+    (work / "predictions.partial.jsonl").write_text(json.dumps({"id": "x", "samples": [{"response": "A"}]}) + "\n")
+    code, _, err = ready(*EVAL, "--name", "torn", "--limit", "2", "--resume")
+    assert code == 2 and "cannot tell which settings" in err
+
+
 def test_eval_bad_inputs(ready, tmp_path):
     code, _, err = ready("eval", "mmmu", "--model", "tiny", "--data", "mmmu", "--name", "e", "--subjects", "Poetry")
     assert code == 2 and "unknown MMMU subject" in err
