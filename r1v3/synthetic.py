@@ -485,28 +485,32 @@ def with_solutions(rows, style="think"):
 
     The image is not mentioned in the user turn, so trainers put it first, as the eval does.
     """
-    from r1v3 import mmmu  # lazy: this module otherwise imports only Pillow
-
     if style not in MESSAGE_STYLES:
         raise UserError(f"messages style must be one of {', '.join(MESSAGE_STYLES)}, got {style!r}")
     out = []
     for row in rows:
-        if style == "caption":
-            prompt, answer = CAPTION_PROMPT, short_caption(row)
-        elif style == "direct":
-            prompt = "".join(p["text"] for p in mmmu.build_prompt(row, "official") if p["type"] == "text")
-            answer = row["answer"]
-        else:
-            prompt = "".join(p["text"] for p in mmmu.build_prompt(row, "reasoning") if p["type"] == "text")
-            if style == "brief":
-                reasoning = brief_reasoning(row)
-            else:
-                if row["question_type"] == "multiple-choice":
-                    conclusion = f"So the answer is {_value(row)}, which is option {row['answer']}."
-                else:
-                    conclusion = f"So the answer is {row['answer']}."
-                question = row["question"].split(" Answer with")[0]  # the open form's hint is not part of the question
-                reasoning = f"The image shows: {row['caption']} The question is: {question} {conclusion}"
-            answer = f"<think>{reasoning}</think>\n\\boxed{{{row['answer']}}}"
+        prompt, answer = _turns(row, style)
         out.append(dict(row, messages=[{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]))
     return out
+
+
+def _turns(row, style):
+    """(user turn, assistant turn) of one row in a MESSAGE_STYLES style."""
+    from r1v3 import mmmu  # lazy: this module otherwise imports only Pillow
+
+    if style == "caption":
+        return CAPTION_PROMPT, short_caption(row)
+    parts = mmmu.build_prompt(row, "official" if style == "direct" else "reasoning")
+    prompt = "".join(p["text"] for p in parts if p["type"] == "text")
+    if style == "direct":
+        return prompt, row["answer"]
+    if style == "brief":
+        reasoning = brief_reasoning(row)
+    else:
+        if row["question_type"] == "multiple-choice":
+            conclusion = f"So the answer is {_value(row)}, which is option {row['answer']}."
+        else:
+            conclusion = f"So the answer is {row['answer']}."
+        question = row["question"].split(" Answer with")[0]  # the open form's hint is not part of the question
+        reasoning = f"The image shows: {row['caption']} The question is: {question} {conclusion}"
+    return prompt, f"<think>{reasoning}</think>\n\\boxed{{{row['answer']}}}"

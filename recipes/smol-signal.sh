@@ -69,13 +69,14 @@ from r1v3.artifacts import Store
 store, times = Store(sys.argv[1]), [line.split("\t") for line in Path(sys.argv[2]).read_text().splitlines()]
 problems = store.resolve("signal-problems", kind="dataset").path
 # chance: a uniform guess among the options (multiple choice), or among the answers the task ever has (open)
-answers = defaultdict(set)
+open_answers = defaultdict(set)
 for split in ("train", "validation", "test"):
     for r in data.read_split(problems, split):
-        answers[r["subject"]].add(r["answer"] if r["question_type"] == "open" else None)
+        if r["question_type"] == "open":
+            open_answers[r["subject"]].add(r["answer"])
 chance = defaultdict(list)
 for r in data.read_split(problems, "validation"):
-    p = 1 / len(r["options"]) if r["question_type"] == "multiple-choice" else 1 / len(answers[r["subject"]] - {None})
+    p = 1 / len(r["options"]) if r["question_type"] == "multiple-choice" else 1 / len(open_answers[r["subject"]])
     chance[r["subject"]].append(p)
     chance["overall"].append(p)
 rows = [("chance", {k: sum(v) / len(v) for k, v in chance.items()}, None)]
