@@ -9,9 +9,13 @@ Three layers:
   signals, where a missed correct answer costs more than a strict benchmark rule.
 
 Every function here must finish quickly on arbitrary model output: rewards run on every
-rollout. Regexes are written so that no input makes them backtrack more than linearly
-(no nested or adjacent quantifiers over the same characters, no unanchored starts
-inside digit runs), and nothing here raises on odd text.
+rollout, possibly off the main thread, where no signal-based timeout can stop them. So the
+bound holds by construction: regexes are written so that no input makes them backtrack more
+than linearly (no nested or adjacent quantifiers over the same characters, no unanchored
+starts inside digit runs), nothing evaluates what it reads (no powers, no big integers),
+and the Python-level scans see a capped amount of text: `extract` reads at most the last
+MAX_FINAL_CHARS characters of the final part, `verify` judges answers of at most
+MAX_ANSWER_CHARS characters. Nothing here raises on odd text.
 """
 
 from __future__ import annotations
@@ -28,6 +32,12 @@ METHODS = ("boxed", "statement", "parse", "none")
 
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
+
+# Far above any real final answer (a 16k-token budget is about 70k characters), small enough
+# that the pure-Python scans over it take milliseconds.
+MAX_FINAL_CHARS = 100_000
+# An "answer" longer than this is a runaway completion, not an answer.
+MAX_ANSWER_CHARS = 10_000
 
 
 class Extraction(NamedTuple):
@@ -341,7 +351,7 @@ def gold_answer(answer):
     if isinstance(answer, (list, tuple)):
         return [str(a) for a in answer]
     text = str(answer).strip()
-    if text.startswith("[") and text.endswith("]"):
+    if text.startswith("[") and text.endswith("]") and len(text) <= MAX_ANSWER_CHARS:
         try:
             value = ast.literal_eval(text)
         except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
@@ -440,7 +450,8 @@ def _check_type(question_type: str) -> None:
 def extract(text: str, *, options: Sequence | None = None, question_type: str) -> Extraction:
     """The final answer of a response, from the text after the last `</think>`: the last
     `\\boxed{}`, else the last explicit answer statement, else a parse of that text.
-    Multiple-choice answers come back as option letters.
+    Multiple-choice answers come back as option letters. A final part longer than
+    MAX_FINAL_CHARS is read from its last MAX_FINAL_CHARS characters (the answer is at the end).
 
     The parse, for multiple choice: a one-line direct answer ("B", "B. blue", "blue"),
     else the official rules. For open questions: the last official key sub-response.
@@ -449,6 +460,7 @@ def extract(text: str, *, options: Sequence | None = None, question_type: str) -
     _, final = split_think(text if isinstance(text, str) else "")
     if not final:
         return Extraction(None, "none")
+    final = final[-MAX_FINAL_CHARS:]
     if question_type == "multiple-choice":
         choices, index2ans = choices_for(options)
         for method, found in (("boxed", last_boxed(final)), ("statement", answer_statement(final))):
@@ -600,11 +612,15 @@ def verify(prediction, gold, *, question_type: str, options: Sequence | None = N
     the option's text is mapped to its letter). Open: normalised text equality, or numeric
     equality within a relative tolerance of 1e-4 (also fractions, percentages, scientific
     notation, and numbers with matching units). A list gold accepts any of its members.
+    A prediction longer than MAX_ANSWER_CHARS is wrong, and so is any comparison with a gold
+    that long.
     """
     _check_type(question_type)
     if prediction is None:
         return False
     prediction = str(prediction)
+    if len(prediction) > MAX_ANSWER_CHARS:
+        return False
     golds = gold_answer(gold)
     golds = golds if isinstance(golds, list) else [golds]
     if question_type == "multiple-choice":
@@ -613,9 +629,11 @@ def verify(prediction, gold, *, question_type: str, options: Sequence | None = N
         if letter is None:
             return False
         for g in golds:
+            if len(g) > MAX_ANSWER_CHARS:
+                continue
             g_letter = option_letter(g, choices, index2ans)
             if g_letter is not None and g_letter.upper() == letter.upper():
                 return True
         return False
     pred = _unwrap(prediction)
-    return any(_equivalent_open(pred, _unwrap(g)) for g in golds)
+    return any(len(g) <= MAX_ANSWER_CHARS and _equivalent_open(pred, _unwrap(g)) for g in golds)

@@ -383,3 +383,29 @@ def texts(draw):
 @given(texts())
 def test_property_never_raises_and_is_fast(text):
     _check_fast(text)
+
+
+# --- caps that bound the work on runaway output ---------------------------------------
+
+
+def test_extract_reads_only_the_end_of_a_huge_final_part():
+    from r1v3.answers import MAX_FINAL_CHARS
+
+    filler = "word " * (MAX_FINAL_CHARS // 5)
+    assert extract("<think>t</think>" + filler + r"\boxed{7}", question_type="open") == Extraction("7", "boxed")
+    # a box further back than the cap is out of sight: the last words are the parse
+    far = extract(r"<think>t</think>\boxed{7}" + filler + "so 8", question_type="open")
+    assert far == Extraction("8", "parse")
+
+
+def test_verify_refuses_overlong_answers():
+    from r1v3.answers import MAX_ANSWER_CHARS
+
+    padded = "7" + "~" * MAX_ANSWER_CHARS  # LaTeX spaces: equal to "7" once cleaned
+    assert verify(padded[:9], "7", question_type="open") and verify("7", padded[:9], question_type="open")
+    assert not verify(padded, "7", question_type="open")
+    assert not verify("7", padded, question_type="open")
+    assert not verify("B" + " " * MAX_ANSWER_CHARS, "B", question_type="multiple-choice", options=OPTIONS)
+    # a huge list literal is not parsed: it stays one (wrong) string
+    huge = "['7', '" + "8" * MAX_ANSWER_CHARS + "']"
+    assert gold_answer(huge) == huge
