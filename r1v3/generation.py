@@ -14,21 +14,24 @@ images: the k-th image part of the conversation takes `images[k]`.
 
 from __future__ import annotations
 
+import email.utils
 import hashlib
-import http.client
 import json
+import logging
+import math
 import os
 import random
+import threading
 import time
-import urllib.error
-import urllib.request
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
+import httpx2
 import torch
 
+from r1v3 import jsonio
 from r1v3.errors import UserError
 
 THINK_TAGS = ("<think>", "</think>")
@@ -534,30 +537,71 @@ def text_messages(request: Request) -> list[dict]:
     return out
 
 
+_RETRY_STATUS = (408, 409, 429)  # and every 5xx; 409 too because OpenAI answers lock timeouts with it
+_MAX_ANSWER = 64 << 20  # a reasoning trace is well under 1 MB; anything near this is a broken or hostile server
+_KEY_ENVS: set[str] = set()  # names of the env vars whose values are scrubbed from the HTTP libraries' logs
+
+
+def _scrub_keys(text: str) -> str:
+    for name in _KEY_ENVS:
+        key = os.environ.get(name)
+        if key:
+            text = text.replace(key, "***")
+    return text
+
+
+class _ScrubLogs(logging.Filter):
+    """httpcore logs response headers at DEBUG: a server echoing the key in one would put it in a log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = _scrub_keys(message)
+        if clean != message:
+            record.msg, record.args = clean, ()
+        return True
+
+
+# a filter on a logger covers only records made by that very logger, not by its children
+for _name in ("httpx2", "httpcore2.http11", "httpcore2.http2", "httpcore2.connection", "httpcore2.proxy"):
+    logging.getLogger(_name).addFilter(_ScrubLogs())
+
+
 class _Retryable(Exception):
-    pass
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    # urllib re-sends every header, Authorization included, to wherever a 30x points (another
-    # host, or plain http): an API key must only ever go to the configured base_url
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date); None if absent or unreadable."""
+    if not value:
         return None
-
-
-_OPENER = urllib.request.build_opener(_NoRedirect)
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = email.utils.parsedate_to_datetime(value).timestamp() - (time.time() if now is None else now)
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+    return max(0.0, seconds) if math.isfinite(seconds) else None
 
 
 class OpenAIBackend(Backend):
     """Chat completions from an OpenAI-compatible server (vLLM serve, llama.cpp, a hosted API).
 
     One HTTP call per completion (n calls for n samples, seeds seed..seed+n-1): not every server
-    supports `n`, and per-call usage gives exact token counts. Calls run on `concurrency` threads;
-    results are yielded as each request completes. Transient failures (connection errors, timeouts,
-    HTTP 408/429/5xx) are retried `max_retries` times with exponential backoff.
+    supports `n`, and per-call usage gives exact token counts. Up to `concurrency` calls are in
+    flight at once on one pooled httpx2 client; a request's completions are yielded (and handed to
+    `on_result`) as soon as all its calls are back, so a caller can save them before a later call
+    fails. Connection errors, timeouts and HTTP 408/409/429/5xx are retried `max_retries` times
+    after an exponential back-off with jitter, or after the server's Retry-After, both capped at
+    `max_wait` seconds. `timeout` bounds each call: connecting, and the whole answer arriving.
 
-    The API key is read from the environment variable `api_key_env` (none sent if unset) and never
-    appears in errors or logs.
+    When a call fails for good, no new call starts, the calls in flight finish (their requests
+    are still delivered), and a one-line UserError names the endpoint, the status and how many
+    requests were done. The API key is read from the environment variable `api_key_env` (none is
+    sent if unset), goes only to `base_url` (redirects are refused, not followed), and is replaced
+    by *** in errors, logs and answers, including text a server echoes back.
     """
 
     def __init__(
@@ -570,46 +614,98 @@ class OpenAIBackend(Backend):
         backoff: float = 1.0,
         concurrency: int = 4,
         progress: bool = True,
+        max_wait: float = 60.0,
     ):
-        if not base_url.startswith(("http://", "https://")):
+        if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
             raise UserError(f"OpenAI backend base_url must start with http:// or https://, got {base_url!r}")
+        for name, value in (("timeout", timeout), ("backoff", backoff), ("max_wait", max_wait)):
+            low = "> 0" if name == "timeout" else ">= 0"
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < math.inf
+            if not ok or (name == "timeout" and value == 0):
+                raise UserError(f"OpenAI backend {name} must be a finite number of seconds {low}, got {value!r}")
+        for name, value, low in (("concurrency", concurrency, 1), ("max_retries", max_retries, 0)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise UserError(f"OpenAI backend {name} must be an integer >= {low}, got {value!r}")
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model = model
         self.api_key_env = api_key_env
-        self.timeout = timeout
+        self.timeout = float(timeout)
         self.max_retries = max_retries
-        self.backoff = backoff
-        self.concurrency = max(1, concurrency)
+        self.backoff = float(backoff)
+        self.max_wait = float(max_wait)
+        self.concurrency = concurrency
         self.progress = progress
+        _KEY_ENVS.add(api_key_env)
+        self._client = httpx2.Client(
+            timeout=httpx2.Timeout(self.timeout),
+            limits=httpx2.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
+            follow_redirects=False,  # a redirect would carry the Authorization header to another address
+        )
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
     def _scrub(self, text: str) -> str:
         key = os.environ.get(self.api_key_env)
         return text.replace(key, "***") if key else text
+
+    # -- one HTTP call
 
     def _post(self, payload: dict) -> dict:
         headers = {"Content-Type": "application/json"}
         key = os.environ.get(self.api_key_env)
         if key:
             headers["Authorization"] = f"Bearer {key}"
-        req = urllib.request.Request(self.url, data=json.dumps(payload).encode(), headers=headers, method="POST")
+        deadline = time.monotonic() + self.timeout
         try:
-            with _OPENER.open(req, timeout=self.timeout) as resp:
-                return json.loads(resp.read().decode())
-        except urllib.error.HTTPError as e:
-            # scrub before cutting: a key cut in half by the cut would no longer be recognised
-            body = self._scrub(e.read(1 << 16).decode(errors="replace"))[:300]
-            if 300 <= e.code < 400:
-                where = self._scrub(str(e.headers.get("Location", "?")))
-                raise UserError(f"{self.url} redirects (HTTP {e.code}) to {where}; set base_url to the final address") from None
-            msg = f"{self.url} returned HTTP {e.code}: {body}"
-            if e.code in (408, 409, 429) or e.code >= 500:
-                raise _Retryable(msg) from None
-            hint = f" (check ${self.api_key_env})" if e.code in (401, 403) else ""
-            raise UserError(msg.replace("\n", " ") + hint) from None
-        except (urllib.error.URLError, http.client.HTTPException, OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise _Retryable(f"{self.url}: {self._scrub(str(getattr(e, 'reason', e)))}") from None
+            with self._client.stream("POST", self.url, content=json.dumps(payload).encode(), headers=headers) as resp:
+                raw = self._read(resp, deadline)
+                status, resp_headers = resp.status_code, resp.headers
+        except httpx2.TransportError as e:  # connection refused or reset, timeouts, broken HTTP
+            raise _Retryable(f"{self.url}: {self._scrub(str(e) or type(e).__name__)}") from None
+        return self._answer(status, resp_headers, raw)
 
-    def _one(self, messages: list[dict], sampling: Sampling, seed: int) -> Completion:
+    def _read(self, resp, deadline: float) -> bytes:
+        body = bytearray()
+        for chunk in resp.iter_bytes():
+            body += chunk
+            if len(body) > _MAX_ANSWER:
+                raise UserError(f"{self.url} answered more than {_MAX_ANSWER >> 20} MiB; is base_url an OpenAI-compatible server?")
+            if time.monotonic() > deadline:
+                # read timeouts bound each wait; this bounds a server that trickles bytes
+                raise _Retryable(f"{self.url}: no complete answer within {self.timeout:g} s (timeout)")
+        return bytes(body)
+
+    def _answer(self, status: int, headers, raw: bytes) -> dict:
+        if 300 <= status < 400:
+            where = self._scrub(headers.get("Location", "?"))
+            raise UserError(f"{self.url} redirects (HTTP {status}) to {where}; set base_url to the final address")
+        if status >= 400 or status < 200:
+            # scrub before cutting: a key cut in half by the cut would no longer be recognised
+            body = self._scrub(raw[: 1 << 16].decode(errors="replace"))[:300]
+            message = f"{self.url} returned HTTP {status}: {body}".replace("\n", " ")
+            if status in _RETRY_STATUS or status >= 500:
+                raise _Retryable(message, retry_after_seconds(headers.get("Retry-After")))
+            hint = f" (check ${self.api_key_env})" if status in (401, 403) else ""
+            raise UserError(message + hint)
+        try:
+            return jsonio.loads(raw, self.url)
+        except UserError as e:  # a cut-off answer: worth another try
+            raise _Retryable(self._scrub(str(e))) from None
+
+    def _delay(self, attempt: int, retry_after: float | None) -> float:
+        # jitter, so that many calls refused together do not all come back at the same instant
+        if retry_after is not None:
+            return min(self.max_wait, retry_after + self.backoff * random.random())
+        return min(self.max_wait, self.backoff * 2**attempt * (0.5 + random.random()))
+
+    def _one(self, messages: list[dict], sampling: Sampling, seed: int, stop: threading.Event | None = None) -> Completion:
         payload = {
             "model": self.model,
             "messages": messages,
@@ -621,20 +717,24 @@ class OpenAIBackend(Backend):
         }
         for attempt in range(self.max_retries + 1):
             try:
-                data = self._post(payload)
-                break
+                return self._completion(self._post(payload))
             except _Retryable as e:
                 if attempt == self.max_retries:
                     raise UserError(f"OpenAI backend gave up after {attempt + 1} attempts: {e}".replace("\n", " ")) from None
-                # jitter so that many threads do not retry in lockstep
-                time.sleep(self.backoff * 2**attempt * (0.5 + random.random()))
+                delay = self._delay(attempt, e.retry_after)
+            if stop is None:
+                time.sleep(delay)
+            elif stop.wait(delay):
+                raise UserError("OpenAI backend call cancelled")
+
+    def _completion(self, data) -> Completion:
         try:
             choice = data["choices"][0]
             message = choice["message"]
             if not isinstance(message, dict) or not isinstance(choice, dict):
                 raise TypeError
         except (KeyError, IndexError, TypeError):
-            raise UserError(f"{self.url} answered without choices[0].message: {self._scrub(str(data)[:200])}") from None
+            raise UserError(f"{self.url} answered without choices[0].message: {self._scrub(str(data))[:200]}") from None
         # a server's answer is data: anything but a string where text belongs counts as none
         text = message.get("content")
         text = text if isinstance(text, str) else ""
@@ -648,32 +748,54 @@ class OpenAIBackend(Backend):
         ok = isinstance(used, (int, float)) and not isinstance(used, bool) and 0 <= used < 1e12
         n_tokens = int(used) if ok else len(text.split())
         reason = "length" if choice.get("finish_reason") == "length" else "stop"
-        return Completion(text=text, n_tokens=n_tokens, finish_reason=reason)
+        # a key echoed into the text would otherwise be written into a dataset
+        return Completion(text=self._scrub(text), n_tokens=n_tokens, finish_reason=reason)
 
-    def _request(self, request: Request, sampling: Sampling) -> list[Completion]:
-        messages = text_messages(request)
-        n = 1 if sampling.greedy else sampling.n
-        rows = [self._one(messages, sampling, sampling.seed + j) for j in range(n)]
-        return rows * sampling.n if sampling.greedy else rows
+    # -- many requests
 
     def generate(self, requests, sampling: Sampling, on_result: OnResult | None = None):
         requests = list(requests)
         check_requests(requests)
         check_sampling(sampling)
-        for r in requests:
-            text_messages(r)  # fail on an image request before any HTTP call
+        prompts = {r.id: text_messages(r) for r in requests}  # fail on an image request before any HTTP call
+        n = 1 if sampling.greedy else sampling.n
+        calls = iter([(r.id, j) for r in requests for j in range(n)])
+        rows: dict[str, list] = {}
+        pending: dict = {}
+        failure, done = None, 0
         bar = _Progress(len(requests), self.progress)
-        pool = ThreadPoolExecutor(max_workers=self.concurrency)
+        stop = threading.Event()
+        pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="r1v3-http")
         try:
-            futures = {pool.submit(self._request, r, sampling): r.id for r in requests}
-            for fut in as_completed(futures):
-                completions = fut.result()
-                rid = futures[fut]
-                bar.advance(1, sum(c.n_tokens for c in completions))
-                if on_result is not None:
-                    on_result(rid, completions)
-                yield rid, completions
+            while True:
+                # a short queue, not every call at once: after a failure, only the calls in flight still run
+                while failure is None and len(pending) < 2 * self.concurrency and (call := next(calls, None)):
+                    pending[pool.submit(self._one, prompts[call[0]], sampling, sampling.seed + call[1], stop)] = call
+                if not pending:
+                    break
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    rid, j = pending.pop(fut)
+                    try:
+                        row = fut.result()
+                    except UserError as e:
+                        failure = failure or (rid, e)
+                        continue
+                    got = rows.setdefault(rid, [None] * n)
+                    got[j] = row
+                    if all(c is not None for c in got):
+                        got = rows.pop(rid)
+                        completions = got * sampling.n if sampling.greedy else got
+                        done += 1
+                        bar.advance(1, sum(c.n_tokens for c in completions))
+                        if on_result is not None:
+                            on_result(rid, completions)
+                        yield rid, completions
+            if failure is not None:
+                rid, e = failure
+                raise UserError(f"{e} [request {rid!r}; {done} of {len(requests)} requests completed, results delivered]")
         finally:
+            stop.set()  # calls waiting to retry give up at once
             pool.shutdown(wait=False, cancel_futures=True)
             bar.close()
 
