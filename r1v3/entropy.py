@@ -1,0 +1,506 @@
+"""Critical-token entropy: the measurement behind RL checkpoint selection (Skywork-R1V3 section 5.1).
+
+A checkpoint that really reasons hesitates where it writes "Wait", "Alternatively" or "Hmm": the
+next-token distribution that produced such a word is broad. We measure, per generation:
+
+1. critical positions: where the decoded completion begins a critical word (`find_critical`);
+2. the Shannon entropy, in nats at temperature 1, of the distribution that emitted each generated
+   token: one teacher-forced forward pass over prompt + completion, logits at t-1 predicting
+   token t (`teacher_forced_entropies`), or the raw per-step logits of `generate(...,
+   output_logits=True)` (`step_entropies`). Both agree to float rounding; neither resamples.
+
+Matching rules (`find_critical`):
+- words match whole, at word boundaries of the decoded text: "Waiting", "await", "Hmmm" do not
+  count; "Wait," "(Wait" ".\"Wait" do, whatever token the punctuation was merged into;
+- case-sensitive by default (the capitalised forms reasoning models write when they change
+  course; lower-case "wait" is mostly prose such as "wait for"); `case_sensitive=False` counts
+  every casing under the configured spelling;
+- only inside the think block, read as `answers.split_think` reads it: from after the first
+  `<think>` (or from the start when the chat template opened the block in the prompt) to the last
+  `</think>`, or to the end when the block is never closed; no think block, no critical positions;
+- the position is the generated token that emits the word's first character, found by
+  decoding prefixes of the generated ids (exact for byte-level BPE, SentencePiece and merged
+  punctuation alike, without re-tokenizing text the model may have tokenized differently).
+
+Record format (one JSON object per generation, a line of `probe.jsonl`), version RECORD_VERSION:
+    version          1
+    id, sample       request id and sample index
+    prompt_text      the chat-templated prompt (image placeholders unexpanded)
+    prompt_tokens    its token count after the processor expanded images
+    n_images         how many images the prompt takes (not stored: pass them to `recompute`)
+    generated_ids    the generated token ids, through the end-of-sequence token when there is one
+    words, case_sensitive, think_open   the matching settings used
+    critical         [{"index": i into generated_ids, "word": configured spelling,
+                       "char": offset in decode(generated_ids) (special tokens kept, no
+                       clean-up), "entropy": nats}]
+    token_entropy    mean entropy over all generated tokens
+    high_threshold, n_high   the threshold (nats) and how many generated tokens exceed it
+`recompute(model, processor, record, images)` redoes the forward pass and returns a fresh record.
+
+High-entropy threshold: HIGH_ENTROPY = 0.672 nats, the 80th percentile of chain-of-thought token
+entropy that Wang et al. measured on Qwen3-8B ("Beyond the 80/20 Rule", arXiv 2506.01939): a
+reasoning model of that kind puts about 20% of its tokens above it, the "forking" tokens, so the
+share moves visibly both ways across checkpoints. 2.0 nats (a flat choice among ~7 tokens) is
+rarely reached by a trained model at temperature 1 and would read as ~0 everywhere.
+
+Memory: the forward pass keeps logits for the generated tokens only (`logits_to_keep`), n x V in
+the model's dtype, and turns them into float32 entropies a chunk of rows at a time.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from r1v3 import jsonio
+from r1v3.errors import UserError
+from r1v3.generation import THINK_TAGS, Request, _rgb
+
+DEFAULT_WORDS = ("Wait", "Alternatively", "Hmm")
+HIGH_ENTROPY = 0.672
+RECORD_VERSION = 1
+EXACT_SPEARMAN_MAX_N = 8  # 8! = 40320 permutations: exact p-values stay instant
+_CHUNK_ROWS = 512  # float32 rows of V logits converted at a time
+
+
+# ---------------------------------------------------------------------------------------------
+# entropy
+
+
+def entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Shannon entropy in nats over the last dimension, computed in float32 from raw logits.
+
+    -inf logits (masked tokens) contribute 0, not NaN.
+    """
+    out = []
+    flat = logits.reshape(-1, logits.shape[-1])
+    for s in range(0, flat.shape[0], _CHUNK_ROWS):
+        logp = torch.log_softmax(flat[s : s + _CHUNK_ROWS].float(), dim=-1)
+        p = logp.exp()
+        out.append(-torch.where(p > 0, p * logp, 0.0).sum(-1))
+    if not out:
+        return torch.zeros(logits.shape[:-1], dtype=torch.float32)
+    return torch.cat(out).reshape(logits.shape[:-1])
+
+
+def step_entropies(step_logits, row: int = 0) -> list[float]:
+    """Entropies of one row from `generate(..., output_logits=True, return_dict_in_generate=True).logits`.
+
+    Use the raw logits (`output_logits`), not `output_scores`: scores come after the logits
+    processors (temperature, top-p, the seeded sampler), which are not the model's distribution.
+    """
+    return entropy(torch.stack([step[row] for step in step_logits])).tolist()
+
+
+def trim_at_eos(ids, eos_ids) -> list[int]:
+    """Generated ids through the first end-of-sequence token: what follows it is padding."""
+    ids = [int(t) for t in ids]
+    eos = set(eos_ids)
+    stop = next((k for k, t in enumerate(ids) if t in eos), None)
+    return ids if stop is None else ids[: stop + 1]
+
+
+# ---------------------------------------------------------------------------------------------
+# critical positions
+
+
+@dataclass(frozen=True)
+class Critical:
+    index: int  # into the generated ids
+    word: str  # the configured spelling
+    char: int  # offset of the word in the decoded completion
+
+
+def check_words(words) -> tuple[str, ...]:
+    if isinstance(words, str) or not words:
+        raise UserError(f"critical words must be a non-empty list of words, got {words!r}")
+    seen = set()
+    for w in words:
+        if not isinstance(w, str) or not w or w != w.strip():
+            raise UserError(f"critical word {w!r}: must be a non-empty string without surrounding spaces")
+        if w.casefold() in seen:
+            raise UserError(f"critical word {w!r} is listed twice")
+        seen.add(w.casefold())
+    return tuple(words)
+
+
+def _pattern(words, case_sensitive: bool) -> re.Pattern:
+    alternatives = "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))
+    return re.compile(rf"(?<!\w)(?:{alternatives})(?!\w)", 0 if case_sensitive else re.IGNORECASE)
+
+
+def think_span(text: str, think_open: bool = False) -> tuple[int, int] | None:
+    """[start, end) of the reasoning in `text`, or None when there is no think block.
+
+    `think_open`: the prompt already ended with `<think>`, so the completion starts inside it.
+    """
+    open_tag, close_tag = THINK_TAGS
+    opened = text.find(open_tag)
+    close = text.rfind(close_tag)
+    if opened >= 0 and (close < 0 or opened < close):
+        start = opened + len(open_tag)
+    elif think_open or close >= 0:
+        start = 0
+    else:
+        return None
+    return start, close if close >= start else len(text)
+
+
+def decode(tokenizer, ids) -> str:
+    """The text char offsets refer to: special tokens kept (think tags may be special), no clean-up."""
+    return tokenizer.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+
+def _settled(prefix: str, full: str) -> int:
+    """How many leading chars of `full` the decoded `prefix` already fixes.
+
+    A prefix that ends inside a multi-byte character decodes to a replacement char there, so
+    only the agreeing part counts; found by bisection on str.startswith.
+    """
+    if full.startswith(prefix):
+        return len(prefix)
+    lo, hi = 0, min(len(prefix), len(full))
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if full.startswith(prefix[:mid]):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def token_of_char(tokenizer, ids, chars: list[int], text: str | None = None) -> list[int]:
+    """For each char offset of decode(ids), the index of the first token whose decoding includes it.
+
+    A bisection per offset over prefix decodes, O(log n) decodes each: exact for any tokenizer
+    whose prefix decodes extend one another, with no re-tokenization.
+    """
+    ids = list(ids)
+    full = decode(tokenizer, ids) if text is None else text
+    settled = {}
+
+    def end(k: int) -> int:
+        if k not in settled:
+            settled[k] = _settled(decode(tokenizer, ids[: k + 1]), full)
+        return settled[k]
+
+    return [bisect.bisect_right(range(len(ids)), c, key=end) for c in chars]
+
+
+def find_critical(
+    tokenizer, ids, words=DEFAULT_WORDS, *, case_sensitive: bool = True, think_open: bool = False
+) -> list[Critical]:
+    """Critical words the completion `ids` begins inside its think block, in order."""
+    words = check_words(words)
+    text = decode(tokenizer, ids)
+    span = think_span(text, think_open)
+    if span is None:
+        return []
+    canonical = {w if case_sensitive else w.casefold(): w for w in words}
+    matches = list(_pattern(words, case_sensitive).finditer(text, *span))
+    index = token_of_char(tokenizer, ids, [m.start() for m in matches], text)
+    return [
+        Critical(k, canonical[m.group() if case_sensitive else m.group().casefold()], m.start())
+        for k, m in zip(index, matches)
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# the teacher-forced pass
+
+
+def prompt_text(processor, request: Request) -> str:
+    """The chat-templated prompt, exactly as the transformers generation backend builds it."""
+    return processor.apply_chat_template(request.messages, add_generation_prompt=True, tokenize=False)
+
+
+def _per_token(key: str) -> bool:
+    return key in ("input_ids", "attention_mask") or key.endswith("token_type_ids")
+
+
+def _inputs(processor, text: str, images: list, completion: list[int]) -> tuple[dict, int]:
+    """Model inputs for prompt + completion (one row, no padding), and the prompt's token count."""
+    tokenizer = getattr(processor, "tokenizer", None)
+    if tokenizer is None:  # a bare tokenizer: a text-only causal LM
+        if images:
+            raise UserError(f"{len(images)} images given but the model has a tokenizer, not an image processor")
+        enc = processor([text], add_special_tokens=False, return_tensors="pt")
+    else:
+        enc = processor(text=[text], images=_rgb(images) or None, add_special_tokens=False, return_tensors="pt")
+    n_prompt = enc["input_ids"].shape[1]
+    tail = torch.tensor([completion], dtype=torch.long)
+    inputs = {}
+    for key, value in enc.items():
+        if torch.is_tensor(value) and _per_token(key):
+            fill = tail if key == "input_ids" else torch.ones_like(tail) if key == "attention_mask" else torch.zeros_like(tail)
+            value = torch.cat([value, fill.to(value.dtype)], dim=1)
+        inputs[key] = value
+    return inputs, n_prompt
+
+
+def teacher_forced_entropies(model, processor, text: str, generated_ids, images=()) -> tuple[int, list[float]]:
+    """(prompt token count, entropy of the distribution that emitted each generated token).
+
+    One forward pass over prompt + generated[:-1]: the logits at position P-1+t predict
+    generated token t. Inputs go through the same processor call as generation (images, their
+    expanded placeholder tokens and pixel values), so VLMs and text-only LMs alike work.
+    """
+    ids = [int(t) for t in generated_ids]
+    if not ids:
+        raise UserError("no generated tokens to measure")
+    inputs, n_prompt = _inputs(processor, text, list(images), ids[:-1])
+    inputs = inputs_to(inputs, model)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            logits = model(**inputs, logits_to_keep=len(ids), use_cache=False).logits
+    finally:
+        model.train(was_training)
+    return n_prompt, entropy(logits[0, -len(ids) :]).tolist()
+
+
+def inputs_to(inputs: dict, model) -> dict:
+    """Tensors moved to the model's device, floating ones (pixel values) cast to its dtype."""
+    out = {}
+    for k, v in inputs.items():
+        if torch.is_tensor(v):
+            v = v.to(model.device)
+            v = v.to(model.dtype) if v.is_floating_point() else v
+        out[k] = v
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# records
+
+
+def make_record(
+    model,
+    processor,
+    request: Request,
+    generated_ids,
+    *,
+    sample: int = 0,
+    words=DEFAULT_WORDS,
+    case_sensitive: bool = True,
+    high_threshold: float = HIGH_ENTROPY,
+) -> dict:
+    """The probe record (format in the module docstring) of one generation of `request`."""
+    text = prompt_text(processor, request)
+    return _record(model, processor, request.id, sample, text, list(request.images), generated_ids,
+                   check_words(words), case_sensitive, high_threshold)
+
+
+def _record(model, processor, rid, sample, text, images, generated_ids, words, case_sensitive, threshold) -> dict:
+    tokenizer = getattr(processor, "tokenizer", processor)
+    ids = [int(t) for t in generated_ids]
+    think_open = text.rstrip().endswith(THINK_TAGS[0])
+    n_prompt, ents = teacher_forced_entropies(model, processor, text, ids, images)
+    critical = find_critical(tokenizer, ids, words, case_sensitive=case_sensitive, think_open=think_open)
+    return {
+        "version": RECORD_VERSION,
+        "id": rid,
+        "sample": sample,
+        "prompt_text": text,
+        "prompt_tokens": n_prompt,
+        "n_images": len(images),
+        "generated_ids": ids,
+        "words": list(words),
+        "case_sensitive": case_sensitive,
+        "think_open": think_open,
+        "critical": [{"index": c.index, "word": c.word, "char": c.char, "entropy": ents[c.index]} for c in critical],
+        "token_entropy": sum(ents) / len(ents),
+        "high_threshold": threshold,
+        "n_high": sum(e > threshold for e in ents),
+    }
+
+
+def recompute(model, processor_or_tokenizer, record: dict, images=(), where: str = "record") -> dict:
+    """Redo a record's measurement with one forward pass; returns the fresh record.
+
+    `images`: the request's images (records do not store them). The prompt must tokenize to the
+    recorded length, or the processor or images differ from the ones the record was made with.
+    """
+    check_record(record, where)
+    images = list(images)
+    if len(images) != record["n_images"]:
+        raise UserError(f"{where}: the record takes {record['n_images']} images, {len(images)} given")
+    fresh = _record(model, processor_or_tokenizer, record["id"], record["sample"], record["prompt_text"], images,
+                    record["generated_ids"], tuple(record["words"]), record["case_sensitive"], record["high_threshold"])
+    if fresh["prompt_tokens"] != record["prompt_tokens"]:
+        raise UserError(
+            f"{where}: the prompt now takes {fresh['prompt_tokens']} tokens, the record says "
+            f"{record['prompt_tokens']}: not the processor or images it was made with"
+        )
+    return fresh
+
+
+_RECORD_TYPES = {
+    "version": int, "id": str, "sample": int, "prompt_text": str, "prompt_tokens": int, "n_images": int,
+    "generated_ids": list, "words": list, "case_sensitive": bool, "think_open": bool, "critical": list,
+    "token_entropy": (int, float), "high_threshold": (int, float), "n_high": int,
+}  # fmt: skip
+
+
+def check_record(record, where: str = "record") -> dict:
+    """Raise a one-line UserError naming `where` and the key on the first malformed field."""
+    if not isinstance(record, dict):
+        raise UserError(f"{where}: a probe record must be a JSON object")
+    for key, kind in _RECORD_TYPES.items():
+        value = record.get(key)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise UserError(f"{where}: key {key!r} is missing or not {getattr(kind, '__name__', 'a number')}")
+    if record["version"] != RECORD_VERSION:
+        raise UserError(f"{where}: record version {record['version']}, this r1v3 reads version {RECORD_VERSION}")
+    ids = record["generated_ids"]
+    if not ids or not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in ids):
+        raise UserError(f"{where}: key 'generated_ids' must be a non-empty list of token ids")
+    check_words(record["words"])
+    for c in record["critical"]:
+        ok = isinstance(c, dict) and isinstance(c.get("word"), str) and isinstance(c.get("entropy"), (int, float))
+        if not ok or not isinstance(c.get("index"), int) or not 0 <= c["index"] < len(ids):
+            raise UserError(f"{where}: key 'critical' holds {str(c)[:80]}, not an index into generated_ids with word and entropy")
+    if not 0 <= record["n_high"] <= len(ids):
+        raise UserError(f"{where}: key 'n_high' is {record['n_high']}, outside 0..{len(ids)}")
+    return record
+
+
+def read_records(path) -> list[dict]:
+    """A probe.jsonl file's records, each checked; errors name the file and line."""
+    try:
+        lines = Path(path).read_bytes().splitlines()
+    except OSError as e:
+        raise UserError(f"{path}: cannot read: {e.strerror or e}") from None
+    out = []
+    for n, line in enumerate(lines, 1):
+        if line.strip():
+            where = f"{path} line {n}"
+            out.append(check_record(jsonio.loads(line, where), where))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# a checkpoint's figures
+
+
+def summarize(records: list[dict]) -> dict:
+    """A checkpoint's figures over its records (all made with the same words and threshold).
+
+    Means are None where nothing was counted, so the result stays valid JSON.
+    """
+    if not records:
+        raise UserError("no probe records to summarize")
+    first = records[0]
+    for r in records[1:]:
+        for key in ("words", "case_sensitive", "high_threshold"):
+            if r[key] != first[key]:
+                raise UserError(f"record {r['id']!r}: {key} {r[key]!r} differs from {first[key]!r} in record {first['id']!r}")
+    mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
+    critical = [c for r in records for c in r["critical"]]
+    by_word = {w: [c["entropy"] for c in critical if c["word"] == w] for w in first["words"]}
+    n_tokens = sum(len(r["generated_ids"]) for r in records)
+    return {
+        "generations": len(records),
+        "critical_entropy": mean([c["entropy"] for c in critical]),
+        "critical_count": len(critical),
+        "per_word": {w: {"entropy": mean(es), "count": len(es)} for w, es in by_word.items()},
+        "token_entropy": sum(r["token_entropy"] * len(r["generated_ids"]) for r in records) / n_tokens,
+        "tokens": n_tokens,
+        "high_entropy_share": sum(r["n_high"] for r in records) / n_tokens,
+        "high_threshold": first["high_threshold"],
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Spearman rank correlation across checkpoints
+
+
+def ranks(xs: list[float]) -> list[float]:
+    """1-based ranks, ties sharing the average of the ranks they span."""
+    order = sorted(range(len(xs)), key=lambda i: xs[i])
+    out = [0.0] * len(xs)
+    s = 0
+    while s < len(order):
+        e = s
+        while e + 1 < len(order) and xs[order[e + 1]] == xs[order[s]]:
+            e += 1
+        for i in order[s : e + 1]:
+            out[i] = (s + e) / 2 + 1
+        s = e + 1
+    return out
+
+
+def _pearson(a: list[float], b: list[float]) -> float:
+    ma, mb = sum(a) / len(a), sum(b) / len(b)
+    cov = sum((x - ma) * (y - mb) for x, y in zip(a, b))
+    va = sum((x - ma) ** 2 for x in a)
+    vb = sum((y - mb) ** 2 for y in b)
+    return cov / math.sqrt(va * vb) if va > 0 and vb > 0 else math.nan
+
+
+def _betainc(a: float, b: float, x: float) -> float:
+    """Regularized incomplete beta I_x(a, b), by its continued fraction (modified Lentz)."""
+    if x <= 0:
+        return 0.0
+    if x >= 1:
+        return 1.0
+    if x > (a + 1) / (a + b + 2):  # the fraction converges fast only below the mean
+        return 1.0 - _betainc(b, a, 1.0 - x)
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)) / a
+    tiny = 1e-300
+    f, c, d = tiny, tiny, 0.0
+    for i in range(400):
+        m = i // 2
+        if i == 0:
+            num = 1.0
+        elif i % 2 == 0:
+            num = m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m))
+        else:
+            num = -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))
+        d = 1.0 + num * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + num / c
+        c = c if abs(c) > tiny else tiny
+        f *= c * d
+        if abs(1.0 - c * d) < 1e-15:
+            break
+    return front * f
+
+
+def t_pvalue(t: float, df: int) -> float:
+    """Two-sided p-value of Student's t with df degrees of freedom."""
+    return _betainc(df / 2, 0.5, df / (df + t * t)) if math.isfinite(t) else 0.0
+
+
+def spearman(x, y) -> tuple[float, float]:
+    """(rho, two-sided p-value) of Spearman's rank correlation, ties given average ranks.
+
+    p-value: exact for n <= EXACT_SPEARMAN_MAX_N (the share of all n! pairings of the ranks whose
+    |rho| reaches the observed one, so never below 1/n!), else Student's t with n-2 degrees of
+    freedom on t = rho * sqrt((n-2) / (1-rho^2)). (nan, nan) when either side is constant.
+    """
+    x, y = list(x), list(y)
+    if len(x) != len(y):
+        raise UserError(f"spearman needs pairs: {len(x)} x values but {len(y)} y values")
+    if len(x) < 2:
+        raise UserError(f"spearman needs at least 2 pairs, got {len(x)}")
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in x + y):
+        raise UserError("spearman values must be finite numbers")
+    rx, ry = ranks(x), ranks(y)
+    rho = _pearson(rx, ry)
+    if math.isnan(rho):
+        return math.nan, math.nan
+    n = len(x)
+    if n <= EXACT_SPEARMAN_MAX_N:
+        hits = sum(abs(_pearson(rx, list(p))) >= abs(rho) - 1e-12 for p in itertools.permutations(ry))
+        return rho, hits / math.factorial(n)
+    if abs(rho) >= 1.0:
+        return rho, 0.0
+    return rho, t_pvalue(rho * math.sqrt((n - 2) / (1 - rho * rho)), n - 2)
