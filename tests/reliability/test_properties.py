@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from r1v3 import answers, artifacts, config, data, mmmu
+from r1v3 import answers, artifacts, config, data, mmmu, rewards
 from r1v3.errors import UserError
 
 pytestmark = pytest.mark.reliability
@@ -190,3 +190,24 @@ def test_openai_answers_with_a_message_only_raise_user_errors(message, usage):
     backend._post = lambda payload: {"choices": [{"message": message, "finish_reason": "stop"}], "usage": usage}
     out = backend._one([{"role": "user", "content": "hi"}], Sampling(), 0)
     assert isinstance(out.text, str) and isinstance(out.n_tokens, int) and out.n_tokens >= 0
+
+
+_COMPLETION = st.one_of(
+    TEXT,
+    st.lists(st.fixed_dictionaries({"role": st.sampled_from(["assistant", "user"]),
+                                     "content": st.one_of(TEXT, st.none(), st.integers())}), max_size=3),
+    st.none(),
+    st.integers(),
+)
+
+
+@FAST
+@given(_COMPLETION, OPTIONS, st.sampled_from(["A", "B", "3", "['1', '1.0']", "red", ""]), st.integers(0, 5000))
+def test_rewards_never_raise_stay_in_range_and_are_fast(completion, options, gold, length):
+    qtype = "multiple-choice" if options else "open"
+    rs = rewards.build(overlong=(4096, 1024))
+    columns = dict(answer=[gold], question_type=[qtype], options=[options], completion_ids=[[0] * length])
+    out = timed(rewards.score, rs, [""], [completion], **columns)
+    assert out["accuracy"][0] in (0.0, 1.0) and out["format"][0] in (0.0, 1.0)
+    assert -1.0 <= out["overlong"][0] <= 0.0
+    assert out["total"][0] == 0.8 * out["accuracy"][0] + 0.2 * out["format"][0] + out["overlong"][0]
