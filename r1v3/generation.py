@@ -572,6 +572,10 @@ class _Retryable(Exception):
         self.retry_after = retry_after
 
 
+class _NotStarted(Exception):
+    pass
+
+
 def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
     """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date); None if absent or unreadable."""
     if not value:
@@ -753,6 +757,17 @@ class OpenAIBackend(Backend):
 
     # -- many requests
 
+    def _call(self, messages, sampling, seed, stop: threading.Event, halt: threading.Event) -> Completion:
+        """`_one`, unless a call has already failed for good: then no new call starts (calls in flight
+        finish). The failing worker sets `halt` itself, before it can pick up the next queued call."""
+        if halt.is_set():
+            raise _NotStarted
+        try:
+            return self._one(messages, sampling, seed, stop)
+        except UserError:
+            halt.set()
+            raise
+
     def generate(self, requests, sampling: Sampling, on_result: OnResult | None = None):
         requests = list(requests)
         check_requests(requests)
@@ -764,13 +779,14 @@ class OpenAIBackend(Backend):
         pending: dict = {}
         failure, done = None, 0
         bar = _Progress(len(requests), self.progress)
-        stop = threading.Event()
+        stop, halt = threading.Event(), threading.Event()
         pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="r1v3-http")
         try:
             while True:
-                # a short queue, not every call at once: after a failure, only the calls in flight still run
+                # a short queue, not every call at once: a failure leaves little to cancel
                 while failure is None and len(pending) < 2 * self.concurrency and (call := next(calls, None)):
-                    pending[pool.submit(self._one, prompts[call[0]], sampling, sampling.seed + call[1], stop)] = call
+                    args = (prompts[call[0]], sampling, sampling.seed + call[1], stop, halt)
+                    pending[pool.submit(self._call, *args)] = call
                 if not pending:
                     break
                 finished, _ = wait(pending, return_when=FIRST_COMPLETED)
@@ -778,6 +794,8 @@ class OpenAIBackend(Backend):
                     rid, j = pending.pop(fut)
                     try:
                         row = fut.result()
+                    except _NotStarted:
+                        continue
                     except UserError as e:
                         failure = failure or (rid, e)
                         continue

@@ -1,5 +1,7 @@
+import contextlib
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -348,3 +350,192 @@ def test_openai_backend_is_text_only(server):
     assert server.calls == []
     with pytest.raises(UserError, match="http"):
         OpenAIBackend("localhost:8000", "t")
+
+
+class ScriptedServer:
+    """An OpenAI-compatible server whose k-th call (0-based) is answered by `script(k)`:
+    (status, extra headers, seconds to wait first); it counts how many calls were in flight at most."""
+
+    def __init__(self, script):
+        self.calls, self.in_flight, self.max_in_flight = [], 0, 0
+        lock, server = threading.Lock(), self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as real servers: the client's pool is exercised
+            # headers and body go out in two writes: with Nagle on, each kept-alive answer waits 40 ms for an ACK
+            disable_nagle_algorithm = True
+
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with lock:
+                    k = len(server.calls)
+                    server.calls.append(body)
+                    server.in_flight += 1
+                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                try:
+                    status, headers, delay = script(k)
+                    time.sleep(delay)
+                finally:
+                    with lock:
+                        server.in_flight -= 1
+                prompt = body["messages"][-1]["content"]
+                data = {"choices": [{"message": {"content": f"{prompt} seed={body['seed']}"}}], "usage": {"completion_tokens": 3}}
+                raw = json.dumps(data if status == 200 else {"error": "busy"}).encode()
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                with contextlib.suppress(ConnectionError):  # a client that timed out has hung up
+                    self.wfile.write(raw)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def scripted():
+    servers = []
+
+    def start(script):
+        servers.append(ScriptedServer(script))
+        return servers[-1]
+
+    yield start
+    for s in servers:
+        s.close()
+
+
+def http_backend(url, **kw):
+    return OpenAIBackend(url, "t", api_key_env="R1V3_NO_SUCH_KEY", progress=False, **{"backoff": 0.01, **kw})
+
+
+@pytest.mark.parametrize("concurrency,n", [(1, 1), (4, 1), (6, 3)])
+def test_openai_backend_keeps_concurrency_calls_in_flight(scripted, concurrency, n):
+    server = scripted(lambda k: (200, {}, 0.15))
+    requests = [text_request(f"r{i}", f"p{i}") for i in range(12 // n + 2)]
+    sampling = Sampling(temperature=1.0, n=n, seed=5)
+    start = time.perf_counter()
+    got = http_backend(server.url, concurrency=concurrency).generate_all(requests, sampling)
+    elapsed = time.perf_counter() - start
+    assert server.max_in_flight == concurrency  # reached, never exceeded
+    calls = len(requests) * n
+    assert len(server.calls) == calls
+    assert elapsed < 0.15 * (calls / concurrency + 3)  # the calls really overlapped
+    # samples of one request may run on different connections: each keeps its own seed and order
+    assert got == {r.id: [Completion(f"p{r.id[1:]} seed={5 + j}", 3, "stop") for j in range(n)] for r in requests}
+
+
+def test_openai_backend_honours_retry_after_within_its_cap(scripted):
+    server = scripted(lambda k: (429, {"Retry-After": "1"}, 0) if k == 0 else (200, {}, 0))
+    start = time.perf_counter()
+    assert http_backend(server.url).generate_all([text_request("a", "x")], Sampling())["a"][0].text == "x seed=0"
+    assert time.perf_counter() - start >= 0.95 and len(server.calls) == 2  # waited what the server asked, not 10 ms
+    slow = scripted(lambda k: (503, {"Retry-After": "3600"}, 0) if k < 2 else (200, {}, 0))
+    start = time.perf_counter()
+    assert http_backend(slow.url, max_wait=0.05).generate_all([text_request("a", "x")], Sampling())["a"][0].text == "x seed=0"
+    assert time.perf_counter() - start < 5 and len(slow.calls) == 3
+
+
+def test_retry_after_values():
+    from r1v3.generation import retry_after_seconds
+
+    assert retry_after_seconds("7") == 7.0 and retry_after_seconds("0.5") == 0.5 and retry_after_seconds("-3") == 0.0
+    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:30 GMT", now=1445412480.0) == 30.0
+    for bad in (None, "", "soon", "nan", "inf", "Wed, 99 Foo"):
+        assert retry_after_seconds(bad) is None, bad
+
+
+def test_openai_backend_retries_500_three_times_then_succeeds(scripted):
+    server = scripted(lambda k: (500, {}, 0) if k < 3 else (200, {}, 0))
+    got = http_backend(server.url, max_retries=3).generate_all([text_request("a", "x")], Sampling())
+    assert got["a"][0].text == "x seed=0" and len(server.calls) == 4
+    # and one retry fewer is one too few
+    server = scripted(lambda k: (500, {}, 0) if k < 3 else (200, {}, 0))
+    with pytest.raises(UserError, match="gave up after 3 attempts"):
+        http_backend(server.url, max_retries=2).generate_all([text_request("a", "x")], Sampling())
+
+
+@pytest.mark.parametrize("concurrency", [1, 3])
+def test_openai_backend_failing_for_good_delivers_what_was_done_first(scripted, concurrency):
+    # calls 0-4 answer (the later ones slowly, so they are in flight when the endpoint breaks), then only 500s
+    server = scripted(lambda k: (200, {}, 0.02 * k) if k < 5 else (500, {}, 0))
+    requests = [text_request(f"r{i}", f"p{i}") for i in range(9)]
+    delivered, yielded = [], []
+    b = http_backend(server.url, concurrency=concurrency, max_retries=2)
+    with pytest.raises(UserError) as e:
+        for rid, cs in b.generate(requests, Sampling(), on_result=lambda rid, cs: delivered.append((rid, cs))):
+            yielded.append(rid)
+    assert sorted(yielded) == sorted(rid for rid, _ in delivered) == [f"r{i}" for i in range(5)]
+    assert all(cs == [Completion(f"p{rid[1:]} seed=0", 3, "stop")] for rid, cs in delivered)
+    message = str(e.value)
+    assert len(message.splitlines()) == 1
+    assert f"{server.url}/chat/completions returned HTTP 500" in message and "gave up after 3 attempts" in message
+    assert "5 of 9 requests completed" in message
+    assert len(server.calls) <= 5 + 3 * concurrency  # no new call started after the failure
+
+
+def test_openai_backend_unreachable_endpoint_is_one_clear_line():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(UserError) as e:
+        http_backend(f"http://127.0.0.1:{port}/v1", max_retries=2).generate_all([text_request("a", "x")], Sampling())
+    message = str(e.value)
+    assert len(message.splitlines()) == 1 and f"http://127.0.0.1:{port}/v1/chat/completions" in message
+    assert "gave up after 3 attempts" in message and "Connection refused" in message and "0 of 1 requests completed" in message
+
+
+def test_openai_backend_timeout_covers_the_whole_answer(scripted):
+    server = scripted(lambda k: (200, {}, 2.0))
+    start = time.perf_counter()
+    with pytest.raises(UserError, match="gave up after 2 attempts.*timed out"):
+        http_backend(server.url, timeout=0.3, max_retries=1).generate_all([text_request("a", "x")], Sampling())
+    assert time.perf_counter() - start < 1.5
+
+
+def test_openai_backend_timeout_stops_a_trickling_answer():
+    class Trickle(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):  # every byte comes well within the read timeout, the whole answer never does
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(200)
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            with contextlib.suppress(ConnectionError):
+                for _ in range(40):
+                    self.wfile.write(b" ")
+                    time.sleep(0.05)
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Trickle)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
+    try:
+        start = time.perf_counter()
+        with pytest.raises(UserError, match=r"gave up after 1 attempts.*no complete answer within 0.3 s"):
+            http_backend(f"http://127.0.0.1:{httpd.server_port}/v1", timeout=0.3, max_retries=0).generate_all(
+                [text_request("a", "x")], Sampling())
+        assert time.perf_counter() - start < 1.0
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_openai_backend_settings_are_checked():
+    for kw, flag in [({"concurrency": 0}, "concurrency"), ({"timeout": 0}, "timeout"), ({"max_retries": -1}, "max_retries"),
+                     ({"max_wait": float("inf")}, "max_wait"), ({"backoff": "1"}, "backoff"), ({"concurrency": 2.5}, "concurrency")]:
+        with pytest.raises(UserError, match=flag):
+            OpenAIBackend("http://127.0.0.1:9/v1", "t", **kw)

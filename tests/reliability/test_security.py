@@ -5,6 +5,7 @@ import contextlib
 import http.server
 import io
 import json
+import logging
 import pickle
 import re
 import socket
@@ -89,9 +90,9 @@ def test_loading_never_unpickles(tmp_path, monkeypatch):
     """Run the reading stages with every unpickling entry point booby-trapped (library internals included)."""
     import torch
 
-    from r1v3 import mmmu
+    from mmmu_fixture import write_sample_copy
 
-    mmmu.write_sample_copy(tmp_path / "mmmu", per_subject=1)
+    write_sample_copy(tmp_path / "mmmu", per_subject=1)
     root = tmp_path / "store"
     assert run(root, "init", "tiny", "--name", "m")[0] == 0
 
@@ -204,7 +205,7 @@ def _serve(handler_cls):
     return server
 
 
-def _handler(status, body_of, seen, location=None):
+def _handler(status, body_of, seen, location=None, echo_header=False):
     class H(http.server.BaseHTTPRequestHandler):
         def do_POST(self):
             seen.append(dict(self.headers))
@@ -213,6 +214,8 @@ def _handler(status, body_of, seen, location=None):
             self.send_response(status)
             if location:
                 self.send_header("Location", location)
+            if echo_header:
+                self.send_header("X-Seen-Authorization", self.headers.get("Authorization", ""))
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
@@ -257,19 +260,44 @@ def test_api_key_never_appears_in_errors(monkeypatch, status, pad):
         assert "check $R1V3_TEST_KEY" in message
 
 
-def test_api_key_does_not_follow_redirects(monkeypatch):
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_api_key_does_not_follow_redirects(monkeypatch, status):
     monkeypatch.setenv("R1V3_TEST_KEY", SECRET)
     elsewhere_seen, seen = [], []
     elsewhere = _serve(_handler(200, lambda h: json.dumps({"choices": [{"message": {"content": "4"}}]}), elsewhere_seen))
-    target = f"http://127.0.0.1:{elsewhere.server_port}/steal"
-    server = _serve(_handler(302, lambda h: "", seen, location=target))
+    # the Location itself carries the key: the error that names it must not
+    target = f"http://127.0.0.1:{elsewhere.server_port}/steal?k={SECRET}"
+    server = _serve(_handler(status, lambda h: "", seen, location=target))
     try:
-        with pytest.raises(UserError, match=r"redirects \(HTTP 302\)"):
-            _backend(f"http://127.0.0.1:{server.server_port}/v1").generate_all(REQ, Sampling(max_new_tokens=4))
+        with pytest.raises(UserError, match=rf"redirects \(HTTP {status}\) to http://127.0.0.1:\d+/steal") as e:
+            _backend(f"http://127.0.0.1:{server.server_port}/v1", retries=3).generate_all(REQ, Sampling(max_new_tokens=4))
     finally:
         server.shutdown()
         elsewhere.shutdown()
-    assert seen and not elsewhere_seen
+    assert len(seen) == 1 and not elsewhere_seen  # asked once, not retried, nothing sent to the target
+    _assert_secret_free(str(e.value))
+
+
+def test_api_key_never_reaches_logs_or_answers(monkeypatch, caplog):
+    """Every logger at DEBUG (the HTTP libraries log response headers there) while a server echoes the key
+    in a header, in an error body and in the answer's text."""
+    monkeypatch.setenv("R1V3_TEST_KEY", SECRET)
+    caplog.set_level(logging.DEBUG)
+    answer = lambda h: json.dumps({"choices": [{"message": {"content": f"key={h.get('Authorization')}"}}]})  # noqa: E731
+    ok_seen, bad_seen = [], []
+    ok = _serve(_handler(200, answer, ok_seen, echo_header=True))
+    bad = _serve(_handler(503, lambda h: f"bad {h.get('Authorization')}", bad_seen, echo_header=True))
+    try:
+        got = _backend(f"http://127.0.0.1:{ok.server_port}/v1").generate_all(REQ, Sampling(max_new_tokens=4))
+        with pytest.raises(UserError) as e:
+            _backend(f"http://127.0.0.1:{bad.server_port}/v1").generate_all(REQ, Sampling(max_new_tokens=4))
+    finally:
+        ok.shutdown()
+        bad.shutdown()
+    assert ok_seen and bad_seen and got["q1"][0].text == "key=Bearer ***"
+    assert "X-Seen-Authorization" in caplog.text or "x-seen-authorization" in caplog.text  # the headers were logged
+    for text in (caplog.text, str(e.value), got["q1"][0].text):
+        _assert_secret_free(text)
 
 
 def _closed_port() -> int:
@@ -291,12 +319,12 @@ def test_endpoint_errors_are_clear_and_one_line(monkeypatch):
 
 
 def test_secrets_in_the_environment_never_reach_the_store_or_the_output(tmp_path, monkeypatch):
-    from r1v3 import mmmu
+    from mmmu_fixture import write_sample_copy
 
     secrets = {"OPENAI_API_KEY": SECRET, "HF_TOKEN": "hf_" + "Q" * 34, "R1V3_TEST_KEY": "tok-" + "z9" * 12}
     for k, v in secrets.items():
         monkeypatch.setenv(k, v)
-    mmmu.write_sample_copy(tmp_path / "mmmu", per_subject=1)
+    write_sample_copy(tmp_path / "mmmu", per_subject=1)
     root = tmp_path / "store"
     output = ""
     for argv in (["init", "tiny", "--name", "m"], ["data", "synth", "--name", "ds", "--n", "20"],
