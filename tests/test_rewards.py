@@ -440,3 +440,31 @@ def test_describe_shows_each_component_and_flags_a_constant_reward():
     assert "[bold]B[/bold]" in shown  # completions are shown as text, never as markup
     assert "accuracy is 0 on every sample" in shown
     assert r"\boxed{A}" not in shown  # only `limit` rows
+
+
+def test_one_grpo_step_on_a_tiny_vlm_logs_each_component(workdir):
+    """A real GRPOTrainer step: every reward is logged under its own name and the logged
+    reward is the weighted sum of the components."""
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer
+
+    from r1v3 import models, synthetic
+
+    model, processor = models.build_tiny("internvl")
+    rows = synthetic.generate(10, seed=0)["train"][:2]
+    dataset = Dataset.from_list([
+        {"prompt": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": r["question"]}]}],
+         "image": r["images"][0], "answer": r["answer"], "question_type": r["question_type"], "options": r["options"]}
+        for r in rows])
+    rs = build(overlong=(8, 4), custom=[("my_rewards.py:length_bonus", 0.5)])
+    args = GRPOConfig(output_dir=str(workdir / "out"), per_device_train_batch_size=2, num_generations=2,
+                      max_completion_length=8, max_steps=1, reward_weights=rs.weights, report_to=[], use_cpu=True,
+                      logging_steps=1, save_strategy="no")
+    trainer = GRPOTrainer(model=model, processing_class=processor, reward_funcs=rs.funcs, args=args,
+                          train_dataset=dataset)
+    trainer.train()
+    logged = trainer.state.log_history[0]
+    means = {name: logged[f"rewards/{name}/mean"] for name in ("accuracy", "format", "overlong", "length_bonus")}
+    assert means["overlong"] == -1.0  # 8 of 8 tokens: at max_len
+    assert 0.0 < means["length_bonus"] <= 1.0
+    assert logged["reward"] == pytest.approx(sum(w * means[n] for n, w in zip(rs.names, rs.weights)))
