@@ -392,8 +392,12 @@ class ScriptedServer:
                 with contextlib.suppress(ConnectionError):  # a client that timed out has hung up
                     self.wfile.write(raw)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler, bind_and_activate=False)
         self.httpd.daemon_threads = True
+        # socketserver's backlog of 5 would drop the SYNs of more clients connecting at once: 1 s stalls
+        self.httpd.request_queue_size = 64
+        self.httpd.server_bind()
+        self.httpd.server_activate()
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
         threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
 
