@@ -6,21 +6,42 @@ traceback instead.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
+import functools
+import importlib
+import inspect
 import json
 import os
 import sys
+import types
+import typing
 from pathlib import Path
 from typing import List, Optional
 
 import typer
+import typer.core
+import typer.main
 from rich.console import Console
 from rich.table import Table
 from rich.tree import Tree
+from typer.models import ParamMeta
 
 from r1v3 import __version__, config
 from r1v3.artifacts import Store, default_store
 from r1v3.errors import UserError
+
+class _Group(typer.core.TyperGroup):
+    """A command group whose stage commands are built when invoked: a stage module imports torch
+    and datasets (seconds), which `r1v3 --help` or `r1v3 artifacts ls` should not pay for."""
+
+    def resolve_command(self, ctx, args):
+        name, cmd, rest = super().resolve_command(ctx, args)
+        build = getattr(cmd, "build_stage", None)
+        if build is not None:
+            cmd = self.commands[name] = build()
+        return name, cmd, rest
+
 
 console = Console()
 err_console = Console(stderr=True)
@@ -36,22 +57,23 @@ app = typer.Typer(
     add_completion=False,
     rich_markup_mode="rich",
     pretty_exceptions_enable=False,
+    cls=_Group,
 )
-data_app = typer.Typer(help="Make, import and inspect problem datasets.", no_args_is_help=True)
+data_app = typer.Typer(help="Make, import and inspect problem datasets.", no_args_is_help=True, cls=_Group)
 artifacts_app = typer.Typer(help="List, inspect, verify and trace artifacts.", no_args_is_help=True)
-init_app = typer.Typer(help="Build the embedded default models (tiny, smol) offline.", no_args_is_help=True)
+init_app = typer.Typer(help="Build the embedded default models (tiny, smol) offline.", no_args_is_help=True, cls=_Group)
 app.add_typer(init_app, name="init")
 app.add_typer(data_app, name="data")
 app.add_typer(artifacts_app, name="artifacts")
 
 STATE = {"store": None}
-
-ConfigOpt = typer.Option(None, "--config", "-c", help="Recipe YAML (the stage's section, or the whole file).")
-OverridesArg = typer.Argument(None, help="Dotted key=value overrides, e.g. seed=3 n=200.", show_default=False)
-SeedOpt = typer.Option(None, "--seed", help="Random seed (default from the recipe, else 0).")
+STORE_HELP = "Artifact store directory (default: $R1V3_STORE, else ./artifacts); before or after the command."
 
 
 def store() -> Store:
+    if STATE["store"] is None and os.environ.get("R1V3_STORE") == "":
+        # an empty variable would make the store the current directory; say so instead of guessing
+        raise UserError("R1V3_STORE is set but empty: set it to a store directory, or unset it to use ./artifacts")
     return Store(STATE["store"] or default_store())
 
 
@@ -63,117 +85,182 @@ def _print_version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    store_dir: Optional[Path] = typer.Option(
-        None, "--store", envvar="R1V3_STORE", help="Artifact store directory (default: ./artifacts)."
-    ),
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks instead of one-line errors."),
-    version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True, callback=_print_version),
+    store_dir: Optional[Path] = typer.Option(None, "--store", envvar="R1V3_STORE", show_envvar=False, help=STORE_HELP),
+    debug: bool = typer.Option(False, "--debug", metavar="", help="Show tracebacks instead of one-line errors."),
+    version: bool = typer.Option(False, "--version", metavar="", help="Print the version and exit.", is_eager=True, callback=_print_version),
 ) -> None:
     STATE["store"] = store_dir
 
 
-def _run(stage_module, stage: str, cfg_path, options: dict, overrides):
-    cfg = config.load(stage_module.Config, stage=stage, path=cfg_path, options=options, overrides=overrides or [])
-    art = stage_module.run(cfg, store())
+# ---- stage commands, derived from each stage's Config ------------------------------------------
+# A setting's flag, help, shown default and range live in its Config field (r1v3/config.py
+# `setting`); a command adds only what is not a setting (--config, overrides, --json).
+
+
+def _shown(value) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list):
+        return ",".join(map(str, value)) or "none"
+    return str(value)
+
+
+def _metavar(tp) -> str:
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if typing.get_origin(tp) is typing.Literal:
+        return "|".join(map(str, typing.get_args(tp)))
+    if typing.get_origin(tp) in (typing.Union, types.UnionType) and len(args) == 1:
+        return _metavar(args[0])
+    return {int: "INT", float: "FLOAT", str: "TEXT"}.get(tp, "VALUE")
+
+
+def _parameter(f, tp) -> inspect.Parameter:
+    """The typer parameter of a Config field. Values stay text (lists: repeated or comma-separated)
+    so the config layer parses them like YAML and override values, with the same one-line errors."""
+    m = config.meta(f)
+    flag = config.flag_of(f)
+    default = m["default"]
+    shown = m.get("shown") or (None if default is config.REQUIRED or callable(default) or default is None
+                               or isinstance(default, bool) else _shown(default))
+    base = {a for a in typing.get_args(tp) if a is not type(None)} or {tp}
+    if m.get("argument"):
+        return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, annotation=str,
+                                 default=typer.Argument(..., help=m["help"], show_default=False))
+    text = m["help"] + (f" (default: {shown})" if shown else "")
+    common = dict(help=text.replace("[", "\\["), rich_help_panel=m.get("panel"), show_default=False)
+    if base == {bool}:  # a flag takes no value; `key=false` undoes a recipe's `key: true`
+        info = typer.Option(None, flag, *m["aliases"], metavar="", **common)
+        annotation = Optional[bool]
+    elif typing.get_origin(tp) is list:
+        info = typer.Option(None, flag, *m["aliases"], metavar="A,B,..", **common)
+        annotation = Optional[List[str]]
+    else:
+        info = typer.Option(None, flag, *m["aliases"], metavar=m.get("metavar") or _metavar(tp), **common)
+        annotation = Optional[str]
+    return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=info)
+
+
+def _override_example(cls, fields) -> str:
+    """Two of the command's own settings with their defaults, as an override would set them."""
+    picks = [f for f in fields if type(config.meta(f)["default"]) in (int, float) and f.name != "seed"][:1]
+    picks += [f for f in fields if f.name == "seed"] or [f for f in fields if f not in picks
+                                                         and type(config.meta(f)["default"]) in (int, float)][:1]
+    return " ".join(f"{f.name}={_shown(config.meta(f)['default'])}" for f in picks) or "key=value"
+
+
+STAGES: list[tuple[str, str, str, dict]] = []  # (group, command, stage module, stage_command options)
+
+
+def stage_command(group: str, name: str, module: str, **options) -> None:
+    """`r1v3 [GROUP] NAME` runs the stage module `module`; see _stage_command for `options`."""
+    STAGES.append((group, name, module, options))
+
+
+def _build_stage(name: str, module_name: str, options: dict):
+    sub = typer.Typer(add_completion=False, rich_markup_mode="rich", pretty_exceptions_enable=False)
+    _stage_command(sub, name, importlib.import_module(module_name), **options)
+    command = typer.main.get_command(sub)  # one command and no callback: the command itself
+    command.params.append(_store_option())
+    return command
+
+
+def _stage_command(group: typer.Typer, name: str, module, *, doc: str, fixed: dict | None = None,
+                   hide: tuple[str, ...] = (), extra: tuple[inspect.Parameter, ...] = (), report=None) -> None:
+    """Register `name` on `group`: its options are the fields of module.Config (less `fixed` and
+    `hide`), plus --config, key=value overrides and `extra`; `report(result, **extra)` prints the result."""
+    cls = module.Config
+    hints = typing.get_type_hints(cls)
+    fields = [f for f in dataclasses.fields(cls) if f.name not in (fixed or {}) and f.name not in hide]
+    params = [_parameter(f, hints[f.name]) for f in fields]
+    flags = {f.name: config.flag_of(f) for f in fields}
+    params.append(inspect.Parameter("config_file", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[Path],
+                                    default=typer.Option(None, "--config", "-c", metavar="YAML", help=(
+                                        f"Recipe YAML: its `{cls.STAGE}:` section, or the whole file."))))
+    params.append(inspect.Parameter("overrides", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[List[str]],
+                                    default=typer.Argument(None, metavar="KEY=VALUE", show_default=False, help=(
+                                        "Dotted key=value overrides of any setting (the keys of --config), "
+                                        f"e.g. {_override_example(cls, fields)}."))))
+    params.extend(extra)
+    extra_names = {p.name for p in extra}
+
+    def command(**kw):
+        path, overrides = kw.pop("config_file"), kw.pop("overrides") or []
+        extras = {k: kw.pop(k) for k in extra_names}
+        options = {k: ",".join(v) if isinstance(v, list) else v for k, v in kw.items()}
+        conf = config.load(cls, stage=cls.STAGE, path=path, options={**options, **(fixed or {})},
+                           overrides=overrides, flags=flags)
+        for note in conf.notes:
+            err_console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
+        (report or _published)(module.run(conf, store()), **extras)
+
+    command.__signature__ = inspect.Signature(params)
+    command.__name__ = name.replace("-", "_")
+    group.command(name, help=doc)(command)
+
+
+def _published(art) -> None:
     console.print(f"[green]published[/green] {art.ref} ({art.kind}) at {art.path}")
-    return art
+
+
+def _store_option():
+    """--store after the command too (`r1v3 sft ... --store S`); it wins over one before it."""
+
+    def remember(ctx, param, value):
+        if value is not None:
+            STATE["store"] = value
+
+    option = typer.main._get_param(ParamMeta(name="store_dir", annotation=Optional[Path], default=typer.Option(
+        None, "--store", metavar="DIR", help=STORE_HELP)))
+    option.expose_value, option.callback = False, remember
+    return option
+
+
+def build_cli():
+    """The click command of `r1v3`: the typer app, its stage commands (built when invoked), and
+    --store on every command."""
+    command = typer.main.get_command(app)
+    groups = {"": command, **{n: c for n, c in command.commands.items() if isinstance(c, typer.core.TyperGroup)}}
+    for group in groups.values():
+        for sub in group.commands.values():
+            if not isinstance(sub, typer.core.TyperGroup):
+                sub.params.append(_store_option())
+    for group, name, module, options in STAGES:
+        placeholder = typer.core.TyperCommand(name=name, help=options["doc"])
+        placeholder.build_stage = functools.partial(_build_stage, name, module, options)
+        groups[group].add_command(placeholder, name)
+    return command
 
 
 # ---- models ----------------------------------------------------------------------------------
 
-
-@init_app.command("tiny")
-def init_tiny(
-    name: str = typer.Option(..., "--name", help="Artifact name for the model."),
-    family: Optional[str] = typer.Option(None, "--family", help="internvl, qwen2_vl, qwen2_5_vl, qwen3_vl, llava, idefics3."),
-    seed: Optional[int] = SeedOpt,
-    cfg: Optional[Path] = ConfigOpt,
-    overrides: Optional[List[str]] = OverridesArg,
-):
-    """A random-weight model of a supported family with an offline tokenizer (about a second)."""
-    from stages import init_model
-
-    _run(init_model, "init", cfg, {"name": name, "model": "tiny", "family": family, "seed": seed}, overrides)
-
-
-@init_app.command("smol")
-def init_smol(
-    name: str = typer.Option(..., "--name", help="Artifact name for the model."),
-    seed: Optional[int] = SeedOpt,
-    cfg: Optional[Path] = ConfigOpt,
-    overrides: Optional[List[str]] = OverridesArg,
-):
-    """A real small VLM: SmolLM2-135M-Instruct + a small vision tower + a fresh connector (InternVL family)."""
-    from stages import init_model
-
-    _run(init_model, "init", cfg, {"name": name, "model": "smol", "seed": seed}, overrides)
-
-
-@app.command("import-model")
-def import_model(
-    path: Path = typer.Argument(..., help="A local Hugging Face model directory (config.json + *.safetensors)."),
-    name: str = typer.Option(..., "--name", help="Artifact name."),
-    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow the model's own Python code (recorded)."),
-    link: bool = typer.Option(False, "--link", help="Hard-link the files instead of copying (same filesystem; the artifact then shares the source's bytes)."),
-):
-    """Wrap a local Hugging Face model directory (a VLM or a text LLM) as a model artifact."""
-    from stages import import_model as stage
-
-    _run(stage, "import-model", None, {"path": str(path), "name": name, "trust_remote_code": trust_remote_code, "link": link}, [])
+stage_command("init", "tiny", "stages.init_model", fixed={"model": "tiny"},
+              doc="A random-weight model of a supported family with an offline tokenizer (about a second).")
+stage_command("init", "smol", "stages.init_model", fixed={"model": "smol"}, hide=("family",),
+              doc="A real small VLM: SmolLM2-135M-Instruct + a small vision tower + a fresh connector (InternVL family).")
+stage_command("", "import-model", "stages.import_model",
+              doc="Wrap a local Hugging Face model directory (a VLM or a text LLM) as a model artifact.")
 
 
 # ---- data ------------------------------------------------------------------------------------
 
-
-@data_app.command("synth")
-def data_synth(
-    name: str = typer.Option(..., "--name", help="Artifact name for the dataset."),
-    n: Optional[int] = typer.Option(None, "--n", help="Number of problems over all splits (default: 500)."),
-    seed: Optional[int] = SeedOpt,
-    messages: Optional[str] = typer.Option(
-        None, "--messages", metavar="STYLE",
-        help="Add a `messages` conversation per problem for chat SFT. think: the reasoning prompt and a template "
-        "teacher's <think> trace + \\boxed{answer}; brief: the same with a one-line trace; direct: the official "
-        "prompt and the bare answer; caption: describe the image -> its short caption (connector alignment).",
-    ),
-    tasks: Optional[str] = typer.Option(None, "--tasks", help="Comma-separated subset of counting,color,spatial,arithmetic,chart (default: all)."),
-    difficulty: Optional[str] = typer.Option(None, "--difficulty", help="normal, hard or normal,hard (default: both)."),
-    cfg: Optional[Path] = ConfigOpt,
-    overrides: Optional[List[str]] = OverridesArg,
-):
-    """Synthetic visual reasoning problems drawn with Pillow (counting, colour, position, arithmetic, charts)."""
-    from stages import synth
-
-    options = {"name": name, "n": n, "seed": seed, "messages": messages, "tasks": tasks, "difficulty": difficulty}
-    _run(synth, "synth", cfg, options, overrides)
-
-
-@data_app.command("import")
-def data_import(
-    path: Path = typer.Argument(..., help="A .jsonl (image paths relative to it), .parquet, or a local Hugging Face dataset directory."),
-    name: str = typer.Option(..., "--name", help="Artifact name for the dataset."),
-    split: Optional[str] = typer.Option(None, "--split", help="The split to take from a multi-split source."),
-    cfg: Optional[Path] = ConfigOpt,
-    overrides: Optional[List[str]] = OverridesArg,
-):
-    """Import your own problem rows (validated, images embedded) as a dataset artifact."""
-    from stages import data_import
-
-    _run(data_import, "data-import", cfg, {"path": str(path), "name": name, "split": split}, overrides)
+stage_command("data", "synth", "stages.synth",
+              doc="Synthetic visual reasoning problems drawn with Pillow (counting, colour, position, arithmetic, charts).")
+stage_command("data", "import", "stages.data_import",
+              doc="Import your own problem rows (validated, images embedded) as a dataset artifact.")
 
 
 @data_app.command("show")
 def data_show(
     ref: str = typer.Argument(..., help="Dataset artifact reference."),
     split: Optional[str] = typer.Option(None, "--split", help="Split to show (default: the first)."),
-    n: int = typer.Option(5, "--n", help="Rows to print."),
+    limit: int = typer.Option(5, "--limit", "--n", help="Rows to print (as eval mmmu --limit; --n is the older spelling)."),
     sheet: Optional[Path] = typer.Option(None, "--sheet", help="Save a contact sheet PNG of the images here."),
 ):
     """Print a few rows of a dataset and optionally save a contact sheet of its images."""
     from r1v3 import data
 
-    if n < 0:
-        raise UserError(f"--n must be 0 or more, got {n}")
+    if limit < 0:
+        raise UserError(f"--limit must be 0 or more, got {limit}")
     art = store().resolve(ref, kind="dataset")
     splits = data.list_splits(art.path)
     split = split or ("train" if "train" in splits else splits[0])
@@ -181,7 +268,7 @@ def data_show(
         raise UserError(f"{ref}: no split {split!r} (has {', '.join(splits)})")
     rows = data.read_split(art.path, split)
     console.print(f"[bold]{art.ref}[/bold] \\[{split}] {len(rows)} rows (splits: {', '.join(splits)})")
-    for row in rows[:n]:
+    for row in rows[:limit]:
         options = "  ".join(f"({data.LETTERS[i]}) {o}" for i, o in enumerate(row["options"]))
         caption = row.get("caption") or ""
         console.print(
@@ -193,70 +280,20 @@ def data_show(
             highlight=False,
         )
     if sheet is not None:
-        data.contact_sheet(rows, sheet, n=max(n, 16))
+        data.contact_sheet(rows, sheet, n=max(limit, 16))
         console.print(f"contact sheet: {sheet}")
 
 
-@data_app.command("mmmu")
-def data_mmmu(
-    name: str = typer.Option(..., "--name", help="Artifact name for the dataset."),
-    path: Optional[Path] = typer.Option(None, "--path", help="Local MMMU copy laid out as on the hub (<Subject>/<split>-*.parquet)."),
-    split: Optional[str] = typer.Option(None, "--split", help="dev | validation (default: validation); test answers are withheld by the benchmark."),
-    subjects: Optional[List[str]] = typer.Option(None, "--subjects", help="Subject folder or short name; repeat for several (default: all 30)."),
-    from_hub: bool = typer.Option(False, "--from-hub", help="Download from the hub instead of --path (needs network)."),
-    revision: Optional[str] = typer.Option(None, "--revision", help="Hub dataset revision to pin (default: main; the commit is recorded)."),
-    cfg: Optional[Path] = ConfigOpt,
-    overrides: Optional[List[str]] = OverridesArg,
-):
-    """Import MMMU (all images in order, <image N> placeholders mapped) as a dataset artifact."""
-    from stages import mmmu_import
-
-    options = {"name": name, "path": str(path) if path else None, "split": split, "subjects": subjects or None,
-               "from_hub": from_hub or None, "revision": revision}
-    _run(mmmu_import, "data-mmmu", cfg, options, overrides)
+stage_command("data", "mmmu", "stages.mmmu_import",
+              doc="Import MMMU (all images in order, <image N> placeholders mapped) as a dataset artifact.")
 
 
-eval_app = typer.Typer(help="Evaluate models on benchmarks.", no_args_is_help=True)
+eval_app = typer.Typer(help="Evaluate models on benchmarks.", no_args_is_help=True, cls=_Group)
 app.add_typer(eval_app, name="eval")
 
 
-@eval_app.command("mmmu")
-def eval_mmmu(
-    model: Optional[str] = typer.Option(None, "--model", help="Model artifact to evaluate."),
-    data_ref: Optional[str] = typer.Option(None, "--data", help="Dataset artifact (from `r1v3 data mmmu`, or any problem dataset)."),
-    name: Optional[str] = typer.Option(None, "--name", help="Eval artifact name (optional with --responses)."),
-    responses: Optional[Path] = typer.Option(None, "--responses", help="Re-score saved responses: <Subject>/output.json dir or one JSON list."),
-    split: Optional[str] = typer.Option(None, "--split", help="Dataset split (default: validation)."),
-    subjects: Optional[List[str]] = typer.Option(None, "--subjects", help="Only these subjects; repeat for several (default: all in the split)."),
-    limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N items, for quick checks (default: all)."),
-    style: Optional[str] = typer.Option(None, "--style", help="official (the benchmark's prompt) | reasoning (<think> + \\boxed{}) (default: reasoning; official for --responses)."),
-    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Generation budget (default: 16384 reasoning, 128 official)."),
-    temperature: Optional[float] = typer.Option(None, "--temperature", help="Sampling temperature; 0 is greedy (default: 1.0 reasoning, as in the paper; 0 official)."),
-    top_p: Optional[float] = typer.Option(None, "--top-p", help="Nucleus sampling (default: 1.0)."),
-    samples: Optional[int] = typer.Option(None, "--samples", help="Responses per item k; reports mean@k and pass@k (default: 1; the paper: 5)."),
-    seed: Optional[int] = SeedOpt,
-    backend: Optional[str] = typer.Option(None, "--backend", help="auto | transformers | vllm (default: auto = vllm when CUDA and vLLM are present)."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Prompts per batch, transformers backend (default: 8)."),
-    tensor_parallel_size: Optional[int] = typer.Option(None, "--tensor-parallel-size", help="GPUs per model, vllm backend (default: 1)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted eval of the same name without redoing finished items."),
-    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow the model's own Python code."),
-    blank_images: bool = typer.Option(False, "--blank-images", help="Replace every image with a white one of its size: the score without looking (a blind baseline)."),
-    as_json: bool = typer.Option(False, "--json", help="Print the scores as JSON on stdout."),
-    cfg: Optional[Path] = ConfigOpt,
-    overrides: Optional[List[str]] = OverridesArg,
-):
-    """MMMU accuracy by the official rules: per subject, per discipline, overall (weighted by items)."""
-    from stages import eval_mmmu as stage
-
-    options = dict(
-        model=model, data=data_ref, name=name, responses=str(responses) if responses else None, split=split,
-        subjects=subjects or None, limit=limit, style=style, max_new_tokens=max_new_tokens, temperature=temperature,
-        top_p=top_p, samples=samples, seed=seed, backend=backend, batch_size=batch_size,
-        tensor_parallel_size=tensor_parallel_size, resume=resume or None, trust_remote_code=trust_remote_code or None,
-        blank_images=blank_images or None,
-    )
-    conf = config.load(stage.Config, stage="eval", path=cfg, options=options, overrides=overrides or [])
-    art, scores = stage.run(conf, store())
+def _report_eval(result, as_json: bool) -> None:
+    art, scores = result  # scores without an artifact: --responses without --name publishes nothing
     if as_json:
         keys = ("overall", "disciplines", "subjects", "parse_failures", "samples")
         print(json.dumps({k: scores[k] for k in keys} | {k: v for k, v in scores.items() if "@" in k}, indent=2))
@@ -264,6 +301,12 @@ def eval_mmmu(
     print_scores(scores)
     if art is not None:
         console.print(f"[green]published[/green] {art.ref} (eval) at {art.path}")
+
+
+stage_command("eval", "mmmu", "stages.eval_mmmu", report=_report_eval, extra=(
+    inspect.Parameter("as_json", inspect.Parameter.KEYWORD_ONLY, annotation=bool, default=typer.Option(
+        False, "--json", help="Print the scores as JSON on stdout.")),
+), doc="MMMU accuracy by the official rules: per subject, per discipline, overall (weighted by items).")
 
 
 def print_scores(scores: dict) -> None:
@@ -301,41 +344,7 @@ def print_scores(scores: dict) -> None:
 # ---- training --------------------------------------------------------------------------------
 
 
-@app.command("sft")
-def sft(
-    model: Optional[str] = typer.Option(None, "--model", help="Model artifact to fine-tune (a vision-language model)."),
-    data_ref: Optional[str] = typer.Option(None, "--data", help="Dataset artifact: rows with `messages`, or image + caption rows with --format caption."),
-    name: Optional[str] = typer.Option(None, "--name", help="Artifact name for the trained model."),
-    preset: Optional[str] = typer.Option(None, "--preset", help="connector-align (connector, lr 2e-4) | cold-start (connector+llm, think template) | connector-retune (connector, lr 1e-5 cosine, early stopping)."),
-    trainable: Optional[str] = typer.Option(None, "--trainable", help="Parts to train: connector, vision, llm, all; join with + (default: the preset's)."),
-    split: Optional[str] = typer.Option(None, "--split", help="Training split (default: train)."),
-    eval_split: Optional[str] = typer.Option(None, "--eval-split", help="Validation split: its loss every eval_steps (default: none; connector-retune: validation)."),
-    fmt: Optional[str] = typer.Option(None, "--format", help="chat (rows' messages) | caption (describe-the-image from each row's caption) (default: chat)."),
-    lr: Optional[float] = typer.Option(None, "--lr", "--learning-rate", help="Learning rate, the `learning_rate` key of a recipe (default: the preset's, else 2e-5)."),
-    epochs: Optional[float] = typer.Option(None, "--epochs", help="Epochs (default: the preset's, else 1)."),
-    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Optimizer steps; overrides --epochs."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Rows per device per micro-batch (default: 8)."),
-    grad_accum: Optional[int] = typer.Option(None, "--grad-accum", help="Micro-batches per optimizer step (default: 1)."),
-    max_length: Optional[int] = typer.Option(None, "--max-length", help="Max tokens per row, image tokens included; longer rows are dropped and counted (default: 16384)."),
-    save_steps: Optional[int] = typer.Option(None, "--save-steps", help="Checkpoint every N optimizer steps (default: 50)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run of the same name from its last complete checkpoint."),
-    gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing", help="Recompute activations in the backward pass to save memory."),
-    seed: Optional[int] = SeedOpt,
-    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow the model's own Python code."),
-    cfg: Optional[Path] = ConfigOpt,
-    overrides: Optional[List[str]] = OverridesArg,
-):
-    """Supervised fine-tuning of chosen parts (TRL SFTTrainer): loss on assistant tokens, checkpoints, --resume."""
-    from stages import sft as stage
-
-    options = dict(
-        model=model, data=data_ref, name=name, preset=preset, trainable=trainable, split=split, eval_split=eval_split,
-        format=fmt, learning_rate=lr, epochs=epochs, max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum,
-        max_length=max_length, save_steps=save_steps, resume=resume or None,
-        gradient_checkpointing=gradient_checkpointing or None, seed=seed, trust_remote_code=trust_remote_code or None,
-    )
-    conf = config.load(stage.Config, stage="sft", path=cfg, options=options, overrides=overrides or [])
-    art = stage.run(conf, store())
+def _report_sft(art) -> None:
     if os.environ.get("RANK", "0") == "0":  # under `accelerate launch` every process runs this; one reports
         m = art.metrics
         console.print(
@@ -346,21 +355,10 @@ def sft(
         )
 
 
-@app.command("compose")
-def compose(
-    vlm: Optional[str] = typer.Option(None, "--vlm", help="Model artifact whose vision tower and connector are kept."),
-    llm: Optional[str] = typer.Option(None, "--llm", help="Text-only causal LM artifact (from import-model), or smol (SmolLM2-135M-Instruct)."),
-    name: Optional[str] = typer.Option(None, "--name", help="Artifact name for the composed model."),
-    seed: Optional[int] = SeedOpt,
-    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow the models' own Python code."),
-    cfg: Optional[Path] = ConfigOpt,
-    overrides: Optional[List[str]] = OverridesArg,
-):
-    """Replace a VLM's language model with a text reasoning LLM (R1V): LLM tokenizer and chat template, VLM image tokens."""
-    from stages import compose as stage
-
-    options = {"name": name, "vlm": vlm, "llm": llm, "seed": seed, "trust_remote_code": trust_remote_code or None}
-    _run(stage, "compose", cfg, options, overrides)
+stage_command("", "sft", "stages.sft", report=_report_sft, doc=(
+    "Supervised fine-tuning of chosen parts (TRL SFTTrainer): loss on assistant tokens, checkpoints, --resume."))
+stage_command("", "compose", "stages.compose", doc=(
+    "Replace a VLM's language model with a text reasoning LLM (R1V): LLM tokenizer and chat template, VLM image tokens."))
 
 
 # ---- artifacts -------------------------------------------------------------------------------
@@ -476,11 +474,13 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    if not (sys.stdout.isatty() and sys.stderr.isatty()):  # a log file: bars would flood it (GGUF conversion)
+        os.environ.setdefault("TQDM_DISABLE", "1")
     import transformers
 
     transformers.utils.logging.disable_progress_bar()
     debug = "--debug" in argv or os.environ.get("R1V3_DEBUG") == "1"
-    command = typer.main.get_command(app)
+    command = build_cli()
     try:
         rv = command.main(args=argv, prog_name="r1v3", standalone_mode=False)
         return rv if isinstance(rv, int) else 0

@@ -1,24 +1,139 @@
-"""Stage configs: a dataclass per stage, filled from defaults < recipe YAML < CLI options < overrides.
+"""Stage settings: each stage's config dataclass is the one place a setting lives.
 
-A recipe file is either one stage's mapping, or a mapping of stage sections
-(`sft: {...}`, `rl: {...}`) from which the stage takes its own. Overrides are dotted
-`key=value` pairs whose values are parsed as YAML scalars (`learning_rate=2e-4`, `trainable=connector`).
-Every key and type is checked, and the resolved config is what goes into the manifest.
+A field declared with `setting(default, help=..., flag=..., gt=..., ...)` carries its type (the
+annotation), default, help text, command-line flag and range. Constructing a config (from Python,
+a recipe or the command line) fills every unset setting (from the preset, else the default),
+coerces and checks every value, then runs the stage's cross-field `check()`, so a config that
+exists is complete and valid. The CLI derives its options, help and shown defaults from the same
+fields (r1v3/cli.py), and presets are YAML files shipped in r1v3/presets/<stage>/<name>.yaml.
+
+Precedence: defaults < preset < recipe YAML < CLI options < overrides. A recipe file is either one
+stage's mapping, or a mapping of stage sections (`sft: {...}`, `eval-mmmu: {...}`) from which the
+stage takes its own. Overrides are dotted `key=value` pairs whose values are parsed as YAML
+scalars (`learning_rate=2e-4`, `trainable=connector`). Every float must be finite: a NaN or an
+infinite learning rate or temperature is refused wherever it comes from.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import math
+import re
+import reprlib
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal, TypeVar, get_args, get_origin
+from typing import Any, ClassVar, Literal, TypeVar, get_args, get_origin
 
 import yaml
 
 from r1v3.errors import UserError
 
 C = TypeVar("C")
+REQUIRED = dataclasses.MISSING
+PRESETS_DIR = Path(__file__).parent / "presets"
+MAX_YAML_BYTES = 1 << 20  # recipes are a few hundred bytes; this bounds what a parser ever sees
+MAX_YAML_NODES = 100_000  # nodes after alias expansion: an anchor bomb stops here, in milliseconds
+EXCERPT = 60  # characters of a value shown in an error
+
+# YAML 1.1 (PyYAML) reads 2e-4, 1E-5 and 3e+2 as strings; YAML 1.2 and every user read them as floats
+NUMBER = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)(?:[eE][-+]?[0-9]+)?$")
+INTEGER = re.compile(r"^[-+]?[0-9][0-9_]*$")
+_FLOAT_1_2 = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
+
+
+def excerpt(value: Any) -> str:
+    """A value as it may appear in an error: repr, bounded in size whatever its nesting."""
+    short = reprlib.Repr()  # keyword arguments arrive in Python 3.12
+    short.maxlevel, short.maxlist, short.maxdict = 2, 4, 4
+    short.maxstring = short.maxother = short.maxlong = EXCERPT
+    text = short.repr(value)
+    return text if len(text) <= EXCERPT else text[: EXCERPT - 3] + "..."
+
+
+class SettingError(UserError):
+    """A bad value for one setting; the loader adds where it came from and the flag it was typed as."""
+
+    def __init__(self, key: str, problem: str):
+        super().__init__(f"{key} {problem}")
+        self.key, self.problem = key, problem
+
+
+# ---------------------------------------------------------------------------------------------
+# declaring settings
+
+
+def setting(default: Any = REQUIRED, help: str = "", *, flag: str | None = None, aliases: tuple[str, ...] = (),
+            ge=None, gt=None, le=None, lt=None, shown: str | None = None, metavar: str | None = None,
+            panel: str | None = None, argument: bool = False, missing: str | None = None) -> Any:
+    """A config field. `default` may be a function of the config (for a default that depends on
+    other settings; `shown` then says it in the help). `flag` is the command-line name (default
+    --key-with-dashes), `aliases` older spellings; ge/gt/le/lt bound a number; `missing` is the
+    error for a required setting left unset."""
+    meta = dict(default=default, help=help, flag=flag, aliases=tuple(aliases), ge=ge, gt=gt, le=le, lt=lt,
+                shown=shown, metavar=metavar, panel=panel, argument=argument, missing=missing)
+    # the field itself defaults to None = "not given", so construction can tell what to fill
+    return dataclasses.field(default=None, metadata=meta)
+
+
+def meta(f: dataclasses.Field) -> dict:
+    return f.metadata if "help" in f.metadata else {"default": f.default if f.default is not REQUIRED else (
+        f.default_factory() if f.default_factory is not REQUIRED else REQUIRED), "help": "", "aliases": ()}
+
+
+def flag_of(f: dataclasses.Field) -> str:
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+class Settings:
+    """Base of every stage config (a dataclass). Subclasses set STAGE (also the recipe section
+    and the presets directory) and may override check() for rules that span settings."""
+
+    STAGE: ClassVar[str] = ""
+    SECTIONS: ClassVar[tuple[str, ...]] = ()  # older section names still read from recipe files
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        fields = dataclasses.fields(self)
+        self._given = frozenset(f.name for f in fields if getattr(self, f.name) is not None)
+        preset = {}
+        if "preset" in self._given:
+            self.preset = _coerce(self.preset, hints["preset"], fields_by_name(self)["preset"])
+            preset = preset_values(self.STAGE, self.preset)
+        for f in fields:
+            value = getattr(self, f.name)
+            if value is None and f.name in preset:
+                value = preset[f.name]
+            elif value is None:
+                default = meta(f)["default"]
+                if default is REQUIRED:
+                    raise UserError(f.metadata.get("missing") or
+                                    f"missing required setting '{f.name}' (give {flag_of(f)} or {f.name}=...)")
+                value = default(self) if callable(default) else copy.copy(default)
+            setattr(self, f.name, _coerce(value, hints[f.name], f))
+        self.notes: list[str] = []  # what construction changed, for the CLI to say
+        self.check()
+
+    def check(self) -> None:
+        """Rules between settings; raise UserError naming the flags and keys."""
+
+    def resolved(self):
+        """Construction already fills and checks everything; kept for callers of the old two-step API."""
+        return self
+
+    def label(self, key: str) -> str:
+        """How an error names a setting: its flag and its key, e.g. '--lr (learning_rate)'."""
+        f = fields_by_name(self)[key]
+        return f"{flag_of(f)} ({key})"
+
+
+def fields_by_name(cls_or_obj) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cls_or_obj)}
+
+
+# ---------------------------------------------------------------------------------------------
+# values
 
 
 def _type_name(tp) -> str:
@@ -27,104 +142,220 @@ def _type_name(tp) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
-def _coerce(value: Any, tp, key: str, where: str):
-    """Check `value` against the annotation `tp`; ints are accepted for floats."""
+def _bounds(value, f: dataclasses.Field | None, key: str):
+    m = f.metadata if f is not None else {}
+    ge, gt, le, lt = (m.get(k) for k in ("ge", "gt", "le", "lt"))
+    low_ok = (ge is None or value >= ge) and (gt is None or value > gt)
+    high_ok = (le is None or value <= le) and (lt is None or value < lt)
+    if low_ok and high_ok:
+        return value
+    if gt == 0 and le is None and lt is None:
+        raise SettingError(key, f"must be positive, got {excerpt(value)}")
+    if (ge is not None or gt is not None) and le is None and lt is None:
+        raise SettingError(key, f"must be at least {ge}, got {excerpt(value)}" if ge is not None
+                           else f"must be more than {gt}, got {excerpt(value)}")
+    if ge is None and gt is None:
+        raise SettingError(key, f"must be at most {le if le is not None else lt}, got {excerpt(value)}")
+    interval = f"{'[' if ge is not None else '('}{ge if ge is not None else gt}, {le if le is not None else lt}" \
+               f"{']' if le is not None else ')'}"
+    raise SettingError(key, f"must be in {interval}, got {excerpt(value)}")
+
+
+def _number(value, tp, key: str):
+    """An int or a finite float from a number or its text (2e-4, 1E-5, .5, 1_000 all count)."""
+    if isinstance(value, str) and NUMBER.match(value.strip()):
+        text = value.strip()
+        value = int(text) if tp is int and INTEGER.match(text) else float(text.replace("_", ""))
+    elif isinstance(value, str) and tp is float and value.strip().lower().lstrip("+-") in ("nan", "inf", "infinity"):
+        value = float(value.strip())
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SettingError(key, f"must be {tp.__name__}, got {excerpt(value)}")
+    if tp is int:
+        if isinstance(value, float):
+            raise SettingError(key, f"must be int, got {excerpt(value)}")
+        return value
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise SettingError(key, f"must be a finite number, got {excerpt(value)}")
+    return number
+
+
+def _coerce(value: Any, tp, f: dataclasses.Field | None, key: str | None = None):
+    """`value` as type `tp`, or a SettingError naming `key`; bounds from the field's metadata."""
+    key = key or (f.name if f is not None else "value")
     origin, args = get_origin(tp), get_args(tp)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        errors = []
         for arg in args:
             if arg is type(None):
                 continue
             try:
-                return _coerce(value, arg, key, where)
-            except UserError as e:
-                errors.append(e)
+                return _coerce(value, arg, f, key)
+            except SettingError as e:
+                if "finite" in e.problem or "must be at" in e.problem or "must be in" in e.problem:
+                    raise  # the type matched, the value did not: say that, not "must be X or Y"
         named = [_type_name(a) for a in args if a is not type(None)]  # None is "not set", not a choice
-        raise UserError(f"{where}: {key} must be {' or '.join(named)}, got {value!r}")
+        raise SettingError(key, f"must be {' or '.join(named)}, got {excerpt(value)}")
     if origin is Literal:
         if value not in args:
-            raise UserError(f"{where}: {key} must be one of {', '.join(map(str, args))}; got {value!r}")
+            raise SettingError(key, f"must be one of {', '.join(map(str, args))}; got {excerpt(value)}")
         return value
     if origin in (list, tuple):
         if isinstance(value, str):  # `tasks=color` or `tasks=color,counting` from the command line
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
-            raise UserError(f"{where}: {key} must be a list, got {value!r}")
+            raise SettingError(key, f"must be a list, got {excerpt(value)}")
         inner = args[0] if args else Any
-        return [_coerce(v, inner, f"{key}[{i}]", where) for i, v in enumerate(value)]
+        return [_coerce(v, inner, None, f"{key}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
-            raise UserError(f"{where}: {key} must be a mapping, got {value!r}")
+            raise SettingError(key, f"must be a mapping, got {excerpt(value)}")
         return dict(value)
     if tp is Any:
         return value
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-    elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif tp is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-    elif dataclasses.is_dataclass(tp):
-        if isinstance(value, dict):
-            return _build(tp, value, where, prefix=f"{key}.")
-    elif isinstance(value, tp):
+    if tp in (int, float):
+        return _bounds(_number(value, tp, key), f, key)
+    if tp is bool and isinstance(value, bool):
         return value
-    raise UserError(f"{where}: {key} must be {_type_name(tp)}, got {value!r}")
+    if tp is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise SettingError(key, f"must be text, got {excerpt(value)}")
+        return str(value)
+    if dataclasses.is_dataclass(tp) and isinstance(value, dict):
+        return _build(tp, value, prefix=f"{key}.")
+    if isinstance(tp, type) and isinstance(value, tp) and tp is not bool:
+        return value
+    raise SettingError(key, f"must be {_type_name(tp)}, got {excerpt(value)}")
 
 
-def _build(cls, values: dict, where: str, prefix: str = "", partial: bool = False):
-    """The dataclass from `values`; `partial` checks keys and types only (a recipe file may
-    leave required keys such as `name` to the command line)."""
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
+def _build(cls, values: dict, prefix: str = "", partial: bool = False):
+    """The dataclass from `values`; `partial` checks keys and types only (a recipe file may leave
+    required keys such as `name` to the command line)."""
+    names = fields_by_name(cls)
+    unknown = sorted(set(values) - set(names))
     if unknown:
-        raise UserError(
-            f"{where}: unknown key '{prefix}{unknown[0]}'; valid keys: {', '.join(prefix + n for n in sorted(names))}"
-        )
-    kwargs = {k: _coerce(v, hints[k], prefix + k, where) for k, v in values.items()}
+        raise UserError(f"unknown key '{prefix}{excerpt(unknown[0]).strip(chr(39))}'; valid keys: "
+                        f"{', '.join(prefix + n for n in sorted(names))}")
     if partial:
-        return kwargs
-    missing = [f.name for f in dataclasses.fields(cls) if f.name not in kwargs
-               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        hints = typing.get_type_hints(cls)
+        return {k: _coerce(v, hints[k], names[k], prefix + k) for k, v in values.items() if v is not None}
+    if issubclass(cls, Settings):
+        return cls(**values)
+    hints = typing.get_type_hints(cls)
+    kwargs = {k: _coerce(v, hints[k], names[k], prefix + k) for k, v in values.items()}
+    missing = [n for n, f in names.items() if n not in kwargs and meta(f)["default"] is REQUIRED]
     if missing:
-        key = prefix + missing[0]
-        hint = f"--{key.replace('_', '-')} or " if not prefix else ""
-        raise UserError(f"{where}: missing required setting '{key}' (give {hint}{key}=...)")
+        raise UserError(f"missing required setting '{prefix + missing[0]}' (give {prefix + missing[0]}=...)")
+    return cls(**kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# YAML
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 floats (2e-4) and a bound on nodes after alias expansion."""
+
+    def compose_document(self):
+        node = super().compose_document()
+        _check_size(node)
+        return node
+
+
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_1_2, list("-+0123456789."))
+
+
+def _check_size(root) -> None:
+    """Refuse a document whose aliases expand past MAX_YAML_NODES (billion laughs); each distinct
+    node is sized once, so this costs the size of the text, not of the expansion."""
+    sizes: dict[int, int] = {}
+
+    def size(node) -> int:
+        if id(node) in sizes:
+            return sizes[id(node)]
+        sizes[id(node)] = MAX_YAML_NODES + 1  # a node reached again while being sized is a cycle
+        total = 1
+        if isinstance(node, yaml.SequenceNode):
+            total += sum(size(n) for n in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            total += sum(size(k) + size(v) for k, v in node.value)
+        total = min(total, MAX_YAML_NODES + 1)
+        sizes[id(node)] = total
+        if total > MAX_YAML_NODES:
+            raise UserError(f"more than {MAX_YAML_NODES} values once aliases are expanded (an alias bomb?)")
+        return total
+
+    if root is not None:
+        size(root)
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    if len(text) > MAX_YAML_BYTES:
+        raise UserError(f"{where}: {len(text)} bytes; a recipe is at most {MAX_YAML_BYTES} bytes")
     try:
-        return cls(**kwargs)
-    except (TypeError, ValueError) as e:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" line {mark.line + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise UserError(f"{where}{at}: malformed YAML: {excerpt(problem).strip(chr(39))}") from None
+    except UserError as e:
         raise UserError(f"{where}: {e}") from None
+    except RecursionError:
+        raise UserError(f"{where}: nested too deeply") from None
 
 
 def read_yaml(path: str | Path) -> dict:
     p = Path(path)
     try:
-        text = p.read_text()
+        with open(p, "rb") as f:
+            text = f.read(MAX_YAML_BYTES + 1).decode()
     except FileNotFoundError:
         raise UserError(f"{p}: config file not found") from None
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"{p}: cannot read config: {e}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f" line {mark.line + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise UserError(f"{p}{at}: malformed YAML: {problem}") from None
+    data = parse_yaml(text, str(p))
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise UserError(f"{p}: a recipe must be a mapping of keys to values, got {type(data).__name__}")
     return data
+
+
+# ---------------------------------------------------------------------------------------------
+# presets
+
+
+def preset_names(stage: str) -> list[str]:
+    return sorted(p.stem for p in (PRESETS_DIR / stage).glob("*.yaml"))
+
+
+def preset_values(stage: str, name: str) -> dict:
+    names = preset_names(stage)
+    if name not in names:
+        shipped = ", ".join(names) if names else "none"
+        raise SettingError("preset", f"must be a shipped preset of {stage} ({shipped}); got {excerpt(name)}")
+    return read_yaml(PRESETS_DIR / stage / f"{name}.yaml")
+
+
+def preset_summary(stage: str, name: str) -> str:
+    """A preset's first comment line: what it is for."""
+    for line in (PRESETS_DIR / stage / f"{name}.yaml").read_text().splitlines():
+        if line.startswith("#"):
+            return line.lstrip("# ").strip()
+    return ""
+
+
+def presets(stage: str) -> dict[str, dict]:
+    return {name: preset_values(stage, name) for name in preset_names(stage)}
+
+
+# ---------------------------------------------------------------------------------------------
+# loading
 
 
 def _set_dotted(tree: dict, key: str, value) -> None:
@@ -133,43 +364,72 @@ def _set_dotted(tree: dict, key: str, value) -> None:
     for part in parts[:-1]:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
-            raise UserError(f"override {key}: {part} is not a section")
+            raise UserError(f"override {excerpt(key)}: {excerpt(part)} is not a section")
     node[parts[-1]] = value
 
 
 def parse_override(text: str) -> tuple[str, Any]:
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
-        raise UserError(f"override {text!r}: expected key=value (for example lr=2e-4)")
+        raise UserError(f"override {excerpt(text)}: expected key=value (for example learning_rate=2e-4)")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+        value = parse_yaml(raw, f"override {excerpt(key.strip())}") if raw.strip() else ""
+    except UserError as e:
+        if "alias" in str(e) or "bytes" in str(e):
+            raise
         value = raw
     return key.strip(), value
+
+
+def section_of(cls, data: dict, stage: str | None = None) -> dict:
+    """The stage's own section of a recipe (by its stage name, or an older name), else the whole file."""
+    for name in (stage, getattr(cls, "STAGE", None), *getattr(cls, "SECTIONS", ())):
+        if name and isinstance(data.get(name), dict):
+            return dict(data[name])
+    return data
 
 
 def load(
     cls: type[C],
     *,
-    stage: str,
+    stage: str | None = None,
     path: str | Path | None = None,
     options: dict | None = None,
     overrides: list[str] | tuple[str, ...] = (),
+    flags: dict[str, str] | None = None,
 ) -> C:
-    """Build the stage config. `options` are CLI options actually given (None means not given)."""
+    """Build the stage config. `options` are CLI options actually given (None means not given);
+    `flags` maps their keys to the flags typed, so an error names both."""
     values: dict = {}
+    source: dict[str, str] = {}
     if path is not None:
         data = read_yaml(path)
-        section = data.get(stage)
-        values = dict(section) if isinstance(section, dict) else data
-        _build(cls, values, str(path), partial=True)  # so a mistake in the file is reported against the file
+        values = section_of(cls, data, stage)
+        try:
+            _build(cls, values, partial=True)  # so a mistake in the file is reported against the file
+        except UserError as e:
+            raise UserError(f"{path}: {e}") from None
+        source.update(dict.fromkeys(values, str(path)))
     for k, v in (options or {}).items():
         if v is not None:
             _set_dotted(values, k, v)
+            source[k] = "option"
     for text in overrides:
         key, value = parse_override(text)
         _set_dotted(values, key, value)
-    return _build(cls, values, "command line" if path is None else f"{path} + command line")
+        source[key.split(".")[0]] = "override"
+    try:
+        return _build(cls, values)
+    except SettingError as e:
+        origin = source.get(e.key.split(".")[0].split("[")[0])
+        if origin == "option" and flags and e.key in flags:
+            raise UserError(f"{flags[e.key]} ({e.key}) {e.problem}") from None
+        where = {"option": "command line", "override": "override", None: "preset" if e.key != "preset" else
+                 "command line"}.get(origin, origin)
+        raise UserError(f"{where}: {e}") from None
+    except UserError as e:
+        where = "command line" if path is None else f"{path} + command line"
+        raise UserError(f"{where}: {e}") from None
 
 
 def to_dict(cfg) -> dict:

@@ -13,19 +13,24 @@ from dataclasses import dataclass
 
 from r1v3 import models
 from r1v3.artifacts import Artifact, Store, check_name, sha256_file
-from r1v3.config import to_dict
+from r1v3.config import Settings, setting, to_dict
 from r1v3.errors import UserError
 
 SMOL = "smol"  # --llm smol: the packaged SmolLM2 (an artifact named smol is still reachable as smol@vN)
 
 
 @dataclass
-class Config:
-    name: str
-    vlm: str
-    llm: str
-    seed: int = 0
-    trust_remote_code: bool = False
+class Config(Settings):
+    STAGE = "compose"
+
+    vlm: str = setting(help="Model artifact whose vision tower and connector are kept.")
+    llm: str = setting(help=f"Text-only causal LM artifact (from import-model), or {SMOL} (SmolLM2-135M-Instruct).")
+    name: str = setting(help="Artifact name for the composed model.")
+    seed: int = setting(0, help="Random seed (a re-initialised connector).")
+    trust_remote_code: bool = setting(False, help="Allow the models' own Python code.")
+
+    def check(self) -> None:
+        check_name(self.name)
 
 
 def _vlm(cfg: Config, store: Store):

@@ -12,15 +12,22 @@ from typing import Optional
 
 from r1v3 import data
 from r1v3.artifacts import Artifact, Store, check_name
-from r1v3.config import to_dict
+from r1v3.config import Settings, setting, to_dict
 
 
 @dataclass
-class Config:
-    path: str
-    name: str
-    split: Optional[str] = None  # which split of a multi-split source; also the name it is stored under
-    as_split: str = "train"  # the split name for a single-file source
+class Config(Settings):
+    STAGE = "data-import"
+
+    path: str = setting(argument=True, help=(
+        "A .jsonl (image paths relative to it), .parquet, or a local Hugging Face dataset directory."))
+    name: str = setting(help="Artifact name for the dataset.")
+    split: Optional[str] = setting(None, help=(
+        "The split to take from a multi-split source; also the name it is stored under."))
+    as_split: str = setting("train", help="The split name for a single-file source.")
+
+    def check(self) -> None:
+        check_name(self.name)
 
 
 def run(cfg: Config, store: Store) -> Artifact:

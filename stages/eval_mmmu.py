@@ -15,13 +15,13 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
 
-from r1v3 import data, mmmu
+from r1v3 import config, data, mmmu
 from r1v3.artifacts import Artifact, Store, check_name, read_run_key, run_key, write_atomic
-from r1v3.config import to_dict
+from r1v3.config import Settings, setting, to_dict
 from r1v3.errors import UserError
 
 PAPER_BUDGET = 16384  # R1V3's MMMU setting for the think template
@@ -29,38 +29,61 @@ OFFICIAL_BUDGET = 128  # direct answers are a letter or a short phrase
 
 
 @dataclass
-class Config:
-    name: Optional[str] = None  # required with --model; optional with --responses (publish only if given)
-    model: Optional[str] = None
-    data: Optional[str] = None
-    responses: Optional[str] = None
-    split: str = "validation"
-    subjects: list[str] = field(default_factory=list)
-    limit: Optional[int] = None  # first N rows (after subject filtering): quick checks
-    style: Optional[Literal["official", "reasoning"]] = None  # default: reasoning (model), official (responses)
-    max_new_tokens: Optional[int] = None  # default: 16384 reasoning, 128 official
-    temperature: Optional[float] = None  # default: 1.0 reasoning (the paper), 0.0 official (greedy)
-    top_p: float = 1.0
-    samples: int = 1  # responses per item: scores report mean@k and pass@k
-    seed: int = 0
-    backend: Literal["auto", "transformers", "vllm"] = "auto"
-    batch_size: int = 8
-    tensor_parallel_size: int = 1
-    resume: bool = False
-    trust_remote_code: bool = False
-    # every image replaced by a white one of its size: what the model scores without looking, so a
-    # gain can be told apart from learning the answer format and the answer priors
-    blank_images: bool = False
+class Config(Settings):
+    """`run` returns (artifact or None, scores): with --responses and no --name it scores without publishing."""
 
-    def resolved(self) -> "Config":
-        style = self.style or ("official" if self.responses else "reasoning")
-        reasoning = style == "reasoning"
-        return Config(**{
-            **to_dict(self),
-            "style": style,
-            "max_new_tokens": self.max_new_tokens if self.max_new_tokens is not None else (PAPER_BUDGET if reasoning else OFFICIAL_BUDGET),
-            "temperature": self.temperature if self.temperature is not None else (1.0 if reasoning else 0.0),
-        })
+    STAGE = "eval-mmmu"
+    SECTIONS = ("eval",)  # the section name of recipes written before it matched the stage name
+
+    model: Optional[str] = setting(None, help="Model artifact to evaluate.")
+    data: Optional[str] = setting(None, help="Dataset artifact (from `r1v3 data mmmu`, or any problem dataset).")
+    name: Optional[str] = setting(None, help="Eval artifact name (optional with --responses: publish only if given).")
+    responses: Optional[str] = setting(
+        None, metavar="PATH", help="Re-score saved responses: <Subject>/output.json dir or one JSON list.")
+    split: str = setting("validation", help="Dataset split.")
+    subjects: list[str] = setting([], shown="all in the split", help="Only these subjects, comma-separated.")
+    limit: Optional[int] = setting(None, ge=1, aliases=("--n",), shown="all",
+                                   help="Only the first N items (after --subjects), for quick checks.")
+    style: Literal["official", "reasoning"] = setting(
+        lambda c: "official" if c.responses else "reasoning", shown="reasoning; official with --responses",
+        help="official: the benchmark's prompt; reasoning: <think> + \\boxed{}.")
+    max_new_tokens: int = setting(
+        lambda c: PAPER_BUDGET if c.style == "reasoning" else OFFICIAL_BUDGET, ge=1,
+        shown=f"{PAPER_BUDGET} reasoning, {OFFICIAL_BUDGET} official", help="Generation budget per response.")
+    temperature: float = setting(
+        lambda c: 1.0 if c.style == "reasoning" else 0.0, ge=0, shown="1.0 reasoning (the paper), 0 official",
+        help="Sampling temperature; 0 is greedy.")
+    top_p: float = setting(1.0, gt=0, le=1, help="Nucleus sampling.")
+    samples: int = setting(1, ge=1, help="Responses per item k; reports mean@k and pass@k (the paper: 5).")
+    seed: int = setting(0, help="Random seed.")
+    backend: Literal["auto", "transformers", "vllm"] = setting(
+        "auto", help="auto = vllm when CUDA and vLLM are present, else transformers.")
+    batch_size: int = setting(8, ge=1, help="Prompts per batch, transformers backend.")
+    tensor_parallel_size: int = setting(1, ge=1, help="GPUs per model, vllm backend.")
+    resume: bool = setting(False, help="Continue an interrupted eval of the same name without redoing finished items.")
+    trust_remote_code: bool = setting(False, help="Allow the model's own Python code.")
+    blank_images: bool = setting(False, help=(
+        "Replace every image with a white one of its size: the score without looking (a blind baseline), so a "
+        "gain can be told apart from learning the answer format and the answer priors."))
+
+    def check(self) -> None:
+        if self.name:
+            check_name(self.name)
+        if self.responses:
+            if self.model or self.data:
+                raise UserError("--responses re-scores saved responses: do not also give --model or --data")
+            fields = config.fields_by_name(self)
+            ignored = [k for k in fields if k in self._given and k not in ("responses", "name", "style")
+                       and (callable(d := fields[k].metadata["default"]) or getattr(self, k) != d)]
+            if ignored:
+                raise UserError(f"--responses re-scores saved responses: {', '.join(ignored)} do not apply to it")
+            return
+        if not (self.model and self.data):
+            raise UserError("give --model REF and --data REF (or --responses PATH to re-score saved responses)")
+        if not self.name:
+            raise UserError("give --name for the eval artifact")
+        if self.samples > 1 and self.temperature == 0:
+            raise UserError("--samples > 1 with --temperature 0 gives k identical greedy answers; set temperature > 0")
 
 
 def _check(cfg: Config) -> None:
@@ -271,15 +294,6 @@ def chart(scores: dict, path: Path, title: str) -> None:
 
 
 def run(cfg: Config, store: Store) -> tuple[Optional[Artifact], dict]:
-    if cfg.responses:
-        defaults = Config()
-        ignored = [k for k in to_dict(cfg) if k not in ("responses", "name", "style") and getattr(cfg, k) != getattr(defaults, k)]
-        if ignored:
-            raise UserError(f"--responses re-scores saved responses: {', '.join(ignored)} do not apply to it")
-    cfg = cfg.resolved()
-    _check(cfg)
-    if cfg.name:
-        check_name(cfg.name)
     if cfg.responses:
         predictions = mmmu.judge_responses(mmmu.load_responses(cfg.responses), cfg.style)
         samples = max(p["sample"] for p in predictions) + 1

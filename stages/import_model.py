@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from r1v3.artifacts import MANIFEST, Artifact, Store, check_name
-from r1v3.config import to_dict
+from r1v3.config import Settings, setting, to_dict
 from r1v3.errors import UserError
 
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"}
@@ -23,13 +23,19 @@ KEEP_SUFFIXES = {".json", ".safetensors", ".txt", ".model", ".jinja", ".tiktoken
 
 
 @dataclass
-class Config:
-    path: str
-    name: str
-    trust_remote_code: bool = False
+class Config(Settings):
+    STAGE = "import-model"
+
+    path: str = setting(argument=True, help="A local Hugging Face model directory (config.json + *.safetensors).")
+    name: str = setting(help="Artifact name.")
+    trust_remote_code: bool = setting(False, help="Allow the model's own Python code (recorded).")
     # Hard links save a 70 GB copy, but the artifact then shares its bytes with the source: a
     # save_pretrained over the source rewrites them in place, unnoticed until a full verify.
-    link: bool = False
+    link: bool = setting(False, help=(
+        "Hard-link the files instead of copying (same filesystem; the artifact then shares the source's bytes)."))
+
+    def check(self) -> None:
+        check_name(self.name)
 
 
 def _link_or_copy(src: Path, dst: Path, link: bool) -> None:

@@ -8,15 +8,22 @@ from typing import Literal
 
 from r1v3 import models
 from r1v3.artifacts import Artifact, Store, check_name
-from r1v3.config import to_dict
+from r1v3.config import Settings, setting, to_dict
 
 
 @dataclass
-class Config:
-    name: str
-    model: Literal["tiny", "smol"] = "tiny"
-    family: str = "internvl"  # tiny only; smol is InternVL around SmolLM2-135M-Instruct
-    seed: int = 0
+class Config(Settings):
+    STAGE = "init"
+
+    name: str = setting(help="Artifact name for the model.")
+    model: Literal["tiny", "smol"] = setting("tiny", help="Which embedded model: the command (init tiny, init smol).")
+    family: str = setting("internvl", help=(
+        "Family of the tiny model: internvl, qwen2_vl, qwen2_5_vl, qwen3_vl, llava, idefics3 "
+        "(smol is InternVL around SmolLM2-135M-Instruct)."))
+    seed: int = setting(0, help="Random seed of the weights.")
+
+    def check(self) -> None:
+        check_name(self.name)
 
 
 def run(cfg: Config, store: Store) -> Artifact:

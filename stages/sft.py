@@ -1,6 +1,6 @@
 """`r1v3 sft`: supervised fine-tuning of chosen parts of a VLM through TRL's SFTTrainer.
 
-The three uses in the recipe are presets (PRESETS below; the paper-scale settings are in
+The three uses in the recipe are presets (r1v3/presets/sft/*.yaml; the paper-scale settings are in
 recipes/sft/*.yaml):
 
     connector-align   R1V: train the connector only, lr 2e-4, so a new or re-initialised projector
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -37,110 +38,99 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
 
-from r1v3 import data, models
+from r1v3 import config, data, models
 from r1v3.artifacts import Artifact, Store, check_name, read_run_key, run_key, write_atomic
-from r1v3.config import to_dict
+from r1v3.config import Settings, setting, to_dict
 from r1v3.errors import UserError
 
-# What each preset sets; anything given explicitly (recipe, option, override) wins.
-# cold-start's learning rate and epochs are not stated in the R1V3 paper: 2e-5 / 1 epoch are
-# common full-SFT settings for a ~30B model on ~12K traces.
-PRESETS: dict[str, dict] = {
-    "connector-align": dict(
-        trainable="connector", learning_rate=2e-4, lr_scheduler="cosine", warmup_ratio=0.03, weight_decay=0.05,
-        epochs=1.0, require_think=False, early_stopping_patience=0,
-    ),
-    "cold-start": dict(
-        trainable="connector+llm", learning_rate=2e-5, lr_scheduler="cosine", warmup_ratio=0.03, weight_decay=0.0,
-        epochs=1.0, require_think=True, early_stopping_patience=0,
-    ),
-    "connector-retune": dict(
-        trainable="connector", learning_rate=1e-5, lr_scheduler="cosine", warmup_ratio=0.03, weight_decay=0.0,
-        epochs=2.0, require_think=True, early_stopping_patience=3, eval_split="validation",
-    ),
-}
-# Used when neither the preset nor the user says otherwise.
-DEFAULTS = dict(
-    learning_rate=2e-5, lr_scheduler="cosine", warmup_ratio=0.0, weight_decay=0.0, epochs=1.0,
-    require_think=False, early_stopping_patience=0,
-)
+# Shipped presets, r1v3/presets/sft/<name>.yaml: what each sets; anything given explicitly wins.
+PRESETS: dict[str, dict] = config.presets("sft")
 THINK = re.compile(r"^\s*<think>.*?</think>\s*\S", re.DOTALL)
 CHECKPOINT = re.compile(r"^checkpoint-([0-9]+)$")
 # settings that may change between a crash and --resume without changing the result
 RESUME_FREE = ("resume", "save_steps", "save_total_limit", "logging_steps")
+_TRAIN, _SCHEDULE, _SAVE = "Training", "Schedule", "Checkpoints and evaluation"
 
 
 @dataclass
-class Config:
-    name: str
-    model: str
-    data: str
-    preset: Optional[Literal["connector-align", "cold-start", "connector-retune"]] = None
-    split: str = "train"
-    eval_split: Optional[str] = None  # validation loss every eval_steps; connector-retune: "validation"
-    format: Literal["chat", "caption"] = "chat"  # chat: rows' `messages`; caption: user=[images + prompt], assistant=caption
-    caption_prompt: str = "Describe the image in detail."
-    trainable: Optional[str] = None  # connector | vision | llm | all, joined with + (from the preset if not given)
-    require_think: Optional[bool] = None  # every assistant turn must be <think>...</think> then an answer
-    learning_rate: Optional[float] = None
-    lr_scheduler: Optional[Literal["linear", "cosine", "constant", "constant_with_warmup"]] = None
-    warmup_ratio: Optional[float] = None
-    weight_decay: Optional[float] = None
-    epochs: Optional[float] = None
-    max_steps: Optional[int] = None  # overrides epochs
-    batch_size: int = 8  # per device
-    grad_accum: int = 1
-    max_length: int = 16384  # tokens including image tokens; longer rows are dropped, never truncated
-    save_steps: int = 50
-    save_total_limit: int = 2  # keep two, so a checkpoint damaged by a crash has a predecessor
-    eval_steps: Optional[int] = None  # default: save_steps
-    early_stopping_patience: Optional[int] = None  # evaluations without improvement; 0 = off
-    logging_steps: int = 1
-    gradient_checkpointing: bool = False
-    bf16: Optional[bool] = None  # default: on when CUDA supports it
-    dtype: Optional[str] = None  # weights dtype at load: default the checkpoint's; float32 | bfloat16
-    seed: int = 0
-    resume: bool = False
-    trust_remote_code: bool = False
+class Config(Settings):
+    STAGE = "sft"
 
-    def resolved(self) -> "Config":
-        """Fill unset fields from the preset, then DEFAULTS."""
-        values = to_dict(self)
-        preset = PRESETS.get(self.preset, {})
-        for key, value in {**DEFAULTS, **preset}.items():
-            if values.get(key) is None:
-                values[key] = value
-        if values["trainable"] is None:
+    model: str = setting(help="Model artifact to fine-tune (a vision-language model).")
+    data: str = setting(help="Dataset artifact: rows with `messages`, or image + caption rows with --format caption.")
+    name: str = setting(help="Artifact name for the trained model.")
+    preset: Optional[str] = setting(
+        None, metavar="NAME",
+        help="Start from shipped settings (r1v3/presets/sft/NAME.yaml); any setting given wins. "
+        + "; ".join(f"{n}: {config.preset_summary('sft', n)}" for n in PRESETS) + ".",
+    )
+    trainable: str = setting(
+        help="Parts to train: connector, vision, llm, all; several joined with commas (+ also works).",
+        shown="the preset's", panel=_TRAIN,
+        missing="say what to train: --trainable connector|vision|llm|all (join several with commas), "
+        f"or --preset {'|'.join(PRESETS)}",
+    )
+    split: str = setting("train", help="Training split.")
+    eval_split: Optional[str] = setting(None, help="Validation split: its loss every eval_steps (connector-retune: validation).")
+    format: Literal["chat", "caption"] = setting(
+        "chat", help="chat: each row's messages; caption: the row's images + caption_prompt -> its caption.")
+    caption_prompt: str = setting("Describe the image in detail.", help="The user turn of --format caption.")
+    require_think: bool = setting(False, help="Every assistant turn must be <think>...</think> then an answer.")
+    learning_rate: float = setting(2e-5, flag="--lr", aliases=("--learning-rate",), gt=0, panel=_TRAIN,
+                                   help="Peak learning rate.")
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = setting(
+        "cosine", panel=_SCHEDULE, help="Learning-rate schedule after warmup.")
+    warmup_ratio: float = setting(0.0, ge=0, lt=1, panel=_SCHEDULE, help=(
+        "Fraction of the steps spent warming up from 0; dropped when it would cover every step "
+        "(a one-step run would train at learning rate 0)."))
+    weight_decay: float = setting(0.0, ge=0, panel=_TRAIN, help="AdamW weight decay.")
+    epochs: float = setting(1.0, gt=0, panel=_SCHEDULE, help="Passes over the training split.")
+    max_steps: Optional[int] = setting(None, ge=1, panel=_SCHEDULE, help="Optimizer steps; overrides --epochs.")
+    batch_size: int = setting(8, ge=1, panel=_TRAIN, help="Rows per device per micro-batch.")
+    grad_accum: int = setting(1, ge=1, panel=_TRAIN, help="Micro-batches per optimizer step.")
+    max_length: int = setting(16384, ge=1, panel=_TRAIN, help=(
+        "Max tokens per row, image tokens included; longer rows are dropped and counted, never truncated."))
+    save_steps: int = setting(50, ge=1, panel=_SAVE, help="Checkpoint every N optimizer steps.")
+    save_total_limit: int = setting(2, ge=1, panel=_SAVE, help=(
+        "Checkpoints kept; two, so one damaged by a crash has a predecessor."))
+    eval_steps: Optional[int] = setting(None, ge=1, shown="save_steps", panel=_SAVE,
+                                        help="Validation loss every N optimizer steps.")
+    early_stopping_patience: int = setting(0, ge=0, panel=_SAVE, help=(
+        "Stop after N evaluations without a lower validation loss and publish the best checkpoint; 0 = off."))
+    logging_steps: int = setting(1, ge=1, panel=_SAVE, help="Log the loss every N optimizer steps.")
+    gradient_checkpointing: bool = setting(False, help="Recompute activations in the backward pass to save memory.")
+    bf16: Optional[bool] = setting(None, shown="on when CUDA supports it", help="Train in bfloat16 mixed precision.")
+    dtype: Optional[Literal["float32", "bfloat16"]] = setting(None, shown="the checkpoint's", help="Weights dtype at load.")
+    seed: int = setting(0, help="Random seed (data order, initialisation).")
+    resume: bool = setting(False, help="Continue an interrupted run of the same name from its last complete checkpoint.")
+    trust_remote_code: bool = setting(False, help="Allow the model's own Python code.")
+
+    def check(self) -> None:
+        check_name(self.name)
+        try:
+            models.parse_parts(self.trainable)
+        except UserError as e:
+            raise UserError(f"{self.label('trainable')}: {e}") from None
+        self.trainable = "+".join(p.strip() for p in re.split(r"[+,]", self.trainable) if p.strip())
+        if self.early_stopping_patience and not self.eval_split:
+            raise UserError("early stopping watches the validation loss: give --eval-split (eval_split), "
+                            "or early_stopping_patience=0")
+        if self.early_stopping_patience and self.save_steps % (self.eval_steps or self.save_steps):
             raise UserError(
-                "say what to train: --trainable connector|vision|llm|all (join several with +), "
-                f"or --preset {'|'.join(PRESETS)}"
+                f"with early stopping, save_steps ({self.save_steps}) must be a multiple of eval_steps "
+                f"({self.eval_steps}) so the best evaluated step has a checkpoint"
             )
-        return Config(**values)
+        if self.eval_split and self.eval_split == self.split:
+            raise UserError(f"eval_split {self.eval_split!r} is the training split; validate on held-out rows")
+        if self.max_steps and self.warmup_for(self.max_steps) != self.warmup_ratio:
+            self.notes.append(f"warmup_ratio {self.warmup_ratio} would warm up through all {self.max_steps} "
+                              "step(s), so warmup is off for this run")
+            self.warmup_ratio = 0.0
 
-
-def _check(cfg: Config) -> None:
-    check_name(cfg.name)
-    models.parse_parts(cfg.trainable)
-    positive = ["batch_size", "grad_accum", "max_length", "save_steps", "save_total_limit", "logging_steps"]
-    for key in positive + ["eval_steps", "max_steps"]:
-        value = getattr(cfg, key)
-        if (key in positive or value is not None) and value < 1:
-            raise UserError(f"{key} must be at least 1, got {value}")
-    if cfg.learning_rate <= 0:
-        raise UserError(f"learning_rate must be positive, got {cfg.learning_rate}")
-    if not 0 <= cfg.warmup_ratio < 1:
-        raise UserError(f"warmup_ratio must be in [0, 1), got {cfg.warmup_ratio}")
-    if cfg.weight_decay < 0 or cfg.epochs <= 0 or cfg.early_stopping_patience < 0:
-        raise UserError("weight_decay and early_stopping_patience must be >= 0, epochs > 0")
-    if cfg.early_stopping_patience and not cfg.eval_split:
-        raise UserError("early stopping watches the validation loss: give eval_split (or early_stopping_patience=0)")
-    if cfg.early_stopping_patience and cfg.save_steps % (cfg.eval_steps or cfg.save_steps):
-        raise UserError(
-            f"with early stopping, save_steps ({cfg.save_steps}) must be a multiple of eval_steps ({cfg.eval_steps}) "
-            "so the best evaluated step has a checkpoint"
-        )
-    if cfg.eval_split and cfg.eval_split == cfg.split:
-        raise UserError(f"eval_split {cfg.eval_split!r} is the training split; validate on held-out rows")
+    def warmup_for(self, total_steps: int) -> float:
+        """The warmup ratio to train `total_steps` optimizer steps with: 0 when warmup (ceil(ratio x steps)
+        in transformers) would cover every step, since the first step of a warmup runs at learning rate 0."""
+        return 0.0 if math.ceil(self.warmup_ratio * total_steps) >= total_steps else self.warmup_ratio
 
 
 # ---------------------------------------------------------------------------------------------
@@ -520,8 +510,6 @@ def plot_loss(log_history: list[dict], path: Path, title: str) -> None:
 
 def run(cfg: Config, store: Store) -> Artifact:
     start = time.perf_counter()
-    cfg = cfg.resolved()
-    _check(cfg)
     model_art = store.resolve(cfg.model, kind="model")
     data_art = store.resolve(cfg.data, kind="dataset")
     _model_config(model_art)

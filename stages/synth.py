@@ -3,27 +3,49 @@
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal, Union
 
 from r1v3 import data, synthetic
 from r1v3.artifacts import Artifact, Store, check_name
-from r1v3.config import to_dict
+from r1v3.config import Settings, setting, to_dict
 from r1v3.errors import UserError
 
 
 @dataclass
-class Config:
-    name: str
-    n: int = 500
-    seed: int = 0
-    # add `messages` for chat SFT in one of synthetic.MESSAGE_STYLES: think (reasoning prompt, a template
-    # teacher's <think> over the full caption), brief (a short grounded <think>), direct (official prompt,
-    # bare answer), caption (describe -> short caption, for connector alignment). true means think: the
-    # flag this option started as.
-    messages: Union[bool, Literal["think", "brief", "direct", "caption"]] = False
-    tasks: list[str] = field(default_factory=list)  # a subset of synthetic.TASKS; default all
-    difficulty: list[str] = field(default_factory=list)  # normal and/or hard; default both
+class Config(Settings):
+    STAGE = "synth"
+
+    name: str = setting(help="Artifact name for the dataset.")
+    n: int = setting(500, flag="--problems", aliases=("--n",), ge=10, help=(
+        "Number of problems over all splits (at least 10, to fill train/validation/test)."))
+    seed: int = setting(0, help="Random seed.")
+    # true means think: the flag this option started as
+    messages: Union[bool, Literal["think", "brief", "direct", "caption"]] = setting(False, metavar="STYLE", help=(
+        "Add a `messages` conversation per problem for chat SFT. think: the reasoning prompt and a template "
+        "teacher's <think> trace + \\boxed{answer}; brief: the same with a one-line trace; direct: the official "
+        "prompt and the bare answer; caption: describe the image -> its short caption (connector alignment)."),
+        shown="none")
+    tasks: list[str] = setting([], shown="all", help=f"Comma-separated subset of {','.join(synthetic.TASKS)}.")
+    difficulty: list[str] = setting([], shown="both", help="normal, hard or normal,hard.")
+
+    def check(self) -> None:
+        check_name(self.name)
+
+
+@contextmanager
+def _progress(total: int):
+    """advance() for a rich bar on a terminal (drawing a large set takes minutes); a no-op otherwise."""
+    if not sys.stderr.isatty():
+        yield lambda: None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("drawing problems"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("synth", total=total)
+        yield lambda: bar.advance(task)
 
 
 def run(cfg: Config, store: Store) -> Artifact:

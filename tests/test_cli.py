@@ -161,12 +161,12 @@ def test_missing_required_setting_is_one_line(cli):
 
 
 @pytest.mark.parametrize("argv,fragment", [
-    (["data", "synth"], "Missing option '--name'"),
+    (["data", "synth"], "missing required setting 'name' (give --name or name=...)"),  # a recipe may give it
     (["data", "synth", "--name", "x", "--bogus"], "No such option: --bogus"),
-    (["eval", "mmmu", "--limit", "abc"], "Invalid value for '--limit'"),
+    (["eval", "mmmu", "--limit", "abc"], "--limit (limit) must be int, got 'abc'"),
     (["nosuch"], "No such command 'nosuch'"),
     (["artifacts", "ls", "--kind", "bogus"], "--kind must be one of"),
-    (["data", "show", "x", "--n", "-1"], "--n must be 0 or more"),
+    (["data", "show", "x", "--n", "-1"], "--limit must be 0 or more"),
 ])
 def test_usage_errors_are_one_line(cli, argv, fragment):
     code, out, err = cli(*argv)
