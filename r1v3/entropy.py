@@ -175,14 +175,35 @@ def _settled(prefix: str, full: str) -> int:
     return lo
 
 
+def _incremental_ends(tokenizer, ids, full: str) -> list[int] | None:
+    """ends[k]: chars of `full` fixed once tokens 0..k are out, decoding a short window per token.
+
+    The window starts at the last token that produced text, so a SentencePiece piece keeps the
+    context that decides its leading space and a partial UTF-8 character waits for its last byte
+    (as streaming detokenizers do). None when the pieces do not add up to `full`.
+    """
+    ends, text, start, read = [], "", 0, 0
+    for k in range(len(ids)):
+        before = decode(tokenizer, ids[start:read])
+        now = decode(tokenizer, ids[start : k + 1])
+        if len(now) > len(before) and now.startswith(before) and not now.endswith("\ufffd"):
+            text += now[len(before) :]
+            start, read = read, k + 1
+        ends.append(len(text))
+    return ends if text == full else None
+
+
 def token_of_char(tokenizer, ids, chars: list[int], text: str | None = None) -> list[int]:
     """For each char offset of decode(ids), the index of the first token whose decoding includes it.
 
-    A bisection per offset over prefix decodes, O(log n) decodes each: exact for any tokenizer
-    whose prefix decodes extend one another, with no re-tokenization.
+    Exact without re-tokenizing: one linear incremental pass, or, for a tokenizer whose
+    windowed decodes do not add up, a bisection per offset over full prefix decodes.
     """
     ids = list(ids)
     full = decode(tokenizer, ids) if text is None else text
+    ends = _incremental_ends(tokenizer, ids, full) if chars else []
+    if ends is not None:
+        return [bisect.bisect_right(ends, c) for c in chars]
     settled = {}
 
     def end(k: int) -> int:
@@ -238,7 +259,7 @@ def _inputs(processor, text: str, images: list, completion: list[int]) -> tuple[
     inputs = {}
     for key, value in enc.items():
         if torch.is_tensor(value) and _per_token(key):
-            fill = tail if key == "input_ids" else torch.ones_like(tail) if key == "attention_mask" else torch.zeros_like(tail)
+            fill = {"input_ids": tail, "attention_mask": torch.ones_like(tail)}.get(key, torch.zeros_like(tail))
             value = torch.cat([value, fill.to(value.dtype)], dim=1)
         inputs[key] = value
     return inputs, n_prompt
@@ -254,6 +275,9 @@ def teacher_forced_entropies(model, processor, text: str, generated_ids, images=
     ids = [int(t) for t in generated_ids]
     if not ids:
         raise UserError("no generated tokens to measure")
+    vocab = model.get_input_embeddings().num_embeddings
+    if not all(0 <= t < vocab for t in ids):
+        raise UserError(f"generated ids must lie in 0..{vocab - 1}, the model's vocabulary; got {min(ids)}..{max(ids)}")
     inputs, n_prompt = _inputs(processor, text, list(images), ids[:-1])
     inputs = inputs_to(inputs, model)
     was_training = model.training
@@ -332,14 +356,16 @@ def recompute(model, processor_or_tokenizer, record: dict, images=(), where: str
     images = list(images)
     if len(images) != record["n_images"]:
         raise UserError(f"{where}: the record takes {record['n_images']} images, {len(images)} given")
-    fresh = _record(model, processor_or_tokenizer, record["id"], record["sample"], record["prompt_text"], images,
-                    record["generated_ids"], tuple(record["words"]), record["case_sensitive"], record["high_threshold"])
-    if fresh["prompt_tokens"] != record["prompt_tokens"]:
+    # the processor call is cheap next to the forward pass: refuse a mismatch before running it
+    _, n_prompt = _inputs(processor_or_tokenizer, record["prompt_text"], images, [])
+    if n_prompt != record["prompt_tokens"]:
         raise UserError(
-            f"{where}: the prompt now takes {fresh['prompt_tokens']} tokens, the record says "
+            f"{where}: the prompt now takes {n_prompt} tokens, the record says "
             f"{record['prompt_tokens']}: not the processor or images it was made with"
         )
-    return fresh
+    settings = tuple(record["words"]), record["case_sensitive"], record["high_threshold"]
+    return _record(model, processor_or_tokenizer, record["id"], record["sample"], record["prompt_text"], images,
+                   record["generated_ids"], *settings)
 
 
 _RECORD_TYPES = {
@@ -366,7 +392,8 @@ def check_record(record, where: str = "record") -> dict:
     for c in record["critical"]:
         ok = isinstance(c, dict) and isinstance(c.get("word"), str) and isinstance(c.get("entropy"), (int, float))
         if not ok or not isinstance(c.get("index"), int) or not 0 <= c["index"] < len(ids):
-            raise UserError(f"{where}: key 'critical' holds {str(c)[:80]}, not an index into generated_ids with word and entropy")
+            what = "an index into generated_ids with word and entropy"
+            raise UserError(f"{where}: key 'critical' holds {str(c)[:80]}, not {what}")
     if not 0 <= record["n_high"] <= len(ids):
         raise UserError(f"{where}: key 'n_high' is {record['n_high']}, outside 0..{len(ids)}")
     return record
@@ -401,7 +428,9 @@ def summarize(records: list[dict]) -> dict:
     for r in records[1:]:
         for key in ("words", "case_sensitive", "high_threshold"):
             if r[key] != first[key]:
-                raise UserError(f"record {r['id']!r}: {key} {r[key]!r} differs from {first[key]!r} in record {first['id']!r}")
+                raise UserError(
+                    f"record {r['id']!r}: {key} {r[key]!r} differs from {first[key]!r} in record {first['id']!r}"
+                )
     mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
     critical = [c for r in records for c in r["critical"]]
     by_word = {w: [c["entropy"] for c in critical if c["word"] == w] for w in first["words"]}

@@ -106,7 +106,9 @@ def test_bpe_tokenizer_word_is_one_token_with_its_space():
     tok = bpe_tokenizer()
     ids, crit = found(tok, "<think> Hmm, so. Wait, no. Alternatively, await Waiting wait </think> Wait, Hmm")
     tokens = tok.convert_ids_to_tokens(ids)
-    assert [(tokens[c.index], c.word) for c in crit] == [("ĠHmm", "Hmm"), ("ĠWait", "Wait"), ("ĠAlternatively", "Alternatively")]
+    assert [(tokens[c.index], c.word) for c in crit] == [
+        ("ĠHmm", "Hmm"), ("ĠWait", "Wait"), ("ĠAlternatively", "Alternatively")
+    ]  # fmt: skip
     # "ĠWait" is also the first token of " Waiting" and of the answer after </think>: neither counts
     assert tokens.count("ĠWait") == 3 and "ing" in tokens
 
@@ -133,6 +135,19 @@ def test_merged_punctuation_and_split_word_map_to_the_token_that_begins_the_word
     # case-insensitive: lower-case "wait" counts too, under the configured spelling
     _, crit = found(tok, '<think> Hmm,Wait. Alternatively."Wait wait</think>Hmm', case_sensitive=False)
     assert [(tokens[c.index], c.word) for c in crit][-1] == ("▁wait", "Wait")
+
+
+@pytest.mark.parametrize("make", [bpe_tokenizer, char_tokenizer, piece_tokenizer])
+def test_linear_pass_and_prefix_bisection_agree(make, monkeypatch):
+    tok = make()
+    cafe = "cafe" if make is piece_tokenizer else "café"  # the piece vocabulary is ASCII
+    text = f'<think> Hmm,Wait. {cafe} Alternatively."Wait (Wait) Hmm</think>'
+    ids = tok.encode(text, add_special_tokens=False)
+    assert E._incremental_ends(tok, ids, E.decode(tok, ids)) is not None  # the fast path is the one taken
+    fast = E.find_critical(tok, ids)
+    monkeypatch.setattr(E, "_incremental_ends", lambda *a: None)  # what a tokenizer whose pieces drift gets
+    assert E.find_critical(tok, ids) == fast
+    assert [c.word for c in fast] == ["Hmm", "Wait", "Alternatively", "Wait", "Wait", "Hmm"]
 
 
 @pytest.mark.parametrize(
@@ -181,9 +196,18 @@ def tiny_text_lm():
     return tf.AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval(), tok
 
 
+def sharpened(model_processor):
+    """A random model's distributions are all near-uniform (entropy ~log V everywhere, so a shifted
+    position would still match); larger output weights spread its entropies over several nats."""
+    model, processor = model_processor
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(40)
+    return model, processor
+
+
 @pytest.mark.parametrize("family", ["internvl", "qwen2_vl", "text"])
 def test_teacher_forced_entropies_match_generate_logits(family):
-    model, processor = tiny_text_lm() if family == "text" else build_tiny(family)
+    model, processor = sharpened(tiny_text_lm() if family == "text" else build_tiny(family))
     images = [] if family == "text" else [image()]
     content = [{"type": "image"}] * len(images) + [{"type": "text", "text": "How many shapes? Wait, think."}]
     request = Request("q1", [{"role": "user", "content": content}], images)
@@ -203,20 +227,24 @@ def test_teacher_forced_entropies_match_generate_logits(family):
     got_prompt, forced = E.teacher_forced_entropies(model, processor, text, ids, images)
     assert got_prompt == n_prompt and len(forced) == len(ids) == 12
     assert max(abs(a - b) for a, b in zip(forced, from_generate)) < 1e-4
+    assert max(forced) - min(forced) > 0.5
     record = E.make_record(model, processor, request, ids, high_threshold=5.0)
     assert record["token_entropy"] == pytest.approx(sum(from_generate) / len(ids), abs=1e-4)
     assert record["n_high"] == sum(e > 5.0 for e in from_generate)
 
 
 def test_record_critical_entropy_and_recompute_round_trip(tmp_path):
-    model, processor = build_tiny("internvl")
+    model, processor = sharpened(build_tiny("internvl"))
     tok = processor.tokenizer
-    request = Request("r7", [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Count."}]}], [image()])
-    completion = tok.encode("<think> Count. Wait, two. Hmm, or Alternatively three. </think> 2<|im_end|>", add_special_tokens=False)
+    content = [{"type": "image"}, {"type": "text", "text": "Count."}]
+    request = Request("r7", [{"role": "user", "content": content}], [image()])
+    answer = "<think> Count. Wait, two. Hmm, or Alternatively three. </think> 2<|im_end|>"
+    completion = tok.encode(answer, add_special_tokens=False)
     record = E.make_record(model, processor, request, completion, sample=1)
     assert [c["word"] for c in record["critical"]] == ["Wait", "Hmm", "Alternatively"]
     # each entropy is the distribution before its token, from an independent full forward pass
-    full = processor(text=[E.prompt_text(processor, request)], images=[image()], add_special_tokens=False, return_tensors="pt")
+    text = E.prompt_text(processor, request)
+    full = processor(text=[text], images=[image()], add_special_tokens=False, return_tensors="pt")
     n_prompt = full["input_ids"].shape[1]
     full["input_ids"] = torch.cat([full["input_ids"], torch.tensor([completion])], 1)
     full["attention_mask"] = torch.ones_like(full["input_ids"])
@@ -231,13 +259,16 @@ def test_record_critical_entropy_and_recompute_round_trip(tmp_path):
     path.write_text(json.dumps(record) + "\n\n")
     (again,) = E.read_records(path)
     fresh = E.recompute(model, processor, again, images=[image()])
-    assert [(c["index"], c["word"], c["char"]) for c in fresh["critical"]] == [(c["index"], c["word"], c["char"]) for c in record["critical"]]
+    where = lambda r: [(c["index"], c["word"], c["char"]) for c in r["critical"]]  # noqa: E731
+    assert where(fresh) == where(record)
     assert [c["entropy"] for c in fresh["critical"]] == pytest.approx([c["entropy"] for c in record["critical"]], abs=1e-5)
     assert fresh["token_entropy"] == pytest.approx(record["token_entropy"], abs=1e-5)
     with pytest.raises(UserError, match="takes 1 images, 0 given"):
         E.recompute(model, processor, again)
     with pytest.raises(UserError, match="record says 3:"):
         E.recompute(model, processor, dict(again, prompt_tokens=3), images=[image()])
+    with pytest.raises(UserError, match="vocabulary"):
+        E.recompute(model, processor, dict(again, generated_ids=[5, 10**6], critical=[], n_high=0), images=[image()])
 
 
 def test_bad_records_are_one_line_errors(tmp_path):
