@@ -543,7 +543,7 @@ _KEY_ENVS: set[str] = set()  # names of the env vars whose values are scrubbed f
 
 
 def _scrub_keys(text: str) -> str:
-    for name in _KEY_ENVS:
+    for name in tuple(_KEY_ENVS):  # a backend made in another thread may add one meanwhile
         key = os.environ.get(name)
         if key:
             text = text.replace(key, "***")
