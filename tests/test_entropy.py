@@ -205,7 +205,7 @@ def sharpened(model_processor):
     return model, processor
 
 
-@pytest.mark.parametrize("family", ["internvl", "qwen2_vl", "text"])
+@pytest.mark.parametrize("family", ["internvl", "qwen2_vl", "idefics3", "llava", "text"])
 def test_teacher_forced_entropies_match_generate_logits(family):
     model, processor = sharpened(tiny_text_lm() if family == "text" else build_tiny(family))
     images = [] if family == "text" else [image()]
