@@ -25,10 +25,10 @@ images embedded as PNG bytes (an artifact directory also holds manifest.json).
 
 import ast
 import io
-import json
 import math
 import os
 import re
+import warnings
 from pathlib import Path, PurePath
 
 import pyarrow as pa
@@ -37,6 +37,7 @@ from datasets import Features, Image, List, Value
 from PIL import Image as PILImage
 from PIL import ImageDraw, ImageFont, ImageOps
 
+from r1v3 import jsonio
 from r1v3.errors import UserError
 
 FEATURES = Features({
@@ -63,6 +64,12 @@ SPLIT_NAME = re.compile(r"^\w+$")
 # modes PNG stores losslessly; anything else (CMYK, YCbCr, F, ...) is converted first
 PNG_MODES = ("1", "L", "LA", "P", "RGB", "RGBA", "I", "I;16")
 PARQUET_ROW_GROUP = 100  # small row groups: image rows are big, and readers stream by group
+# Image limits at import. 50 MP is far above what any VLM processor keeps (it resizes to a few MP
+# at most) and below Pillow's 89 MP bomb warning; Qwen-VL processors refuse sides more than 200
+# times apart (mid-run, in eval); an image with a 1-pixel side is a placeholder, not a picture.
+MAX_IMAGE_PIXELS = 50_000_000
+MAX_ASPECT_RATIO = 200
+MIN_IMAGE_SIDE = 2
 
 
 def interleave_images(texts: list[str], n_images: int, where: str, lead: int = 0) -> tuple[list[list[dict]], list[int]]:
@@ -142,6 +149,9 @@ def _options(value, where):
     for i, option in enumerate(value):
         if not isinstance(option, str):
             raise UserError(f"{where}: field 'options' item {i} must be a string, got {type(option).__name__}")
+        if not option.strip():
+            # an empty text is a substring of every response: scoring would credit it
+            raise UserError(f"{where}: field 'options' item {i} ({LETTERS[i] if i < len(LETTERS) else i}) is empty")
     return value
 
 
@@ -195,15 +205,59 @@ def _image(value, k, where, base_dir):
     if not isinstance(value, (PILImage.Image, bytes, bytearray, memoryview)):
         raise UserError(f"{where}: image {k} must be an image, image bytes or a path, got {type(value).__name__}")
     try:
-        img = value if isinstance(value, PILImage.Image) else PILImage.open(io.BytesIO(value))
-        # load() decodes every pixel now, so a truncated file fails here with its row
-        # instead of in the middle of a training step
-        img.load()
-        if img.getexif().get(PILImage.ExifTags.Base.Orientation, 1) != 1:
-            img = ImageOps.exif_transpose(img)
+        with warnings.catch_warnings():
+            # Pillow only warns below twice its bomb limit: ours is lower anyway, but no image
+            # gets decoded with a warning on the terminal
+            warnings.simplefilter("error", PILImage.DecompressionBombWarning)
+            img = value if isinstance(value, PILImage.Image) else PILImage.open(io.BytesIO(value))
+            _check_size(img.size, f"{where}: image {k}")  # from the header, before decoding
+            # load() decodes every pixel now, so a truncated file fails here with its row
+            # instead of in the middle of a training step
+            img.load()
+            if img.getexif().get(PILImage.ExifTags.Base.Orientation, 1) != 1:
+                img = ImageOps.exif_transpose(img)
+    except UserError:
+        raise
+    except (PILImage.DecompressionBombWarning, PILImage.DecompressionBombError) as e:
+        raise UserError(f"{where}: image {k} is too large ({_one_line(e)}); the limit is "
+                        f"{MAX_IMAGE_PIXELS // 1_000_000} MP")
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, zlib.error, ... for bad data
         raise UserError(f"{where}: image {k} unreadable: {_one_line(e)}")
     return img
+
+
+def _check_size(size, where):
+    w, h = size
+    if w * h > MAX_IMAGE_PIXELS:
+        raise UserError(f"{where} is {w}x{h} ({w * h / 1e6:.0f} MP); the limit is {MAX_IMAGE_PIXELS // 1_000_000} MP: "
+                        "scale it down")
+    if min(w, h) < MIN_IMAGE_SIDE:
+        raise UserError(f"{where} is {w}x{h}; each side must be at least {MIN_IMAGE_SIDE} pixels")
+    if max(w, h) > MAX_ASPECT_RATIO * min(w, h):
+        raise UserError(f"{where} is {w}x{h}, sides {max(w, h) / min(w, h):.0f} times apart; image processors take "
+                        f"at most {MAX_ASPECT_RATIO}: crop or pad it")
+
+
+def check_images(rows, processor, where):
+    """Refuse, before any generation or training, an image the model's processor cannot take.
+
+    Each distinct image size is tried once on a blank image of that size, so the cost is a few
+    processor calls however many rows there are. `processor` None (a remote backend) checks nothing.
+    """
+    image_processor = getattr(processor, "image_processor", None)
+    if image_processor is None:
+        return
+    tried = set()
+    for i, row in enumerate(rows):
+        for k, img in enumerate(row["images"], 1):
+            if img.size in tried:
+                continue
+            try:
+                image_processor(images=[PILImage.new("RGB", img.size)], return_tensors="pt")
+            except Exception as e:  # processors raise ValueError, RuntimeError, ... on sizes they cannot take
+                raise UserError(f"{where} row {i} (id {row['id']}): image {k} ({img.width}x{img.height}) cannot be "
+                                f"taken by the model's image processor: {_one_line(e)[:200]}") from None
+            tried.add(img.size)
 
 
 def normalize_row(row, where, base_dir=None):
@@ -234,6 +288,8 @@ def normalize_row(row, where, base_dir=None):
         raise UserError(f"{where}: field 'question_type' is {qtype!r}; expected 'multiple-choice' or 'open'")
 
     answer = row["answer"]
+    if isinstance(answer, float) and not math.isfinite(answer):
+        raise UserError(f"{where}: field 'answer' is {answer!r}, not an answer")
     if isinstance(answer, (int, float)) and not isinstance(answer, bool):
         answer = str(answer)  # JSON numbers are a natural way to write open answers
     if not isinstance(answer, str):
@@ -322,10 +378,7 @@ def _read_jsonl(path):
                 raise UserError(f"{where}: not UTF-8 text (bad byte at column {e.start + 1})")
             if not line.strip():
                 continue
-            try:
-                raw = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{where}: invalid JSON: {e.msg} at column {e.colno}")
+            raw = jsonio.loads(line, where)
             rows.append(normalize_row(raw, where, base_dir))
     return rows
 
@@ -487,6 +540,37 @@ def write_splits(directory, splits):
         os.replace(tmp, path)
         paths.append(path)
     return paths
+
+
+def write_split_stream(directory, split, rows, owner):
+    """Write `rows` (any iterable, e.g. a generator) as `<directory>/<split>.parquet`, one row group
+    of PARQUET_ROW_GROUP rows in memory at a time: the same bytes write_splits gives the same rows.
+
+    `owner` maps the ids already written (other splits) to their split; it is checked and
+    updated, so ids stay unique across the splits of one directory. Returns the row count.
+    """
+    directory = Path(directory)
+    if not isinstance(split, str) or not SPLIT_NAME.match(split):
+        raise UserError(f"{directory}: split name {split!r} must be letters, digits or '_'")
+    where = f"{directory} split {split}"
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp, n, group = directory / f".{split}.parquet.tmp", 0, []
+    with pq.ParquetWriter(tmp, FEATURES.arrow_schema) as writer:
+        for row in rows:
+            row = normalize_row(row, f"{where} row {n}")
+            if row["id"] in owner:
+                raise UserError(f"{where} row {n}: id {row['id']!r} is also in split {owner[row['id']]}")
+            owner[row["id"]], n = split, n + 1
+            group.append(row)
+            if len(group) == PARQUET_ROW_GROUP:
+                writer.write_table(to_table(group), row_group_size=PARQUET_ROW_GROUP)
+                group = []
+        if group or not n:
+            writer.write_table(to_table(group), row_group_size=PARQUET_ROW_GROUP)
+    if not n:
+        raise UserError(f"{where}: dataset is empty (no rows)")
+    os.replace(tmp, directory / f"{split}.parquet")
+    return n
 
 
 def contact_sheet(rows, path, n=16, cell=128):

@@ -8,16 +8,13 @@ accuracies.
 from __future__ import annotations
 
 import ast
-import io
-import json
 import math
-import random
 import re
 from collections import defaultdict
 from pathlib import Path
 from typing import Sequence
 
-from r1v3 import answers, data
+from r1v3 import answers, data, jsonio
 from r1v3.errors import UserError
 
 # The six disciplines and their 30 subjects, named as the benchmark's subject folders.
@@ -145,22 +142,11 @@ def _split_files(folder: Path, split: str) -> list[Path]:
 
 
 def _load_image(value, where: str, k: int, folder: Path):
-    from PIL import Image
-
-    try:
-        if isinstance(value, dict):
-            if value.get("bytes"):
-                img = Image.open(io.BytesIO(value["bytes"]))
-            elif value.get("path"):
-                img = Image.open(folder / value["path"])
-            else:
-                return None
-        else:
-            return None
-        img.load()  # decode now so that a broken image fails here, with its id
-    except Exception as e:  # PIL raises many kinds (OSError, SyntaxError, ...) on bad data
-        raise UserError(f"{where}: image_{k} unreadable: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
-    return img
+    """The image in column image_k, decoded now (so a broken one fails here, with its id) and
+    within data's size limits; None for an empty slot. A path stays inside the subject folder."""
+    if not isinstance(value, dict) or not (value.get("bytes") or value.get("path")):
+        return None
+    return data._image(value if value.get("bytes") else value["path"], k, where, folder)
 
 
 def _renumber(text: str, mapping: dict[int, int], where: str) -> str:
@@ -193,7 +179,8 @@ def _hub_row(raw: dict, subject: str, split: str, where: str, folder: Path) -> d
     qtype = raw.get("question_type")
     if qtype not in answers.QUESTION_TYPES:
         raise UserError(f"{where}: question_type {qtype!r} is not 'multiple-choice' or 'open'")
-    return {
+    # the row checks every dataset gets (empty option texts, answer letters), named by source row
+    return data.normalize_row({
         "id": str(item_id),
         "images": images,
         "question": _renumber(str(raw.get("question") or ""), mapping, where),
@@ -206,7 +193,7 @@ def _hub_row(raw: dict, subject: str, split: str, where: str, folder: Path) -> d
         "source": f"MMMU/{split}",
         "caption": "",
         "messages": [],
-    }
+    }, where)
 
 
 def import_local(path, split: str, subjects: Sequence[str] | None = None) -> list[dict]:
@@ -257,108 +244,21 @@ def import_local(path, split: str, subjects: Sequence[str] | None = None) -> lis
 
 
 # --------------------------------------------------------------------------------------
-# a small synthetic copy in the hub layout, for tests and benchmarks
-# --------------------------------------------------------------------------------------
-
-_COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220),
-            "yellow": (230, 200, 30), "purple": (140, 60, 170), "orange": (240, 140, 30)}
-
-
-def _draw(rng: random.Random, colour: str, dots: int = 0, size: int = 48):
-    from PIL import Image, ImageDraw
-
-    img = Image.new("RGB", (size, size), (255, 255, 255))
-    draw = ImageDraw.Draw(img)
-    fill = _COLOURS[colour]
-    if dots:
-        for _ in range(dots):
-            x, y = rng.randrange(4, size - 10), rng.randrange(4, size - 10)
-            draw.ellipse((x, y, x + 6, y + 6), fill=fill)
-    else:
-        x, y = rng.randrange(2, size // 3), rng.randrange(2, size // 3)
-        draw.rectangle((x, y, x + size // 2, y + size // 2), fill=fill)
-    return img
-
-
-def _sample_item(rng: random.Random, subject: str, split: str, number: int) -> dict:
-    """One synthetic item; the kind cycles over items and subjects, so any copy with
-    4 items per subject, or with 1 item of each of 4 subjects, has every layout."""
-    kind = (number - 1 + SUBJECTS.index(subject)) % 4
-    colours = rng.sample(sorted(_COLOURS), 4)
-    item = {c: None for c in HUB_COLUMNS}
-    item.update(id=f"{split}_{subject}_{number}", explanation="", img_type="['Diagrams']",
-                topic_difficulty=rng.choice(["Easy", "Medium", "Hard"]),
-                subfield=subject.replace("_", " "))
-    if kind == 0:  # multiple choice, one image
-        right = rng.randrange(4)
-        item.update(question="What colour is the square in <image 1>?", options=repr(colours),
-                    image_1=_draw(rng, colours[right]), answer="ABCD"[right],
-                    question_type="multiple-choice")
-    elif kind == 1:  # open, one image
-        dots = rng.randint(1, 5)
-        item.update(question="How many dots are in <image 1>?", options="[]",
-                    image_1=_draw(rng, colours[0], dots=dots), answer=str(dots),
-                    question_type="open")
-    elif kind == 2:  # two images, the second one shown as an option
-        item.update(question="<image 1> shows a square. Which option has the same colour?",
-                    options=repr([colours[1], "<image 2>", colours[2], colours[3]]),
-                    image_1=_draw(rng, colours[0]), image_2=_draw(rng, colours[0]),
-                    answer="B", question_type="multiple-choice")
-    else:  # images in slots 1 and 3 (slot 2 empty): placeholders must be renumbered
-        right = rng.randrange(4)
-        item.update(question="<image 1> is a reference. What colour is the square in <image 3>?",
-                    options=repr(colours), image_1=_draw(rng, "orange", dots=2),
-                    image_3=_draw(rng, colours[right]), answer="ABCD"[right],
-                    question_type="multiple-choice")
-    return item
-
-
-def hub_features():
-    """The hub's MMMU column types (every image column an Image())."""
-    from datasets import Features, Image, Value
-
-    return Features({
-        c: Image() if c.startswith("image_") else Value("string") for c in HUB_COLUMNS
-    })
-
-
-def write_sample_copy(path, per_subject: int = 4, seed: int = 0, split: str = "validation") -> Path:
-    """Write a small MMMU-format copy: every subject, `per_subject` synthetic items each
-    (multiple-choice and open, some with two images and `<image 2>` as an option, some with
-    an empty image slot), as `<path>/<Subject>/<split>-00000-of-00001.parquet`.
-    """
-    import datasets
-
-    if per_subject < 1:
-        raise UserError(f"per_subject must be at least 1, got {per_subject}")
-    root = Path(path)
-    features = hub_features()
-    was_disabled = datasets.are_progress_bars_disabled()
-    datasets.disable_progress_bars()  # one bar per subject file is noise in tests
-    try:
-        for subject in SUBJECTS:
-            rng = random.Random(f"{seed}/{subject}/{split}")
-            items = [_sample_item(rng, subject, split, n) for n in range(1, per_subject + 1)]
-            columns = {c: [item[c] for item in items] for c in HUB_COLUMNS}
-            folder = root / subject
-            folder.mkdir(parents=True, exist_ok=True)
-            datasets.Dataset.from_dict(columns, features=features).to_parquet(
-                str(folder / f"{split}-00000-of-00001.parquet")
-            )
-    finally:
-        if not was_disabled:
-            datasets.enable_progress_bars()
-    return root
-
-
-# --------------------------------------------------------------------------------------
 # scoring
 # --------------------------------------------------------------------------------------
+
+
+# Stands in for a blank option text when scoring: the official text rule would find "" in every
+# response and credit that option. Every reader refuses blank options; this keeps the scorer
+# safe on rows that reach it another way. A private-use character no response is expected to hold.
+_NO_TEXT = "\ue000"
 
 
 def _judge_core(gold, response, question_type, options, style) -> dict:
     if style not in STYLES:
         raise UserError(f"scoring style must be one of {', '.join(STYLES)}, got {style!r}")
+    if options:
+        options = [o if str(o).strip() else _NO_TEXT for o in options]
     response = response if isinstance(response, str) else ""
     gold = answers.gold_answer(gold)
     if style == "official":
@@ -501,6 +401,19 @@ def pass_at_k(judged_rows: Sequence[dict], k: int) -> float:
 _RESPONSE_KEYS = ("id", "question_type", "answer", "response")
 
 
+def _check_gold(answer, letters: list[str], at: str) -> None:
+    """A gold answer is a text or a list of texts (official open answers), and for a
+    multiple-choice row one of its letters."""
+    golds = answer if isinstance(answer, list) else [answer]
+    if not golds or not all(isinstance(g, str) and g.strip() for g in golds):
+        raise UserError(f"{at}: 'answer' must be a non-empty string or list of strings, got {answer!r}"[:300])
+    if letters:
+        gold = answers.gold_answer(answer)  # as scoring reads it: "['A', 'B']" is a list
+        wrong = [g for g in (gold if isinstance(gold, list) else [gold]) if g not in letters]
+        if wrong:
+            raise UserError(f"{at}: 'answer' {wrong[0]!r} is not one of the option letters {', '.join(letters)}"[:300])
+
+
 def _response_rows(data, where: str, subject: str | None) -> list[dict]:
     if not isinstance(data, list):
         raise UserError(f"{where}: expected a JSON list of response rows, got a JSON {type(data).__name__}")
@@ -531,6 +444,10 @@ def _response_rows(data, where: str, subject: str | None) -> list[dict]:
                 # a missing option text would become "", which every response contains
                 raise UserError(f"{at}: 'index2ans' must have exactly the keys of 'all_choices' "
                                 f"({', '.join(map(str, all_choices))}), got {', '.join(map(str, index2ans)) or 'none'}")
+            for letter, text in index2ans.items():
+                if not isinstance(text, str) or not text.strip():
+                    raise UserError(f"{at}: 'index2ans' option {letter} must be a non-empty text, got {text!r:.60}")
+        _check_gold(raw["answer"], [str(c) for c in all_choices], at)
         row_subject = subject or subject_of_id(raw["id"])
         if row_subject is None:
             raise UserError(
@@ -557,13 +474,7 @@ def _response_rows(data, where: str, subject: str | None) -> list[dict]:
 
 
 def _read_json(file: Path):
-    try:
-        with open(file, encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise UserError(f"{file}: invalid JSON: {e.msg} at line {e.lineno} column {e.colno}")
-    except UnicodeDecodeError:
-        raise UserError(f"{file}: not a UTF-8 text file")
+    return jsonio.read(file)
 
 
 def load_responses(path) -> list[dict]:

@@ -311,6 +311,17 @@ def problem_key(question, image):
     return h.hexdigest()
 
 
+# Every row's problem key is kept to keep problems distinct across splits (about 150 bytes a row),
+# and rows take about 1 ms each to draw: a million rows is ~150 MB of keys and a quarter of an hour.
+MAX_N = 1_000_000
+
+
+def split_sizes(n):
+    """(train, validation, test) row counts: 80/10/10, at least one row each."""
+    n_val = n_test = max(1, n // 10)
+    return n - n_val - n_test, n_val, n_test
+
+
 def generate(n, seed, size=SIZE, tasks=None, difficulties=None):
     """n problem rows split into train/validation/test (80/10/10), deterministic for a seed.
 
@@ -319,8 +330,18 @@ def generate(n, seed, size=SIZE, tasks=None, difficulties=None):
     splits are consecutive runs, so a split of 20+ rows covers them all. No two rows share an id
     or a (question, image) pair, across splits too.
     """
-    if not isinstance(n, int) or n < 3:
-        raise UserError(f"synthetic: n must be an integer of at least 3 (one row per split), got {n!r}")
+    splits = {"train": [], "validation": [], "test": []}
+    for split, row in iter_rows(n, seed, size, tasks, difficulties):
+        splits[split].append(row)
+    return splits
+
+
+def iter_rows(n, seed, size=SIZE, tasks=None, difficulties=None):
+    """The rows of `generate` as (split, row) pairs, one at a time and in the same order, so a
+    writer can hold a few rows in memory rather than all n."""
+    if not isinstance(n, int) or isinstance(n, bool) or not 3 <= n <= MAX_N:
+        raise UserError(f"synthetic: n must be an integer of at least 3 (one row per split) and at most {MAX_N:,} "
+                        f"(every problem's key is kept in memory to keep problems distinct), got {n!r}")
     tasks, difficulties = list(tasks or TASKS), list(difficulties or DIFFICULTIES)
     for value, known, what in ((tasks, TASKS, "task"), (difficulties, DIFFICULTIES, "difficulty")):
         for v in value:
@@ -328,10 +349,15 @@ def generate(n, seed, size=SIZE, tasks=None, difficulties=None):
                 raise UserError(f"synthetic: unknown {what} {v!r}; choose from {', '.join(known)}")
         if len(set(value)) != len(value):
             raise UserError(f"synthetic: a {what} is given twice in {', '.join(value)}")
-    rng = random.Random(seed)
     # in the module's order whatever order they were asked in, so the same set gives the same rows
     combos = [(t, d, f) for t in TASKS if t in tasks for d in DIFFICULTIES if d in difficulties for f in FORMS]
-    rows, seen = [], set()
+    return _rows(n, seed, size, combos)  # checked above, before the first row is asked for
+
+
+def _rows(n, seed, size, combos):
+    rng = random.Random(seed)
+    n_train, n_val, _ = split_sizes(n)
+    seen = set()
     for i in range(n):
         task, difficulty, form = combos[i % len(combos)]
         for _ in range(1000):
@@ -350,7 +376,8 @@ def generate(n, seed, size=SIZE, tasks=None, difficulties=None):
             answer = LETTERS[options.index(value)]
         else:
             question, options, answer = f"{question} {hint}", [], value
-        rows.append({
+        split = "train" if i < n_train else "validation" if i < n_train + n_val else "test"
+        yield split, {
             "id": f"syn-{seed}-{i:05d}",
             "images": [img],
             "question": question,
@@ -363,14 +390,7 @@ def generate(n, seed, size=SIZE, tasks=None, difficulties=None):
             "source": "synthetic",
             "caption": caption,
             "messages": [],
-        })
-    n_val = n_test = max(1, n // 10)
-    n_train = n - n_val - n_test
-    return {
-        "train": rows[:n_train],
-        "validation": rows[n_train:n_train + n_val],
-        "test": rows[n_train + n_val:],
-    }
+        }
 
 
 MESSAGE_STYLES = ("think", "brief", "direct", "caption")

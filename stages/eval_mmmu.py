@@ -229,6 +229,7 @@ def generate_and_judge(cfg: Config, store: Store) -> tuple[list[dict], dict, lis
         backend = make_backend(
             cfg.backend, model.path, batch_size=cfg.batch_size, trust_remote_code=cfg.trust_remote_code, **vllm_kwargs
         )
+        data.check_images(rows, getattr(backend, "processor", None), f"{dataset.ref} split {cfg.split}")
     store.work_dir(cfg.name, "eval")
     lock = store.lock_work(cfg.name, "eval")  # held until the process ends: one writer per work dir
     # progress first, then its key: a kill in between leaves progress that the old key still describes

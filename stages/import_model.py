@@ -3,23 +3,33 @@
 Files are copied, so the artifact cannot change when the source does; `--link` hard-links
 them instead (no second copy of a 70 GB model, but the artifact then shares the source's bytes).
 Either way the manifest hashes what was imported.
-Pickle-based weights are never imported: safetensors only.
+Pickle-based weights are never imported: safetensors only. Every shard's header is read
+(bounded) and checked against the file and against the model its config describes, so a
+model that cannot load is refused here rather than in the next stage.
 """
 
 from __future__ import annotations
 
-import json
+import logging
+import math
 import os
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from r1v3 import jsonio
 from r1v3.artifacts import MANIFEST, Artifact, Store, check_name
 from r1v3.config import Settings, setting, to_dict
 from r1v3.errors import UserError
 
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"}
 KEEP_SUFFIXES = {".json", ".safetensors", ".txt", ".model", ".jinja", ".tiktoken", ".md"}
+INDEX = "model.safetensors.index.json"
+MAX_HEADER = 100 * 1024 * 1024  # the safetensors library's own limit on the header's JSON
+# bytes per element of each safetensors dtype this toolkit's torch can load
+DTYPE_SIZES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1, "I16": 2, "U16": 2,
+               "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
 
 
 @dataclass
@@ -55,10 +65,7 @@ def inspect_dir(path: Path, trust_remote_code: bool) -> dict:
     cfg_file = path / "config.json"
     if not cfg_file.is_file():
         raise UserError(f"{path}: not a Hugging Face model directory (no config.json)")
-    try:
-        cfg = json.loads(cfg_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{cfg_file}: not valid JSON: {e}") from None
+    cfg = jsonio.read(cfg_file, f"{cfg_file}: not valid JSON")
     if not isinstance(cfg, dict) or "model_type" not in cfg:
         raise UserError(f"{cfg_file}: no model_type key")
     if not list(path.glob("*.safetensors")):
@@ -98,6 +105,135 @@ def files_to_import(src: Path, keep: set[str]) -> tuple[list[Path], list[str]]:
     return chosen, skipped
 
 
+def _tensor_entry(name: str, entry, where: str) -> tuple[int, int]:
+    """(begin, end) of one header entry, after checking its dtype and shape agree with its size."""
+    if not isinstance(entry, dict):
+        raise UserError(f"{where}: tensor {name!r} is not described by an object")
+    dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+    if dtype not in DTYPE_SIZES:
+        raise UserError(f"{where}: tensor {name!r} has dtype {dtype!r}; expected one of {', '.join(DTYPE_SIZES)}")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise UserError(f"{where}: tensor {name!r} has shape {shape!r}; expected a list of sizes")
+    if (not isinstance(offsets, list) or len(offsets) != 2
+            or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets) or not 0 <= offsets[0] <= offsets[1]):
+        raise UserError(f"{where}: tensor {name!r} has data_offsets {offsets!r}; expected [begin, end]")
+    size = math.prod(shape) * DTYPE_SIZES[dtype]
+    if offsets[1] - offsets[0] != size:
+        raise UserError(f"{where}: tensor {name!r} ({dtype} {shape}) needs {size} bytes but its data_offsets span "
+                        f"{offsets[1] - offsets[0]}")
+    return offsets[0], offsets[1]
+
+
+def check_safetensors(path: Path) -> dict:
+    """The header of a safetensors file, {tensor name: {dtype, shape, data_offsets}}, once it is
+    known to describe the file: a sane header length, bounded JSON, and tensors whose data
+    exactly fill the rest of the file without gaps or overlaps. Anything else is a UserError
+    naming the file (and the tensor)."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if size < 8 or n > min(size - 8, MAX_HEADER):
+                raise UserError(f"{path}: not a safetensors file (its first 8 bytes announce a {n}-byte header, "
+                                f"the file has {size} bytes: truncated, or another format renamed)")
+            raw = f.read(n)
+    except OSError as e:
+        raise UserError(f"{path}: cannot read: {e.strerror or e}") from None
+    header = jsonio.loads(raw, f"{path}: safetensors header")
+    if not isinstance(header, dict):
+        raise UserError(f"{path}: the safetensors header is not an object")
+    meta = header.pop("__metadata__", {})
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise UserError(f"{path}: the safetensors __metadata__ must map names to strings")
+    spans = sorted((*_tensor_entry(name, entry, str(path)), name) for name, entry in header.items())
+    end = 0
+    for begin, stop, name in spans:
+        if begin != end:
+            raise UserError(f"{path}: tensor {name!r} starts at byte {begin} of the data, expected {end} "
+                            "(gap or overlap between tensors)")
+        end = stop
+    if 8 + n + end != size:
+        raise UserError(f"{path}: the tensors fill {8 + n + end} bytes but the file has {size} "
+                        f"({'truncated' if size < 8 + n + end else 'trailing bytes'})")
+    return header
+
+
+def check_shards(files: list[Path]) -> dict[str, tuple[str, dict]]:
+    """{tensor name: (file name, header entry)} over every imported shard, checked against the
+    shard index when there is one (it must name only present files and the tensors they hold)."""
+    tensors: dict[str, tuple[str, dict]] = {}
+    for f in files:
+        if f.suffix == ".safetensors":
+            for name, entry in check_safetensors(f).items():
+                if name in tensors:
+                    raise UserError(f"{f}: tensor {name!r} is also in {tensors[name][0]}")
+                tensors[name] = (f.name, entry)
+    index = next((f for f in files if f.name == INDEX), None)
+    if index is None:
+        return tensors
+    weight_map = jsonio.read(index)
+    weight_map = weight_map.get("weight_map") if isinstance(weight_map, dict) else None
+    if not isinstance(weight_map, dict):
+        raise UserError(f"{index}: no 'weight_map' object of tensor names to shard files")
+    names = {f.name for f in files}
+    for name, shard in weight_map.items():
+        if shard not in names:
+            raise UserError(f"{index}: tensor {name!r} is in shard {shard!r}, which is not in the model directory")
+        if tensors.get(name, ("",))[0] != shard:
+            raise UserError(f"{index}: tensor {name!r} is not in shard {shard!r}")
+    return tensors
+
+
+@contextmanager
+def _quiet_transformers():
+    """transformers prints a load report and progress bars; a refusal here is our one line."""
+    from transformers.utils import logging as hf_logging
+
+    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity(logging.ERROR)
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _file_of(key: str, tensors: dict) -> str:
+    """The shard holding a model key; transformers may have renamed it (hub key -> module name)."""
+    if key in tensors:
+        return tensors[key][0]
+    tail = key.split(".")[-3:]
+    hits = {f for name, (f, _) in tensors.items() if name.split(".")[-3:] == tail}
+    return hits.pop() if len(hits) == 1 else "the weights"
+
+
+def check_loadable(src: Path, model_class: str, tensors: dict, trust_remote_code: bool) -> None:
+    """Load the model on the meta device (no memory, no data read) with transformers' own key
+    mapping and tied weights, and refuse missing, unexpected or wrongly shaped tensors."""
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+
+    auto = AutoModelForImageTextToText if model_class == "vlm" else AutoModelForCausalLM
+    with _quiet_transformers():
+        try:
+            _, info = auto.from_pretrained(src, device_map="meta", use_safetensors=True, ignore_mismatched_sizes=True,
+                                           output_loading_info=True, trust_remote_code=trust_remote_code)
+        except (ValueError, KeyError, OSError, RuntimeError, TypeError) as e:
+            raise UserError(f"{src}: transformers cannot build this model from its config and weights: "
+                            f"{(str(e).strip().splitlines() or [type(e).__name__])[0][:200]}") from None
+    for key, ckpt_shape, model_shape in info.get("mismatched_keys") or []:
+        raise UserError(f"{src / _file_of(key, tensors)}: tensor {key!r} has shape {list(ckpt_shape)} but the "
+                        f"config's model expects {list(model_shape)}")
+    missing, unexpected = sorted(info.get("missing_keys") or []), sorted(info.get("unexpected_keys") or [])
+    if missing:
+        raise UserError(f"{src}: the weights lack {len(missing)} tensor(s) the config's model needs, "
+                        f"e.g. {missing[0]!r}")
+    if unexpected:
+        raise UserError(f"{src / _file_of(unexpected[0], tensors)}: tensor {unexpected[0]!r} is not part of the "
+                        f"config's model ({len(unexpected)} such tensor(s))")
+
+
 def run(cfg: Config, store: Store) -> Artifact:
     check_name(cfg.name)
     src = Path(cfg.path).expanduser()
@@ -110,6 +246,7 @@ def run(cfg: Config, store: Store) -> Artifact:
         raise UserError(f"{src}: transformers cannot read this config: {str(e).splitlines()[0]}") from None
     keep = set(KEEP_SUFFIXES) | ({".py"} if cfg.trust_remote_code else set())
     files, skipped = files_to_import(src, keep)
+    check_loadable(src, info["model_class"], check_shards(files), cfg.trust_remote_code)
     with store.publish(cfg.name, "model", stage="import-model", config={**to_dict(cfg), "path": str(src.resolve())}) as draft:
         for f in files:
             _link_or_copy(f, draft.path / f.name, cfg.link)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import sys
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass
+from itertools import groupby
 from typing import Literal, Union
 
 from r1v3 import data, synthetic
@@ -52,17 +55,28 @@ def run(cfg: Config, store: Store) -> Artifact:
     check_name(cfg.name)
     if cfg.n < 10:
         raise UserError(f"n must be at least 10 to fill train/validation/test splits, got {cfg.n}")
-    splits = synthetic.generate(cfg.n, seed=cfg.seed, tasks=cfg.tasks, difficulties=cfg.difficulty)
-    if cfg.messages:
-        style = "think" if cfg.messages is True else cfg.messages
-        splits = {k: synthetic.with_solutions(v, style) for k, v in splits.items()}
-    with store.publish(cfg.name, "dataset", stage="synth", config=to_dict(cfg)) as draft:
-        data.write_splits(draft.path, splits)
-        rows = [r for split in splits.values() for r in split]
+    style = "think" if cfg.messages is True else cfg.messages
+    if style and style not in synthetic.MESSAGE_STYLES:
+        raise UserError(f"messages style must be one of {', '.join(synthetic.MESSAGE_STYLES)}, got {style!r}")
+    # rows are drawn and written a row group at a time: memory stays flat however large n is
+    pairs = synthetic.iter_rows(cfg.n, seed=cfg.seed, tasks=cfg.tasks, difficulties=cfg.difficulty)
+    counts = {key: Counter() for key in ("subject", "question_type", "difficulty")}
+    splits = {}
+    with store.publish(cfg.name, "dataset", stage="synth", config=to_dict(cfg)) as draft, _progress(cfg.n) as advance:
+        def rows(group):
+            for _, row in group:
+                for key, counter in counts.items():
+                    counter[row[key]] += 1
+                advance()
+                yield synthetic.with_solutions([row], style)[0] if style else row
+
+        owner: dict = {}
+        for split, group in groupby(pairs, key=lambda pair: pair[0]):
+            splits[split] = data.write_split_stream(draft.path, split, rows(group), owner)
         draft.metrics.update(
-            splits={k: len(v) for k, v in splits.items()},
-            subjects=dict(sorted(Counter(r["subject"] for r in rows).items())),
-            question_types=dict(Counter(r["question_type"] for r in rows)),
-            difficulty=dict(Counter(r["difficulty"] for r in rows)),
+            splits=splits,
+            subjects=dict(sorted(counts["subject"].items())),
+            question_types=dict(counts["question_type"]),
+            difficulty=dict(counts["difficulty"]),
         )
     return draft.artifact

@@ -489,7 +489,7 @@ def test_empty_and_unreadable_sources(tmp_path):
     with pytest.raises(UserError, match="empty.parquet: dataset is empty"):
         data.load_rows(tmp_path / "empty.parquet")
     (tmp_path / "broken.jsonl").write_text('{"id": "x",\n')
-    with pytest.raises(UserError, match="broken.jsonl line 1: invalid JSON"):
+    with pytest.raises(UserError, match="broken.jsonl line 1: malformed JSON"):
         data.load_rows(tmp_path / "broken.jsonl")
     (tmp_path / "fake.parquet").write_bytes(b"nope")
     with pytest.raises(UserError, match="fake.parquet: not a readable parquet file"):

@@ -4,13 +4,14 @@ import json
 
 import pytest
 
+from mmmu_fixture import write_sample_copy
 from r1v3 import mmmu
 
 
 @pytest.fixture(scope="module")
 def mmmu_copy(tmp_path_factory):
     path = tmp_path_factory.mktemp("mmmu")
-    mmmu.write_sample_copy(path, per_subject=1, seed=0)
+    write_sample_copy(path, per_subject=1, seed=0)
     return path
 
 

@@ -3,6 +3,8 @@ import json
 import pytest
 from PIL import Image
 
+import mmmu_fixture
+from mmmu_fixture import hub_features, write_sample_copy
 from r1v3 import UserError
 from r1v3 import mmmu
 
@@ -107,7 +109,7 @@ def test_prompt_errors():
 
 @pytest.fixture(scope="module")
 def sample_copy(tmp_path_factory):
-    return mmmu.write_sample_copy(tmp_path_factory.mktemp("mmmu"), per_subject=4, seed=0)
+    return write_sample_copy(tmp_path_factory.mktemp("mmmu"), per_subject=4, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +159,7 @@ def test_import_renumbers_placeholders_across_empty_slots(sample_rows):
     square = row["images"][1]
     letter = row["answer"]
     colour = row["options"][ord(letter) - ord("A")]
-    assert square.getpixel((24, 24)) == mmmu._COLOURS[colour]
+    assert square.getpixel((24, 24)) == mmmu_fixture._COLOURS[colour]
     assert row["images"][0].getpixel((0, 0)) == (255, 255, 255)
 
 
@@ -183,7 +185,7 @@ def test_import_empty_split(tmp_path):
     folder = tmp_path / "Music"
     folder.mkdir()
     empty = {c: [] for c in mmmu.HUB_COLUMNS}
-    datasets.Dataset.from_dict(empty, features=mmmu.hub_features()).to_parquet(
+    datasets.Dataset.from_dict(empty, features=hub_features()).to_parquet(
         str(folder / "validation-00000-of-00001.parquet"))
     with pytest.raises(UserError, match="split 'validation' is empty"):
         mmmu.import_local(tmp_path, "validation")
@@ -200,7 +202,7 @@ def test_import_bad_options_and_placeholders(tmp_path):
         folder = tmp_path / "Music"
         folder.mkdir(exist_ok=True)
         datasets.Dataset.from_dict({c: [row[c]] for c in mmmu.HUB_COLUMNS},
-                                   features=mmmu.hub_features()).to_parquet(
+                                   features=hub_features()).to_parquet(
             str(folder / "validation-00000-of-00001.parquet"))
 
     write(options="['a', 'b'")
@@ -347,7 +349,7 @@ def test_rescore_k_responses_per_item(tmp_path):
 
 
 @pytest.mark.parametrize("content, message", [
-    ("{not json", "invalid JSON"),
+    ("{not json", "malformed JSON"),
     (json.dumps({"validation_Art_1": "A"}), "expected a JSON list of response rows, got a JSON dict"),
     (json.dumps(["A"]), "row 0: expected an object"),
     (json.dumps([{"id": "validation_Art_1", "question_type": "open", "answer": "1"}]), "missing key 'response'"),

@@ -61,7 +61,7 @@ STAGES = {
         "data synth", "ds", ["data", "synth", "--name", "ds", "--n", "60", "--seed", "3"],
         [
             ("loading inputs (drawing problems)", ["--kill", "PIL.ImageDraw:Draw@30"], False),
-            ("mid-write (1 of 3 parquet files)", ["--kill", "pyarrow.parquet:write_table@2"], True),
+            ("mid-write (1 of 3 parquet files)", ["--kill", "pyarrow.parquet:ParquetWriter.write_table@2"], True),
             (*FSYNC, False), (*RENAME, True), (*AFTER_RENAME, False),
         ],
     ),
@@ -258,7 +258,12 @@ def prepare_inputs(base: Path) -> Path:
     text-only LLM `llm` (for compose)."""
     from PIL import Image
 
-    from r1v3 import data, mmmu, models
+    from r1v3 import data, models
+
+    try:  # as tests.reliability.harness (python -m tests.reliability.crash_table)
+        from ..mmmu_fixture import write_sample_copy
+    except ImportError:  # under pytest, where tests/ itself is on sys.path
+        from mmmu_fixture import write_sample_copy
 
     base.mkdir(parents=True, exist_ok=True)
     rows = base / "rows"
@@ -268,7 +273,7 @@ def prepare_inputs(base: Path) -> Path:
             Image.new("RGB", (12, 12), (10 * i, 255 - 10 * i, 80)).save(rows / f"{i}.png")
             f.write(json.dumps({"id": f"r{i}", "images": [f"{i}.png"], "question": f"What is {i} + 1?",
                                 "options": [], "answer": str(i + 1), "question_type": "open"}) + "\n")
-    mmmu.write_sample_copy(base / "mmmu", per_subject=1, seed=0)
+    write_sample_copy(base / "mmmu", per_subject=1, seed=0)
     model, processor = models.build_tiny("internvl", seed=1)
     models.save_model(model, processor, base / "hfmodel")
     quiet(["--store", str(base / "store"), "init", "tiny", "--name", "m", "--family", "internvl"])

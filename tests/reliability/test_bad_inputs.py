@@ -179,7 +179,7 @@ def cases(f: dict) -> list:
         ("empty jsonl", ["data", "import", f["empty"], "--name", "x"], "dataset is empty"),
         ("duplicate ids", ["data", "import", f["dup"], "--name", "x"], "duplicate id 'a'"),
         ("answer not an option letter", ["data", "import", f["mc"], "--name", "x"], "must be one of the option letters"),
-        ("invalid JSON line", ["data", "import", f["badjson"], "--name", "x"], "line 1: invalid JSON"),
+        ("invalid JSON line", ["data", "import", f["badjson"], "--name", "x"], "line 1: malformed JSON"),
         ("id not a string", ["data", "import", f["id_type"], "--name", "x"], "field 'id' must be a string"),
         ("pass_rate out of range", ["data", "import", f["rate"], "--name", "x"], "'pass_rate' must be a number in [0, 1]"),
         ("parquet without the schema", ["data", "import", f["schema_parquet"], "--name", "x"],
@@ -201,7 +201,7 @@ def cases(f: dict) -> list:
          "'response' must be a string"),
         ("responses: no all_choices", ["eval", "mmmu", "--responses", f["resp_no_choices"]],
          "needs a non-empty list 'all_choices'"),
-        ("responses: invalid JSON", ["eval", "mmmu", "--responses", f["resp_badjson"]], "invalid JSON"),
+        ("responses: invalid JSON", ["eval", "mmmu", "--responses", f["resp_badjson"]], "malformed JSON"),
         ("responses: not a subject folder", ["eval", "mmmu", "--responses", f["resp_dir"]], "is not an MMMU subject"),
         ("responses with --model", ["eval", "mmmu", "--responses", f["resp_empty"], "--model", "m"],
          "model do not apply to it"),
@@ -246,10 +246,10 @@ def snapshot(root: Path):
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     t = tmp_path_factory.mktemp("bad")
-    from r1v3 import mmmu
+    from mmmu_fixture import write_sample_copy
 
     store = t / "store"
-    mmmu.write_sample_copy(t / "mmmu", per_subject=1)
+    write_sample_copy(t / "mmmu", per_subject=1)
     for argv in (["data", "synth", "--name", "ds", "--n", "20"], ["init", "tiny", "--name", "m"],
                  ["data", "mmmu", "--path", t / "mmmu", "--name", "mm", "--subjects", "Art", "--subjects", "Math"]):
         code, _, err = run(["--store", store, *argv])

@@ -32,10 +32,10 @@ def run(root, *argv):
 @pytest.fixture(scope="module")
 def template(tmp_path_factory):
     """A store with one artifact of each kind made today: model m, datasets ds and mm, eval ev."""
-    from r1v3 import mmmu
+    from mmmu_fixture import write_sample_copy
 
     t = tmp_path_factory.mktemp("integrity")
-    mmmu.write_sample_copy(t / "mmmu", per_subject=1)
+    write_sample_copy(t / "mmmu", per_subject=1)
     root = t / "store"
     for argv in (["init", "tiny", "--name", "m"], ["data", "synth", "--name", "ds", "--n", "20"],
                  ["data", "mmmu", "--path", t / "mmmu", "--name", "mm"],
