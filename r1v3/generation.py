@@ -52,6 +52,9 @@ class Sampling:
     top_p: float = 1.0
     n: int = 1  # completions per request
     seed: int = 0
+    # index of the first sample: samples first..first+n-1 are the ones a run asking for
+    # first+n samples would draw, so a resumed or extended run asks only for what is missing
+    first: int = 0
 
     @property
     def greedy(self) -> bool:
@@ -63,6 +66,9 @@ class Completion:
     text: str
     n_tokens: int  # generated tokens, including the stop token when there is one
     finish_reason: str  # "stop" (end-of-sequence token) | "length" (hit max_new_tokens)
+    # the generated ids up to and including the stop token, special tokens kept (local backends;
+    # empty from an HTTP endpoint): what a teacher-forced pass over the completion needs
+    token_ids: tuple[int, ...] = ()
 
 
 OnResult = Callable[[str, list[Completion]], None]
@@ -338,7 +344,7 @@ class TransformersBackend(Backend):
             body, n_tokens, reason = ids[:stop], stop + 1, "stop"
         body = [t for t in body if t not in self.drop_ids]
         text = self.tokenizer.decode(body, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-        return Completion(text=text, n_tokens=n_tokens, finish_reason=reason)
+        return Completion(text=text, n_tokens=n_tokens, finish_reason=reason, token_ids=tuple(ids[:n_tokens]))
 
     # -- generation
 
@@ -374,7 +380,7 @@ class TransformersBackend(Backend):
                 extra = {}
                 if not sampling.greedy:
                     # generate expands each request to n consecutive rows: request i sample j is row i*n + j
-                    seeds = [row_seed(sampling.seed, r.id, j) for r, _ in batch for j in range(n_rows)]
+                    seeds = [row_seed(sampling.seed, r.id, sampling.first + j) for r, _ in batch for j in range(n_rows)]
                     extra["logits_processor"] = LogitsProcessorList(
                         [SeededSampler(seeds, sampling.temperature, sampling.top_p)]
                     )
@@ -430,7 +436,7 @@ def vllm_sampling_kwargs(sampling: Sampling, request_id: str, keep_special: bool
         temperature=0.0 if greedy else sampling.temperature,
         top_p=1.0 if greedy else sampling.top_p,
         max_tokens=sampling.max_new_tokens,
-        seed=row_seed(sampling.seed, request_id, 0) % (2**31),
+        seed=row_seed(sampling.seed, request_id, sampling.first) % (2**31),
         skip_special_tokens=not keep_special,
     )
 
@@ -506,7 +512,8 @@ class VLLMBackend(Backend):
                     for o in out.outputs:
                         text = _strip_specials(o.text, self.specials) if self.keep_special else o.text
                         reason = "length" if o.finish_reason == "length" else "stop"
-                        rows.append(Completion(text=text, n_tokens=len(o.token_ids), finish_reason=reason))
+                        rows.append(Completion(text=text, n_tokens=len(o.token_ids), finish_reason=reason,
+                                               token_ids=tuple(o.token_ids)))
                     tokens += sum(c.n_tokens for c in rows)
                     completions = rows * sampling.n if sampling.greedy else rows
                     if on_result is not None:
@@ -785,7 +792,7 @@ class OpenAIBackend(Backend):
             while True:
                 # a short queue, not every call at once: a failure leaves little to cancel
                 while failure is None and len(pending) < 2 * self.concurrency and (call := next(calls, None)):
-                    args = (prompts[call[0]], sampling, sampling.seed + call[1], stop, halt)
+                    args = (prompts[call[0]], sampling, sampling.seed + sampling.first + call[1], stop, halt)
                     pending[pool.submit(self._call, *args)] = call
                 if not pending:
                     break

@@ -137,6 +137,28 @@ def test_n_completions(internvl):
         assert len(cs) == 2 and cs[0] == cs[1]
 
 
+
+def test_later_samples_alone_equal_the_tail_of_a_longer_run(internvl):
+    # what a resumed or extended distillation relies on: asking for samples 2..4 alone gives the
+    # samples 2..4 of a run that asked for 0..4
+    requests = make_requests(3)
+    b = backend(internvl, batch_size=8)
+    s = dict(max_new_tokens=8, temperature=1.0, seed=5)
+    whole = b.generate_all(requests, Sampling(n=5, **s))
+    tail = b.generate_all(requests, Sampling(n=3, first=2, **s))
+    assert all(tail[r.id] == whole[r.id][2:] for r in requests)
+    assert any(whole[r.id][0] != tail[r.id][0] for r in requests)
+
+
+def test_completions_carry_their_token_ids(internvl):
+    b = backend(internvl, batch_size=4)
+    tokenizer = internvl[1].tokenizer
+    for cs in b.generate_all(make_requests(4), Sampling(max_new_tokens=6, temperature=1.0, n=2)).values():
+        for c in cs:
+            assert len(c.token_ids) == c.n_tokens
+            kept = [t for t in c.token_ids if t not in b.eos_ids and t not in b.drop_ids]
+            assert tokenizer.decode(kept, skip_special_tokens=False, clean_up_tokenization_spaces=False) == c.text
+
 def test_finish_reason_length_and_stop():
     model, processor = build_tiny("internvl", seed=3)
     request = make_requests(2)[1]
