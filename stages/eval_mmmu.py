@@ -70,8 +70,6 @@ class Config(Settings):
         if self.name:
             check_name(self.name)
         if self.responses:
-            if self.model or self.data:
-                raise UserError("--responses re-scores saved responses: do not also give --model or --data")
             fields = config.fields_by_name(self)
             ignored = [k for k in fields if k in self._given and k not in ("responses", "name", "style")
                        and (callable(d := fields[k].metadata["default"]) or getattr(self, k) != d)]
