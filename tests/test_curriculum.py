@@ -139,3 +139,103 @@ def test_batching_from_a_real_grpo_config(tmp_path):
                       gradient_accumulation_steps=2, steps_per_generation=3, num_iterations=2, use_cpu=True,
                       report_to=[])
     assert Batching.from_args(args) == Batching(prompts=6, micro_steps=6, accumulation=2)
+
+
+# --- the order GRPOTrainer really trains on --------------------------------------------
+
+
+class RecordIds:
+    """A reward function that records, per call, the trainer's global step and the `id` column."""
+
+    __name__ = "record_ids"
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, prompts, completions, id, trainer_state, **_):
+        self.calls.append((trainer_state.global_step, list(id)))
+        return [0.0] * len(completions)
+
+
+def grpo_args(tmp_path, **kwargs):
+    from trl import GRPOConfig
+
+    settings = dict(output_dir=str(tmp_path / "out"), per_device_train_batch_size=2, num_generations=2,
+                    max_completion_length=2, report_to=[], use_cpu=True, logging_steps=1, save_strategy="no",
+                    shuffle_dataset=False, disable_tqdm=True, seed=0)
+    return GRPOConfig(**{**settings, **kwargs})
+
+
+def train_in_order(rows, schedule, args, resume_from=None):
+    """Train a tiny InternVL with GRPOTrainer on `rows` in `schedule` order; the reward's calls."""
+    from datasets import Dataset
+    from trl import GRPOTrainer
+
+    from r1v3 import models
+
+    model, processor = models.build_tiny("internvl")
+    data = Dataset.from_list([{"prompt": [{"role": "user", "content": [{"type": "text", "text": f"question {r['id']}"}]}],
+                               "id": r["id"]} for r in rows]).select(schedule.order)
+    args.max_steps = schedule.total_steps
+    record = RecordIds()
+    trainer = GRPOTrainer(model=model, processing_class=processor, reward_funcs=[record], args=args, train_dataset=data)
+    trainer.train(resume_from_checkpoint=resume_from)
+    return record.calls, trainer
+
+
+def prompts_seen(calls, n):
+    """The prompts of each generation, once each: every prompt arrives as `n` consecutive rows."""
+    seen = []
+    for _, ids in calls:
+        groups = [ids[i:i + n] for i in range(0, len(ids), n)]
+        assert all(len(set(g)) == 1 and len(g) == n for g in groups), ids
+        seen += [g[0] for g in groups]
+    return seen
+
+
+def test_grpo_trains_normal_epochs_then_hard_and_resumes_in_order(tmp_path):
+    """hard, 2 normal epochs then 1 hard epoch, 2 micro-steps per optimizer step: the prompts
+    generated for are the schedule, each step's prompts belong to the phase its step number says,
+    and a run resumed from a mid-run checkpoint generates for exactly the rest."""
+    rows = rows_of(normal=3, hard=3)
+    args = grpo_args(tmp_path, gradient_accumulation_steps=2, save_strategy="steps", save_steps=2)
+    schedule = plan(rows, Settings(mode="hard", lengths=(2, 1)), Batching.from_args(args), dataset="d", split="train")
+    assert [(p.name, p.first_step, p.steps) for p in schedule.phases] == [("normal", 0, 3), ("hard", 3, 1)]
+
+    calls, trainer = train_in_order(rows, schedule, args)
+    assert prompts_seen(calls, 2) == schedule.ids
+    assert trainer.state.global_step == schedule.total_steps
+    for step, ids in calls:  # generated during optimizer step `step + 1`
+        assert {schedule.phase_at(step + 1)[0]} == {i[0] for i in ids}
+    assert [step for step, _ in calls] == [0, 1, 2, 3]
+
+    resumed, _ = train_in_order(rows, schedule, grpo_args(tmp_path, gradient_accumulation_steps=2),
+                                resume_from=str(tmp_path / "out" / "checkpoint-2"))
+    assert prompts_seen(resumed, 2) == schedule.ids[4:]
+    assert [step for step, _ in resumed] == [2, 3]
+
+
+def test_grpo_reusing_generations_keeps_the_pass_rate_order(tmp_path):
+    """pass-rate with num_iterations=2 and steps_per_generation (1) unlike gradient accumulation (2):
+    each generation batch (1 prompt) is served for 2 micro-steps, one optimizer step."""
+    rows = rows_of(normal=2, hard=2, rates=[0.25, 1.0, 0.5, 0.75])
+    args = grpo_args(tmp_path, gradient_accumulation_steps=2, steps_per_generation=1, num_iterations=2)
+    batching = Batching.from_args(args)
+    assert batching == Batching(prompts=1, micro_steps=2, accumulation=2)
+    schedule = plan(rows, Settings(mode="pass-rate"), batching, dataset="d", split="train")
+    assert schedule.ids == ["n1", "h1", "h0", "n0"]
+    calls, _ = train_in_order(rows, schedule, args)
+    assert prompts_seen(calls, 2) == schedule.ids
+
+
+@pytest.mark.parametrize("mode", ["none", "normal"])
+def test_grpo_trains_in_the_order_of_single_phase_modes(tmp_path, mode):
+    """Two generation batches per optimizer step (steps_per_generation 1, accumulation 2), two epochs."""
+    rows = rows_of(normal=2, hard=2)
+    args = grpo_args(tmp_path, gradient_accumulation_steps=2, steps_per_generation=1)
+    schedule = plan(rows, Settings(mode=mode, lengths=(2,), seed=4), Batching.from_args(args), dataset="d",
+                    split="train")
+    assert len(schedule.ids) == {"none": 8, "normal": 4}[mode]
+    calls, _ = train_in_order(rows, schedule, args)
+    assert prompts_seen(calls, 2) == schedule.ids
+    assert [step for step, _ in calls] == [s for s in range(schedule.total_steps) for _ in range(2)]
