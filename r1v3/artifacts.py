@@ -19,13 +19,14 @@ import json
 import os
 import re
 import shutil
+import stat
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Iterator
 
-from r1v3 import __version__
+from r1v3 import __version__, jsonio
 from r1v3.errors import UserError
 
 KINDS = ("model", "dataset", "run", "selection", "eval")
@@ -47,10 +48,35 @@ KIND_SIGNATURE = {
     "dataset": ("*.parquet",),
     "eval": ("scores.json",),
 }
+# A manifest lists files, not data: even a 100,000-file model repository stays far below this.
+# A bigger one is hostile, and reading it whole would cost memory before any check could run.
+MAX_MANIFEST_BYTES = 64 << 20
+# How far `lineage` follows inputs; a real chain (import, align, SFT rounds, eval) is a handful deep.
+MAX_LINEAGE_DEPTH = 50
+# An input is recorded as Artifact.ref: never a path, so a manifest cannot send lineage elsewhere.
+INPUT_REF_RE = re.compile(r"([A-Za-z0-9][A-Za-z0-9._-]{0,99})@v([1-9][0-9]{0,8})")
+SHA256_RE = re.compile(r"[0-9a-f]{64}")
+# Manifest keys that `ls`, `show` and `lineage` read besides the required ones, and their types.
+OPTIONAL_KEYS = {"stage": str, "created": str, "toolkit_version": str, "config": dict, "metrics": dict, "inputs": list}
 
 
 def default_store() -> Path:
-    return Path(os.environ.get("R1V3_STORE", "artifacts"))
+    value = os.environ.get("R1V3_STORE")
+    if value is None:
+        return Path("artifacts")
+    if not value.strip():
+        # Path("") is the current directory: an unset-by-mistake variable would publish there
+        raise UserError("R1V3_STORE is set but empty: give it a store directory, or unset it for ./artifacts")
+    return Path(value)
+
+
+def clip(value, limit: int = 80) -> str:
+    """`value` as text for one line of output, cut to `limit` characters: a manifest may hold anything."""
+    text = value if isinstance(value, str) else repr(value)
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    # no newlines or terminal escapes from a crafted field
+    return "".join(c if c.isprintable() else "?" for c in text)
 
 
 def check_name(name: str) -> str:
@@ -78,11 +104,61 @@ def _manifest_checksum(manifest: dict) -> str:
 
 
 def _bad_relpath(rel) -> bool:
-    """A manifest file entry that would point outside its artifact directory."""
-    if not isinstance(rel, str) or not rel or "\\" in rel or "\0" in rel:
+    """A manifest file entry that would point outside its artifact directory, or that no file
+    system could hold (an over-long name makes every stat() of it raise)."""
+    if not isinstance(rel, str) or not rel or "\\" in rel or "\0" in rel or len(rel) > 1024:
         return True
     p = PurePosixPath(rel)
+    if p.as_posix() != rel or any(len(part.encode(errors="replace")) > 255 for part in p.parts):
+        return True  # "./x", "a//b", "x/": not the form _scan records
     return p.is_absolute() or ".." in p.parts or rel == MANIFEST
+
+
+def _read_manifest(path: Path, ref: str):
+    """A manifest's parsed JSON, read through the bounded reader: a crafted one (nested 100,000
+    deep, a 5,000-digit number, NaN, gigabytes) is one UserError, never a traceback or a stall."""
+    try:
+        if path.is_symlink():
+            raise UserError(f"{ref}: {MANIFEST} is a symlink; an artifact holds only its own files")
+        with open(path, "rb") as f:
+            raw = f.read(MAX_MANIFEST_BYTES + 1)
+    except OSError as e:
+        raise UserError(f"{ref}: cannot read manifest {path}: {e.strerror or e}") from None
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise UserError(f"{ref}: corrupted manifest {path}: larger than {MAX_MANIFEST_BYTES >> 20} MiB")
+    try:
+        return jsonio.loads(raw, f"{ref}: corrupted manifest {path}")
+    except RecursionError:  # the checksum is computed over the parsed value: bounded, but be sure
+        raise UserError(f"{ref}: corrupted manifest {path}: nested too deep") from None
+
+
+def _manifest_problem(manifest: dict) -> str | None:
+    """What is wrong with the shape of a manifest (its checksum already matches), or None.
+
+    Everything a reader indexes is checked here once, so `ls`, `show`, `lineage` and `verify`
+    can trust the types instead of each guarding every field."""
+    if not (isinstance(manifest["name"], str) and NAME_RE.fullmatch(manifest["name"])):
+        return f"bad name {clip(repr(manifest['name']), 40)}"
+    if type(manifest["version"]) is not int or not 0 < manifest["version"] < 10**9:
+        return f"bad version {clip(repr(manifest['version']), 40)}"
+    if not (isinstance(manifest["digest"], str) and SHA256_RE.fullmatch(manifest["digest"])):
+        return "'digest' is not a sha256"
+    files = manifest["files"]
+    if not isinstance(files, dict):
+        return "'files' is not a mapping"
+    for rel, meta in files.items():
+        if not (isinstance(meta, dict) and isinstance(meta.get("sha256"), str)
+                and type(meta.get("size")) is int and 0 <= meta["size"] < 1 << 63):
+            return f"bad entry for file {clip(repr(rel))}"
+    for key, type_ in OPTIONAL_KEYS.items():
+        if key in manifest and not isinstance(manifest[key], type_):
+            return f"{key!r} must be a {type_.__name__}, not {type(manifest[key]).__name__}"
+    for i, inp in enumerate(manifest.get("inputs", [])):
+        if not (isinstance(inp, dict) and isinstance(inp.get("ref"), str) and INPUT_REF_RE.fullmatch(inp["ref"])
+                and inp.get("kind") in KINDS and isinstance(inp.get("digest"), str)
+                and SHA256_RE.fullmatch(inp["digest"])):
+            return f"input {i} is not a {{ref: NAME@vN, kind, digest}} entry: {clip(inp)}"
+    return None
 
 
 # ---- resumable runs: a run's scratch state lives in STORE/.work/<name>/<stage>/ (Store.work_dir)
@@ -165,6 +241,47 @@ def _large(rel: str, size: int) -> bool:
     return size > QUICK_HASH_LIMIT and rel.endswith(LARGE_SUFFIXES)
 
 
+def _file_problem(p: Path, rel: str, meta: dict, root: str, full: bool) -> str | None:
+    if p.is_symlink() or os.path.commonpath([root, os.path.realpath(p)]) != root:
+        # a published artifact holds only its own regular files; a link could point anywhere
+        return f"file {rel} is a symlink or lies outside the artifact"
+    if not p.is_file():
+        return f"file {rel} is missing"
+    if p.stat().st_size != meta["size"]:
+        return f"file {rel} has {p.stat().st_size} bytes, manifest says {meta['size']}"
+    if (full or not _large(rel, meta["size"])) and sha256_file(p) != meta["sha256"]:
+        return f"file {rel} is corrupted (sha256 mismatch)"
+    return None
+
+
+def _umask() -> int:
+    try:  # read, not set: os.umask() changes it for every thread for an instant
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _normalize_modes(root: Path) -> None:
+    """Give every file and directory of a draft the mode a plain write would: 0666/0777 less the
+    umask. Libraries write some files through private temporary files (safetensors weights came
+    out 0600 while their config was 0644), and copies keep their source's mode.
+
+    A hard-linked file (import-model --link) keeps its mode: it is the user's own file too."""
+    mask = _umask()
+    for p in [root, *root.rglob("*")]:  # _scan has refused symlinks already
+        st = p.lstat()
+        is_dir = stat.S_ISDIR(st.st_mode)
+        want = (0o777 if is_dir else 0o666) & ~mask
+        if stat.S_IMODE(st.st_mode) != want and (is_dir or st.st_nlink == 1):
+            os.chmod(p, want)
+
+
 def _scan(root: Path) -> dict:
     files = {}
     for p in sorted(root.rglob("*")):
@@ -193,6 +310,9 @@ class Draft:
 
 class Store:
     def __init__(self, root: str | os.PathLike | None = None):
+        if root is not None and not str(root).strip():
+            # Path("  ") is a directory named by spaces, beside wherever the command ran
+            raise UserError(f"store directory {str(root)!r} is blank: give a path (--store or R1V3_STORE)")
         self.root = Path(root) if root is not None else default_store()
 
     # ---- reading -------------------------------------------------------------------------
@@ -213,9 +333,15 @@ class Store:
             return []
         arts = []
         for d in sorted(self.root.iterdir()):
-            if d.name.startswith(".") or not d.is_dir():
+            try:
+                if d.name.startswith(".") or not d.is_dir():
+                    continue
+                versions = self.versions(d.name)
+            except OSError as e:  # one unreadable directory must not hide the rest of the store
+                if damaged is not None:
+                    damaged.append(f"{d}: cannot read: {e.strerror or e}")
                 continue
-            for v in self.versions(d.name):
+            for v in versions:
                 try:
                     arts.append(self._open(d / f"v{v}"))
                 except UserError as e:
@@ -259,11 +385,8 @@ class Store:
         return self.root / name / f"v{int(m.group(1))}"
 
     def _open(self, path: Path, ref: str | None = None) -> Artifact:
-        ref = ref or str(path)
-        try:
-            manifest = json.loads((path / MANIFEST).read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise UserError(f"{ref}: corrupted manifest {path / MANIFEST}: {e}") from None
+        ref = clip(ref or str(path), 200)
+        manifest = _read_manifest(path / MANIFEST, ref)
         if not isinstance(manifest, dict):
             raise UserError(f"{ref}: corrupted manifest {path / MANIFEST}: not a JSON object")
         for key in ("kind", "name", "version", "files", "digest", MANIFEST_CHECKSUM):
@@ -272,17 +395,13 @@ class Store:
         if manifest[MANIFEST_CHECKSUM] != _manifest_checksum(manifest):
             raise UserError(f"{ref}: file {MANIFEST} is corrupted (its checksum does not match its content)")
         if not isinstance(manifest["kind"], str) or manifest["kind"] not in KINDS:
-            raise UserError(f"{ref}: manifest names unknown kind {manifest['kind']!r}")
-        if not isinstance(manifest["name"], str) or type(manifest["version"]) is not int:
-            raise UserError(f"{ref}: corrupted manifest {path / MANIFEST}: bad name or version")
-        files = manifest["files"]
-        if not isinstance(files, dict):
-            raise UserError(f"{ref}: corrupted manifest {path / MANIFEST}: 'files' is not a mapping")
-        for rel, meta in files.items():
+            raise UserError(f"{ref}: manifest names unknown kind {clip(repr(manifest['kind']), 40)}")
+        problem = _manifest_problem(manifest)
+        if problem:
+            raise UserError(f"{ref}: corrupted manifest {path / MANIFEST}: {problem}")
+        for rel in manifest["files"]:
             if _bad_relpath(rel):
-                raise UserError(f"{ref}: manifest lists file {rel!r}, which is not a plain path inside the artifact")
-            if not (isinstance(meta, dict) and isinstance(meta.get("sha256"), str) and type(meta.get("size")) is int):
-                raise UserError(f"{ref}: corrupted manifest {path / MANIFEST}: bad entry for file {rel!r}")
+                raise UserError(f"{ref}: manifest lists file {clip(repr(rel))}, which is not a plain path inside the artifact")
         m = VERSION_RE.fullmatch(path.name)
         if m and (manifest["name"] != path.parent.name or manifest["version"] != int(m.group(1))):
             raise UserError(
@@ -302,16 +421,12 @@ class Store:
         files = art.manifest["files"]
         root = os.path.realpath(art.path)
         for rel, meta in files.items():
-            p = art.path / rel
-            if p.is_symlink() or os.path.commonpath([root, os.path.realpath(p)]) != root:
-                # a published artifact holds only its own regular files; a link could point anywhere
-                problems.append(f"file {rel} is a symlink or lies outside the artifact")
-            elif not p.is_file():
-                problems.append(f"file {rel} is missing")
-            elif p.stat().st_size != meta["size"]:
-                problems.append(f"file {rel} has {p.stat().st_size} bytes, manifest says {meta['size']}")
-            elif (full or not _large(rel, meta["size"])) and sha256_file(p) != meta["sha256"]:
-                problems.append(f"file {rel} is corrupted (sha256 mismatch)")
+            try:
+                problem = _file_problem(art.path / rel, rel, meta, root, full)
+            except OSError as e:  # unreadable: a problem with this file, not a crash of the check
+                problem = f"file {rel} cannot be read: {e.strerror or e}"
+            if problem:
+                problems.append(problem)
         for p in art.path.rglob("*"):
             rel = p.relative_to(art.path).as_posix()
             if (p.is_file() or p.is_symlink()) and rel != MANIFEST and rel not in files:
@@ -323,20 +438,55 @@ class Store:
                 problems.append(f"manifest says kind {art.kind!r} but there is no {pattern}")
         return problems
 
-    def lineage(self, art: Artifact) -> dict:
-        """{ref, kind, stage, inputs: [...]} back to imported models and raw data."""
+    def lineage(self, art: Artifact, _path: tuple = (), _seen: set | None = None) -> dict:
+        """{ref, kind, stage, inputs: [...]} back to imported models and raw data.
+
+        Each artifact's inputs are expanded once per tree (later mentions say `repeated`), an
+        input already on the path down is a `cycle` (only a crafted manifest can make one), and
+        the walk stops at MAX_LINEAGE_DEPTH (`truncated`): a hostile store cannot make this
+        recurse forever or grow exponentially.
+        """
+        seen = set() if _seen is None else _seen
+        seen.add(art.ref)
         node = {"ref": art.ref, "kind": art.kind, "stage": art.manifest.get("stage", "?"), "inputs": []}
+        path = (*_path, art.ref)
         for inp in art.manifest.get("inputs", []):
-            try:
-                parent = self._open(self._locate(inp["ref"]), ref=inp["ref"])
-            except UserError:
-                node["inputs"].append({"ref": inp["ref"], "missing": True, "inputs": []})
-                continue
-            child = self.lineage(parent)
-            if parent.digest != inp.get("digest"):
-                child["changed"] = True
-            node["inputs"].append(child)
+            ref = inp["ref"]  # NAME@vN: checked when the manifest was opened
+            if ref in path:
+                node["inputs"].append({"ref": ref, "cycle": True, "inputs": []})
+            elif ref in seen:
+                node["inputs"].append({"ref": ref, "repeated": True, "inputs": []})
+            elif len(path) >= MAX_LINEAGE_DEPTH:
+                node["inputs"].append({"ref": ref, "truncated": True, "inputs": []})
+            else:
+                node["inputs"].append(self._lineage_input(inp, path, seen))
         return node
+
+    def _lineage_input(self, inp: dict, path: tuple, seen: set) -> dict:
+        name, _, version = inp["ref"].partition("@v")
+        try:
+            if int(version) not in self.versions(name):
+                return {"ref": inp["ref"], "missing": True, "inputs": []}
+            parent = self._open(self.root / name / f"v{int(version)}", ref=inp["ref"])
+        except UserError as e:
+            return {"ref": inp["ref"], "damaged": clip(str(e), 200), "inputs": []}
+        except OSError as e:
+            return {"ref": inp["ref"], "damaged": f"cannot read: {e.strerror or e}", "inputs": []}
+        child = self.lineage(parent, path, seen)
+        if parent.digest != inp["digest"]:
+            child["changed"] = True
+        return child
+
+    def verify(self, ref: str) -> tuple[Artifact | None, list[str]]:
+        """(artifact, problems) after hashing every file, large shards included. A damaged
+        manifest is a problem like a damaged file (the artifact is then None); a reference that
+        names nothing is a UserError, as for any other command."""
+        path = self._locate(ref)
+        try:
+            art = self._open(path, ref=ref)
+        except UserError as e:
+            return None, [str(e)]
+        return art, [f"{art.ref}: {p}" for p in self.check(art, full=True)]
 
     # ---- writing -------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -360,7 +510,9 @@ class Store:
         try:
             staging.mkdir(parents=True)
         except OSError as e:
-            raise UserError(f"store {self.root}: cannot create a draft in {staging.parent}: {e.strerror or e}") from None
+            # still an OSError of the same errno: the CLI gives it the exit code of any other write
+            # into the store (a work directory, a lock), read-only store or full disk alike
+            raise OSError(e.errno, f"cannot create a draft in the store: {e.strerror}", e.filename) from None
         # Held for the draft's lifetime and released by the kernel when the writer dies (even by
         # SIGKILL): `abandoned_drafts` tells a crashed writer's leftovers from a live one by it.
         lock = os.open(staging, os.O_RDONLY)
@@ -412,6 +564,7 @@ class Store:
         files = _scan(draft.path)
         if not files:
             raise RuntimeError(f"refusing to publish empty artifact {draft.name}")
+        _normalize_modes(draft.path)
         for rel in files:
             _fsync_path(draft.path / rel)
         manifest = {
@@ -433,8 +586,9 @@ class Store:
         version = (self.versions(draft.name) or [0])[-1] + 1
         while True:
             manifest["version"] = version
-            # what is written is what a reader parses back (config values pass through str())
-            manifest = json.loads(json.dumps(manifest, default=str))
+            # what is written is what a reader parses back (config values pass through str(),
+            # a NaN or infinite metric, such as a diverged loss, becomes null: not JSON otherwise)
+            manifest = json.loads(json.dumps(manifest, default=str), parse_constant=lambda _: None)
             manifest[MANIFEST_CHECKSUM] = _manifest_checksum(manifest)
             mpath = draft.path / MANIFEST
             # a new file, never a write through an existing one: a manifest.json hard-linked from

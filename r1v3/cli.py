@@ -23,12 +23,13 @@ import typer
 import typer.core
 import typer.main
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.tree import Tree
 from typer.models import ParamMeta
 
 from r1v3 import __version__, config
-from r1v3.artifacts import Store, default_store
+from r1v3.artifacts import MAX_LINEAGE_DEPTH, Store, clip, default_store
 from r1v3.errors import UserError
 
 class _Group(typer.core.TyperGroup):
@@ -373,13 +374,16 @@ def artifacts_ls(kind: Optional[str] = typer.Option(None, "--kind", help="Only t
         raise UserError(f"--kind must be one of {', '.join(KINDS)}, got {kind!r}")
     damaged: list[str] = []
     arts = [a for a in store().list(damaged=damaged) if kind is None or a.kind == kind]
-    table = Table(title=f"store {store().root}")
+    table = Table(title=escape(f"store {store().root}"))
     for col in ("ref", "kind", "stage", "created", "size", "inputs"):
         table.add_column(col)
     for a in arts:
-        size = sum(f["size"] for f in a.manifest["files"].values())
-        inputs = ", ".join(i["ref"] for i in a.manifest.get("inputs", []))
-        table.add_row(a.ref, a.kind, a.manifest.get("stage", ""), a.manifest.get("created", ""), _human(size), inputs)
+        m = a.manifest  # its types were checked when it was opened; its text is anyone's
+        size = sum(f["size"] for f in m["files"].values())
+        refs = [i["ref"] for i in m.get("inputs", [])]
+        inputs = ", ".join(refs[:4]) + (f" (+{len(refs) - 4} more)" if len(refs) > 4 else "")
+        table.add_row(a.ref, a.kind, escape(clip(m.get("stage", ""), 24)), escape(clip(m.get("created", ""), 24)),
+                      _human(size), inputs)
     console.print(table)
     for message in damaged:
         err_console.print(f"damaged: {message}", markup=False, highlight=False, soft_wrap=True)
@@ -398,28 +402,24 @@ def artifacts_show(
     if as_json:
         print(json.dumps(art.manifest, indent=2))
         return
-    m = art.manifest
-    console.print(f"[bold]{art.ref}[/bold]  kind={art.kind}  stage={m.get('stage')}  created={m.get('created')}")
-    console.print(f"path: {art.path}\ndigest: {art.digest}")
-    for inp in m.get("inputs", []):
-        console.print(f"input: {inp['ref']} ({inp['kind']}) {inp['digest'][:12]}")
-    if m.get("config"):
-        console.print("config:", m["config"])
-    if m.get("metrics"):
-        console.print("metrics:", m["metrics"])
-    console.print(f"{len(m['files'])} files, {_human(sum(f['size'] for f in m['files'].values()))}")
+    m = art.manifest  # its types were checked when it was opened; its text is anyone's
+    say = lambda text: console.print(text, markup=False, highlight=False, soft_wrap=True)  # noqa: E731
+    say(f"{art.ref}  kind={art.kind}  stage={clip(m.get('stage'), 40)}  created={clip(m.get('created'), 40)}")
+    say(f"path: {art.path}\ndigest: {art.digest}")
+    for inp in m.get("inputs", [])[:SHOW_LIMIT]:
+        say(f"input: {inp['ref']} ({inp['kind']}) {inp['digest'][:12]}")
+    if len(m.get("inputs", [])) > SHOW_LIMIT:
+        say(f"... and {len(m['inputs']) - SHOW_LIMIT} more inputs")
+    for key in ("config", "metrics"):
+        if m.get(key):  # one line each, cut: `show --json` prints them whole
+            say(f"{key}: {clip(json.dumps(m[key], sort_keys=True), 2000)}")
+    say(f"{len(m['files'])} files, {_human(sum(f['size'] for f in m['files'].values()))}")
 
 
 @artifacts_app.command("verify")
 def artifacts_verify(ref: str = typer.Argument(..., help="Artifact reference.")):
     """Check every file's sha256 against the manifest (a flipped byte is reported by file name). Exit 1 if damaged."""
-    s = store()
-    path = s._locate(ref)
-    try:
-        art = s._open(path, ref=ref)
-        problems = [f"{art.ref}: {p}" for p in s.check(art, full=True)]
-    except UserError as e:  # a damaged manifest is a failed verification like any damaged file
-        problems = [str(e)]
+    art, problems = store().verify(ref)  # a damaged manifest fails like any damaged file
     if problems:
         for p in problems:
             err_console.print(f"error: {p}", markup=False, highlight=False, soft_wrap=True)
@@ -443,9 +443,17 @@ def artifacts_lineage(ref: str = typer.Argument(..., help="Artifact reference.")
     node = s.lineage(s.resolve(ref))
 
     def label(n):
-        text = f"{n['ref']}" + (f" [dim]{n['kind']} from {n['stage']}[/dim]" if "kind" in n else "")
+        text = f"{n['ref']}" + (f" [dim]{n['kind']} from {escape(clip(n['stage'], 40))}[/dim]" if "kind" in n else "")
         if n.get("missing"):
             text += " [red](missing from store)[/red]"
+        if n.get("damaged"):
+            text += f" [red](damaged: {escape(n['damaged'])})[/red]"
+        if n.get("cycle"):
+            text += " [red](cycle: cites an artifact that depends on it)[/red]"
+        if n.get("repeated"):
+            text += " [dim](inputs shown above)[/dim]"
+        if n.get("truncated"):
+            text += f" [dim](deeper than {MAX_LINEAGE_DEPTH} levels, not followed)[/dim]"
         if n.get("changed"):
             text += " [yellow](changed since use)[/yellow]"
         return text
@@ -459,6 +467,9 @@ def artifacts_lineage(ref: str = typer.Argument(..., help="Artifact reference.")
     console.print(root)
 
 
+SHOW_LIMIT = 50  # inputs listed by `artifacts show`
+
+
 def _human(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1024 or unit == "GB":
@@ -467,7 +478,21 @@ def _human(n: float) -> str:
     return str(n)
 
 
+# A path that cannot be used as given: missing, of the wrong type, or not ours to read or write
+# (a read-only or foreign store). The user fixes these by choosing another path or its permissions.
+USER_ERRNOS = (errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.EACCES, errno.EPERM, errno.EROFS,
+               errno.ENAMETOOLONG, errno.ELOOP)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run `r1v3 ARGV`; returns the exit code.
+
+    0: done. 2: the user's mistake, as one `error:` line: bad options, config or input, an
+    artifact that is missing or damaged when a command needs it, and a path that cannot be read
+    or written as given, a read-only store included, wherever the write happens (a draft, a work
+    directory, a lock). 1: `artifacts verify` found damage, or the machine failed under a correct
+    request (disk full, quota, I/O error), as one line when the OS names the file. 130: interrupted.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     # our own progress bars say what runs; the libraries' per-shard bars and notices are noise here
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -506,12 +531,13 @@ def main(argv: list[str] | None = None) -> int:
         err_console.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
         return 2
     except OSError as e:
-        # a path the user gave that cannot be written or read, a full disk, a read-only store:
-        # one line naming the file, not a traceback (--debug shows it)
+        # classified here, by errno, whichever stage or store method raised it: one rule for
+        # every command (see the docstring); one line naming the file, --debug shows the traceback
         if debug or not (e.filename or e.errno in (errno.ENOSPC, errno.EDQUOT)):
             raise
-        err_console.print(f"error: {e.filename or ''}: {e.strerror}", markup=False, highlight=False, soft_wrap=True)
-        return 2 if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST) else 1
+        where = f"{e.filename}: " if e.filename else ""
+        err_console.print(f"error: {where}{e.strerror or e}", markup=False, highlight=False, soft_wrap=True)
+        return 2 if e.errno in USER_ERRNOS else 1
 
 
 def entrypoint() -> None:
