@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Literal, Optional
 
 from r1v3 import config, data, mmmu
-from r1v3.artifacts import Artifact, Store, check_name, read_run_key, run_key, write_atomic
+from r1v3.artifacts import Artifact, Store, check_name, write_atomic
 from r1v3.config import Settings, setting, to_dict
 from r1v3.errors import UserError
 
@@ -142,11 +142,18 @@ def to_request(row: dict, style: str):
     return Request(id=row["id"], messages=[{"role": "user", "content": content}], images=images)
 
 
-def _run_key(cfg: Config, model: Artifact, dataset: Artifact, backend: str) -> str:
+PARTIAL = "predictions.partial.jsonl"  # raw responses, appended as batches finish
+
+
+def _settings(cfg: Config, backend: str) -> dict:
     """What must match for a resumed run to continue the interrupted one (the backend too:
     vLLM and transformers sample differently for the same seed)."""
     keep = {k: v for k, v in to_dict(cfg).items() if k not in ("resume", "batch_size", "backend", "name")}
-    return run_key(dict(keep, backend=backend), model, dataset)
+    return dict(keep, backend=backend)
+
+
+def _has_progress(work: Path) -> bool:
+    return bool(_read_partial(work / PARTIAL))
 
 
 def _read_partial(path: Path) -> dict[str, dict]:
@@ -188,51 +195,36 @@ def _model_dir_is_vlm(model: Artifact) -> None:
         raise UserError(f"{model.ref}: is a text-only model ({cfg.get('model_type')}), not a vision-language model")
 
 
-def generate_and_judge(cfg: Config, store: Store) -> tuple[list[dict], dict, list[Artifact]]:
-    from r1v3.generation import Sampling, make_backend
-
+def _inputs(cfg: Config, store: Store) -> tuple[Artifact, Artifact, list[dict], list]:
     model = store.resolve(cfg.model, kind="model")
     dataset = store.resolve(cfg.data, kind="dataset")
     _model_dir_is_vlm(model)
     rows = load_rows(cfg, dataset)
     requests = [to_request(r, cfg.style) for r in rows]  # every prompt checked before any work
-    by_id = {r["id"]: r for r in rows}
+    return model, dataset, rows, requests
 
-    work = store.root / ".work" / cfg.name / "eval"  # made only once the run can start
-    partial, state_file = work / "predictions.partial.jsonl", work / "state.json"
-    key = _run_key(cfg, model, dataset, resolve_backend(cfg.backend))
-    done: dict[str, dict] = {}
-    if cfg.resume:
-        previous, progress = read_run_key(state_file), _read_partial(partial)
-        if previous == "" and progress:
-            raise UserError(f"cannot tell which settings the interrupted eval {cfg.name!r} used ({state_file} is "
-                            "unreadable); drop --resume to start over")
-        # finished items count only under the key they were made with (no key: nothing to trust)
-        if (previous not in (None, "") or progress) and previous != key:
-            raise UserError(
-                f"the interrupted eval {cfg.name!r} used other settings, model or data; "
-                "rerun it with the same ones, or drop --resume to start over"
-            )
-        done = progress
-    elif partial.exists() and partial.stat().st_size:
-        print(f"note: starting {cfg.name!r} over; an interrupted run's responses were discarded (use --resume to keep them)")
+
+def generate(cfg: Config, work, model: Artifact, rows: list[dict], requests: list,
+             where: str) -> tuple[dict[str, dict], dict]:
+    """Responses by request id, the interrupted run's included when `work` resumed it; and timing.
+    `where` names the rows in errors (dataset and split)."""
+    from r1v3.generation import Sampling, make_backend
+
+    partial = work.path / PARTIAL
+    done = _read_partial(partial) if work.resumed else {}
     todo = [q for q in requests if q.id not in done]
-
     sampling = Sampling(
         max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, n=cfg.samples, seed=cfg.seed
     )
     backend = None
-    if todo:  # a model the backend cannot load fails here, before the store is touched
+    if todo:
         vllm_kwargs = {"tensor_parallel_size": cfg.tensor_parallel_size} if cfg.tensor_parallel_size > 1 else {}
         backend = make_backend(
             cfg.backend, model.path, batch_size=cfg.batch_size, trust_remote_code=cfg.trust_remote_code, **vllm_kwargs
         )
-        data.check_images(rows, getattr(backend, "processor", None), f"{dataset.ref} split {cfg.split}")
-    store.work_dir(cfg.name, "eval")
-    lock = store.lock_work(cfg.name, "eval")  # held until the process ends: one writer per work dir
-    # progress first, then its key: a kill in between leaves progress that the old key still describes
+        data.check_images(rows, getattr(backend, "processor", None), where)
+    # only what was read back: a record a crash cut short would otherwise end every later read there
     write_atomic(partial, "".join(json.dumps(done[i]) + "\n" for i in done))
-    write_atomic(state_file, json.dumps({"key": key}))
     start, new_tokens = time.perf_counter(), 0
     if backend is not None:
         with open(partial, "a") as out:
@@ -247,16 +239,17 @@ def generate_and_judge(cfg: Config, store: Store) -> tuple[list[dict], dict, lis
                 out.write(json.dumps(rec) + "\n")
                 out.flush()
                 os.fsync(out.fileno())
-    elapsed = time.perf_counter() - start
-    lock.close()
-    predictions = [
-        mmmu.judge(r, s["response"], cfg.style) | {"sample": i, "n_tokens": s["n_tokens"], "finish_reason": s["finish_reason"]}
+    timing = {"generation_seconds": round(time.perf_counter() - start, 2), "generated_tokens": new_tokens,
+              "items_generated": len(todo), "items_resumed": len(requests) - len(todo)}
+    return done, timing
+
+
+def judge_all(rows: list[dict], done: dict[str, dict], style: str) -> list[dict]:
+    return [
+        mmmu.judge(r, s["response"], style) | {"sample": i, "n_tokens": s["n_tokens"], "finish_reason": s["finish_reason"]}
         for r in rows
         for i, s in enumerate(done[r["id"]]["samples"])
     ]
-    timing = {"generation_seconds": round(elapsed, 2), "generated_tokens": new_tokens,
-              "items_generated": len(todo), "items_resumed": len(rows) - len(todo)}
-    return predictions, timing, [model, dataset]
 
 
 def scores_for(predictions: list[dict], samples: int) -> dict:
@@ -296,10 +289,17 @@ def run(cfg: Config, store: Store) -> tuple[Optional[Artifact], dict]:
     if cfg.responses:
         predictions = mmmu.judge_responses(mmmu.load_responses(cfg.responses), cfg.style)
         samples = max(p["sample"] for p in predictions) + 1
-        timing, inputs = {}, []
-    else:
-        predictions, timing, inputs = generate_and_judge(cfg, store)
-        samples = cfg.samples
+        return publish(cfg, store, predictions, samples, {}, [])
+    model, dataset, rows, requests = _inputs(cfg, store)
+    # the store is touched only from here; on success the work directory and its lock go
+    with store.work(cfg.name, "eval", settings=_settings(cfg, resolve_backend(cfg.backend)),
+                    inputs={"model": model, "data": dataset}, resume=cfg.resume, has_progress=_has_progress) as work:
+        done, timing = generate(cfg, work, model, rows, requests, f"{dataset.ref} split {cfg.split}")
+        return publish(cfg, store, judge_all(rows, done, cfg.style), cfg.samples, timing, [model, dataset])
+
+
+def publish(cfg: Config, store: Store, predictions: list[dict], samples: int, timing: dict,
+            inputs: list[Artifact]) -> tuple[Optional[Artifact], dict]:
     scores = scores_for(predictions, samples)
     scores["style"] = cfg.style
     if not cfg.name:
@@ -314,8 +314,4 @@ def run(cfg: Config, store: Store) -> tuple[Optional[Artifact], dict]:
             acc=scores["overall"]["acc"], n=scores["overall"]["n"],
             parse_failure_rate=scores["parse_failures"]["rate"], **timing,
         )
-    if not cfg.responses:
-        import shutil
-
-        shutil.rmtree(store.root / ".work" / cfg.name / "eval", ignore_errors=True)
     return draft.artifact, scores

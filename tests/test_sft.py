@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from r1v3 import config, data, mmmu, models, synthetic
+from r1v3 import config, data, mmmu, models, synthetic, training
 from stages import sft
 
 REPO = Path(__file__).resolve().parents[1]
@@ -235,23 +235,6 @@ def test_recipe_files_resolve_to_the_paper_settings():
         assert accel["mixed_precision"] == "bf16" and accel["num_processes"] >= 1
 
 
-def test_checkpoint_completeness(tmp_path):
-    ckpt = tmp_path / "checkpoint-4"
-    ckpt.mkdir()
-    from safetensors.torch import save_file
-
-    save_file({"w": torch.zeros(64)}, ckpt / "model.safetensors")
-    (ckpt / "optimizer.pt").write_bytes(b"x")
-    assert not sft.checkpoint_is_complete(ckpt)  # no trainer_state.json: the save was cut short
-    (ckpt / "trainer_state.json").write_text(json.dumps({"global_step": 4}))
-    assert sft.checkpoint_is_complete(ckpt)
-    with open(ckpt / "model.safetensors", "r+b") as f:
-        f.truncate(100)
-    assert not sft.checkpoint_is_complete(ckpt)
-    (tmp_path / "checkpoint-2").mkdir()
-    assert sft.complete_checkpoints(tmp_path) == []
-
-
 KILL = ["--model", "tiny", "--data", "sftdata", "--trainable", "connector+llm", "--lr", "5e-3", "--batch-size", "2",
         "--epochs", "6", "--save-steps", "3"]  # 8 rows / 2 = 4 steps per epoch: 24 steps, checkpoints mid-epoch
 
@@ -267,7 +250,7 @@ def test_kill_and_resume_gives_the_same_weights(ready, tmp_path):
     work = root / ".work" / "cut" / "sft"
     deadline = time.time() + 120
     while proc.poll() is None and time.time() < deadline:
-        done = sft.complete_checkpoints(work)
+        done = training.complete_checkpoints(work)
         if done and int(done[-1].name.split("-")[1]) >= 6:
             break
         time.sleep(0.01)
@@ -275,16 +258,16 @@ def test_kill_and_resume_gives_the_same_weights(ready, tmp_path):
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, (tmp_path / "cut.log").read_text()[-2000:]
     assert "cut" not in [a.name for a in ready.store.list()]
-    steps = [int(p.name.split("-")[1]) for p in sft.complete_checkpoints(work)]
+    steps = [int(p.name.split("-")[1]) for p in training.complete_checkpoints(work)]
     assert steps and max(steps) < 24
     # damage the newest checkpoint as a crash mid-save would: resume must fall back to the one before
-    newest = sft.complete_checkpoints(work)[-1]
+    newest = training.complete_checkpoints(work)[-1]
     with open(newest / "model.safetensors", "r+b") as f:
         f.truncate(f.seek(0, 2) // 2)
 
     # other settings are refused rather than mixed into the interrupted run
     code, _, err = ready("sft", *KILL, "--name", "cut", "--resume", "--seed", "1")
-    assert code == 2 and "other settings" in err
+    assert code == 2 and "used other settings, model or data: seed 0 -> 1; rerun" in err
     code, out, err = ready("sft", *KILL, "--name", "cut", "--resume")
     assert code == 0, err
     assert "resuming 'cut' from checkpoint-" in out
@@ -336,7 +319,7 @@ def test_bad_inputs_one_line_exit_2_nothing_written(ready, tmp_path):
         ([], "say what to train"),
         (["--preset", "cold-start", "--split", "test"], "no split 'test'"),
         (["--trainable", "connector", "early_stopping_patience=2"], "early stopping watches the validation loss"),
-        (["--preset", "warmup"], "preset must be 'connector-align' | 'cold-start' | 'connector-retune', got 'warmup'"),
+        (["--preset", "warmup"], "must be a shipped preset of sft (cold-start, connector-align, connector-retune); got 'warmup'"),
     ]
     for extra, message in cases:
         code, out, err = ready("sft", *SHORT, *extra, "--name", "bad")

@@ -106,7 +106,7 @@ STAGES = {
             ("torn progress write (record 12)", ["--torn", "12"], True),
             ("mid-generation, killed twice", [["--kill", "r1v3.mmmu:judge@6"]] * 2, False),
             ("resume killed while saving its state",
-             [["--kill", "r1v3.mmmu:judge@10"], ["--kill-open", "state.json@1"]], False),
+             [["--kill", "r1v3.mmmu:judge@10"], ["--kill-open", "r1v3-run.json@1"]], False),
             ("publish: draft half written", ["--kill", "stages.eval_mmmu:chart"], False),
             (*FSYNC, False), (*RENAME, True), (*AFTER_RENAME, False),
         ],
@@ -135,7 +135,7 @@ CKPT_FILES = ("model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pt
 
 def _sft_after_kill(stage: Stage, store: Store) -> tuple[list[str], dict]:
     """What --resume will see: the newest checkpoint it accepts must hold everything a resume reads."""
-    from stages import sft
+    from r1v3 import training
 
     work = store.root / ".work" / stage.name / "sft"
     if not work.exists():
@@ -143,7 +143,7 @@ def _sft_after_kill(stage: Stage, store: Store) -> tuple[list[str], dict]:
         note = "work directory discarded (a half-deleted copy set aside, ignored)" if aside else (
             "no checkpoints" if work.parent.exists() else "no work directory (the store was not touched)")
         return [note], {"work": work.parent.exists(), "resume_from": None}
-    complete = sft.complete_checkpoints(work)
+    complete = training.complete_checkpoints(work)
     steps = [int(p.name.split("-")[1]) for p in complete]
     skipped = sorted(int(p.name.split("-")[1]) for p in work.glob("checkpoint-*") if p not in complete)
     if complete:
@@ -180,7 +180,7 @@ STAGES["sft"] = Stage(
         ("starting over killed while discarding the old checkpoints",
          [["--kill", f"{STEP}@3+after"], ["--fresh", "--kill", "os:unlink@1+after~scheduler.pt"]], False,
          {"resume_from": None}),
-        ("publish: draft half written (weights in, loss.png not)", ["--kill", "stages.sft:plot_loss"], True,
+        ("publish: draft half written (weights in, loss.png not)", ["--kill", "r1v3.training:plot_loss"], True,
          {"resume_from": 6}),
         (*FSYNC, False, {"resume_from": 6}), (*RENAME, False, {"resume_from": 6}),
         (*AFTER_RENAME, False, {"resume_from": 6}),
@@ -201,7 +201,7 @@ OTHER_STAGES["sft early stop"] = Stage(
     ["sft", "--model", "m", "--data", "esd", "--name", "es", "--preset", "connector-retune", "--trainable",
      "connector+llm", "--lr", "1e-2", "--batch-size", "4", "--max-steps", "30", "--save-steps", "2",
      "early_stopping_patience=2"],
-    [("publish: draft half written, after the early stop at step 18", ["--kill", "stages.sft:plot_loss"], False,
+    [("publish: draft half written, after the early stop at step 18", ["--kill", "r1v3.training:plot_loss"], False,
       {"resume_from": 18})],
     resumable=True, needs_store=True, volatile={"log_history.json": _without_wall_clock},
     same_metrics=("steps", "stopped_early", "best_checkpoint_step", "loss_curve", "eval_loss_curve", "eval_loss",
@@ -435,6 +435,7 @@ def run_scenario(stage_key: str, point_label: str, inputs: Path, workdir: Path) 
         if "generation" in point_label or "torn" in point_label or "resume" in point_label:
             assert art.metrics["items_resumed"] > 0, "resume redid every item"
         assert not list((store.root / ".work").rglob("*.jsonl")), "work files left after publishing"
+        assert not (store.root / ".work" / stage.name).exists(), "work directory or its lock left after publishing"
     elif stage.resume_metric:
         details[stage.resume_metric] = art.metrics.get(stage.resume_metric)
         if "resume_from" in expect:

@@ -64,3 +64,36 @@ def test_a_live_writers_draft_is_not_abandoned(tmp_path):
         if writer.poll() is None:
             writer.kill()
     assert Store(root).resolve("same", verify=True).ref == "same@v1"
+
+
+def test_a_second_sft_of_one_name_is_refused_while_the_first_lives(crash_inputs, tmp_path):
+    """Without the lock, the second run (not resuming) discarded the first one's live checkpoints."""
+    import shutil
+
+    from r1v3 import training
+
+    root = tmp_path / "store"
+    shutil.copytree(crash_inputs / "store", root)
+    argv = ["sft", "--model", "m", "--data", "sftd", "--name", "ft", "--trainable", "connector", "--batch-size", "2",
+            "--max-steps", "100000", "--save-steps", "2"]
+    first = start(root, argv)
+    try:
+        work = root / ".work" / "ft" / "sft"
+        deadline = time.monotonic() + 300
+        while not training.complete_checkpoints(work) and time.monotonic() < deadline:
+            assert first.poll() is None, first.communicate()[1][-2000:]
+            time.sleep(0.1)
+        live = training.complete_checkpoints(work)
+        assert live
+        second = start(root, argv)
+        _, err = second.communicate(timeout=300)
+        assert second.returncode == 2, err
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error: another run of 'ft' (sft) is in progress"), err
+        assert first.poll() is None  # the first run goes on, its checkpoints untouched
+        step = lambda ckpt: int(ckpt.name.split("-")[1])  # noqa: E731
+        now = training.complete_checkpoints(work)  # rotation removes old ones as the first run goes on
+        assert now and step(now[-1]) >= step(live[-1])
+    finally:
+        first.kill()
+        first.communicate()
