@@ -142,7 +142,7 @@ def plan(rows: Sequence[dict], settings: Settings, batching: Batching, *, datase
     lengths = settings.phase_lengths()
     rng = random.Random(settings.seed)
     indices, dropped = _filter(rows, settings, where)
-    pools = _pools(rows, indices, settings.mode, where)
+    pools = _pools(rows, indices, settings.mode, where, dropped)
     order, phases = [], []
     for (name, pool), length in zip(pools, lengths):
         picked, cut = _lay_out(rows, pool, name, length, settings, batching, rng, where)
@@ -178,7 +178,7 @@ def _require_pass_rates(rows, settings, where):
                         f"{missing[0]!r}), which {why} needs: run `{DIFFICULTY_COMMAND}` first")
 
 
-def _pools(rows, indices, mode, where):
+def _pools(rows, indices, mode, where, dropped):
     """(phase name, row indices) per phase, in phase order."""
     if mode in ("none", "pass-rate"):
         return [("all", indices)]
@@ -191,7 +191,8 @@ def _pools(rows, indices, mode, where):
     pools = [(level, [i for i in indices if rows[i]["difficulty"] == level]) for level in PHASES[mode]]
     for level, pool in pools:
         if not pool:
-            raise UserError(f"{where}: no row has difficulty {level!r}, which curriculum {mode!r} trains on: "
+            left = " left after --drop-solved / --drop-unsolved" if dropped["solved"] + dropped["unsolved"] else ""
+            raise UserError(f"{where}: no row{left} has difficulty {level!r}, which curriculum {mode!r} trains on: "
                             f"add {level} rows or choose another --curriculum")
     return pools
 

@@ -116,6 +116,8 @@ def test_fingerprint_follows_the_order():
     (rows_of(normal=4), dict(mode="hard"),
      r"^dataset probs@v1 split train: no row has difficulty 'hard', which curriculum 'hard' trains on"),
     (rows_of(hard=4), dict(mode="normal"), r"split train: no row has difficulty 'normal'"),
+    (rows_of(normal=2, hard=2, rates=[0.5, 0.5, 1.0, 1.0]), dict(mode="hard", drop_solved=True),
+     r"no row left after --drop-solved / --drop-unsolved has difficulty 'hard'"),
     (rows_of(normal=4, hard=2, other=3), dict(mode="hard"),
      r"split train: 3 rows have no difficulty normal or hard \(first: id 'o0', difficulty ''\)"),
     (rows_of(normal=2, rates=[1.0, 1.0]), dict(drop_solved=True), r"every row was dropped \(2 solved, 0 unsolved"),
