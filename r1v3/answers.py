@@ -372,7 +372,9 @@ def choices_for(options: Sequence | None) -> tuple[list[str], dict]:
         letters = [chr(ord("A") + i) for i in range(26)]
         return letters, {}
     letters = [chr(ord("A") + i) for i in range(len(options))]
-    return letters, {letter: str(opt) for letter, opt in zip(letters, options)}
+    # a blank option text is left out: the official text rule would find "" in every response
+    # and credit that option (every reader refuses blank options; this keeps scoring safe anyway)
+    return letters, {letter: str(opt) for letter, opt in zip(letters, options) if str(opt).strip()}
 
 
 _WRAPPER = re.compile(r"\\(?:text|textbf|textit|mathrm|mathbf|mbox|operatorname)\s*\{([^{}]*)\}")

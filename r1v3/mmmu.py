@@ -248,17 +248,9 @@ def import_local(path, split: str, subjects: Sequence[str] | None = None) -> lis
 # --------------------------------------------------------------------------------------
 
 
-# Stands in for a blank option text when scoring: the official text rule would find "" in every
-# response and credit that option. Every reader refuses blank options; this keeps the scorer
-# safe on rows that reach it another way. A private-use character no response is expected to hold.
-_NO_TEXT = "\ue000"
-
-
 def _judge_core(gold, response, question_type, options, style) -> dict:
     if style not in STYLES:
         raise UserError(f"scoring style must be one of {', '.join(STYLES)}, got {style!r}")
-    if options:
-        options = [o if str(o).strip() else _NO_TEXT for o in options]
     response = response if isinstance(response, str) else ""
     gold = answers.gold_answer(gold)
     if style == "official":
