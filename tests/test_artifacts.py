@@ -176,3 +176,50 @@ def test_cli_artifacts_commands(cli):
     assert code == 1 and "data.txt is corrupted" in err
     code, _, err = cli("artifacts", "show", "missing")
     assert code == 2 and err.strip().startswith("error:") and len(err.strip().splitlines()) == 1
+
+
+def test_verify_returns_the_artifact_and_its_problems(store):
+    art = publish_text(store, "x", "abcdef")
+    assert store.verify("x") == (store.resolve("x"), [])
+    art.file("data.txt").write_bytes(b"abcdeX")
+    found, problems = store.verify("x@v1")
+    assert found.ref == "x@v1" and problems == ["x@v1: file data.txt is corrupted (sha256 mismatch)"]
+    (art.path / "manifest.json").write_text("{")
+    found, problems = store.verify("x")
+    assert found is None and len(problems) == 1 and "corrupted manifest" in problems[0]
+    with pytest.raises(UserError, match="no artifact named 'nope'"):
+        store.verify("nope")
+
+
+def test_blank_store_is_refused(tmp_path, monkeypatch):
+    from r1v3.artifacts import default_store
+
+    monkeypatch.setenv("R1V3_STORE", "")
+    with pytest.raises(UserError, match="R1V3_STORE is set but empty"):
+        Store()
+    monkeypatch.setenv("R1V3_STORE", str(tmp_path / "s"))
+    assert default_store() == tmp_path / "s"
+    with pytest.raises(UserError, match="is blank"):
+        Store("  ")
+
+
+@pytest.mark.parametrize("rel", ["line\nbreak.txt", "esc\x1b.txt", "/".join(["d" * 200] * 6) + "/deep.txt"])
+def test_publish_refuses_file_names_a_manifest_could_not_hold(store, rel):
+    with pytest.raises(UserError, match="a file name an artifact cannot hold"):
+        with store.publish("x", "run", stage="test") as d:
+            (d.path / "ok.txt").write_text("x")
+            try:
+                (d.path / rel).parent.mkdir(parents=True, exist_ok=True)
+                (d.path / rel).write_text("x")
+            except OSError:  # a file system that refuses the name itself: nothing to test
+                pytest.skip(f"cannot create {rel!r} here")
+    assert store.versions("x") == []
+
+
+def test_lineage_marks_repeated_inputs_once_expanded(store):
+    base = publish_text(store, "base", "b")
+    mid = publish_text(store, "mid", "m", inputs=[base])
+    top = publish_text(store, "top", "t", inputs=[mid, base])
+    tree = store.lineage(top)
+    assert tree["inputs"][0]["inputs"][0]["ref"] == "base@v1" and "repeated" not in tree["inputs"][0]["inputs"][0]
+    assert tree["inputs"][1] == {"ref": "base@v1", "repeated": True, "inputs": []}

@@ -11,6 +11,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -189,6 +190,8 @@ SHAPES = [
     (("files", "x" * 300), {"sha256": "0" * 64, "size": 1}, "not a plain path"),
     (("files", "a/" * 600 + "b"), {"sha256": "0" * 64, "size": 1}, "not a plain path"),
     (("files", "./data.txt"), {"sha256": "0" * 64, "size": 1}, "not a plain path"),
+    (("files", "a\nb"), {"sha256": "0" * 64, "size": 1}, "not a plain path"),
+    (("files", "\x1b[2Jx"), {"sha256": "0" * 64, "size": 1}, "not a plain path"),
     (("digest",), 5, "'digest' is not a sha256"),
     (("digest",), "d" * 1_000_000, "'digest' is not a sha256"),
     (("name",), "n" * 1_000_000, "bad name"),
@@ -212,6 +215,27 @@ def test_manifest_not_an_object_or_missing_keys(small):
     expect_damaged_everywhere(small, "missing key")
     (small.root / "victim" / "v1" / MANIFEST).write_text('["kind", "name"]')
     expect_damaged_everywhere(small, "not a JSON object")
+
+
+def test_stray_fifo_or_oddly_named_file_in_an_artifact(small):
+    """Only listed files may sit in an artifact: a FIFO named like a split would hang a reader."""
+    victim = small.root / "victim" / "v1"
+    os.mkfifo(victim / "extra.parquet")
+    expect_damaged_everywhere_but_ls(small, "file extra.parquet is not in the manifest")
+    (victim / "extra.parquet").unlink()
+    (victim / "odd\nname").write_text("x")
+    expect_damaged_everywhere_but_ls(small, "file odd?name is not in the manifest")
+
+
+def expect_damaged_everywhere_but_ls(store, fragment):
+    """Damage to the files (not the manifest): `ls` lists it, using or verifying it fails."""
+    with pytest.raises(UserError, match=re.escape(fragment)):
+        store.resolve("victim")
+    code, _, err = run(store.root, "artifacts", "verify", "victim")
+    assert code == 1 and fragment in err and len(err.strip().splitlines()) == 1, err
+    code, _, err = run(store.root, "artifacts", "show", "victim")
+    assert code == 2 and fragment in err and len(err.strip().splitlines()) == 1, err
+    assert run(store.root, "artifacts", "ls")[0] == 0
 
 
 # ---- text that is valid but hostile to a terminal or to rich markup --------------------------------
