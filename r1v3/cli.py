@@ -362,6 +362,18 @@ stage_command("", "compose", "stages.compose", doc=(
     "Replace a VLM's language model with a text reasoning LLM (R1V): LLM tokenizer and chat template, VLM image tokens."))
 
 
+def _report_distill(art) -> None:
+    from stages import distill
+
+    distill.print_report(art.metrics)
+    _published(art)
+
+
+stage_command("", "distill", "stages.distill", report=_report_distill, doc=(
+    "Cold-start traces from a text-only teacher reading each image's caption: rejection-sampled, verified "
+    "with the eval's answer rules, filtered, published as a think-template dataset for `sft --preset cold-start`."))
+
+
 # ---- artifacts -------------------------------------------------------------------------------
 
 
