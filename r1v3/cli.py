@@ -72,10 +72,11 @@ STORE_HELP = "Artifact store directory (default: $R1V3_STORE, else ./artifacts);
 
 
 def store() -> Store:
-    if STATE["store"] is None and os.environ.get("R1V3_STORE") == "":
-        # an empty variable would make the store the current directory; say so instead of guessing
-        raise UserError("R1V3_STORE is set but empty: set it to a store directory, or unset it to use ./artifacts")
-    return Store(STATE["store"] or default_store())
+    given = STATE["store"]
+    if given is not None and not given.strip():
+        # Path("") is the current directory: an empty --store would publish there
+        raise UserError("--store is empty: give a store directory (default: $R1V3_STORE, else ./artifacts)")
+    return Store(given if given is not None else default_store())
 
 
 def _print_version(value: bool) -> None:
@@ -86,7 +87,7 @@ def _print_version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    store_dir: Optional[Path] = typer.Option(None, "--store", envvar="R1V3_STORE", show_envvar=False, help=STORE_HELP),
+    store_dir: Optional[str] = typer.Option(None, "--store", metavar="DIR", help=STORE_HELP),
     debug: bool = typer.Option(False, "--debug", metavar="", help="Show tracebacks instead of one-line errors."),
     version: bool = typer.Option(False, "--version", metavar="", help="Print the version and exit.", is_eager=True, callback=_print_version),
 ) -> None:
@@ -210,7 +211,7 @@ def _store_option():
         if value is not None:
             STATE["store"] = value
 
-    option = typer.main._get_param(ParamMeta(name="store_dir", annotation=Optional[Path], default=typer.Option(
+    option = typer.main._get_param(ParamMeta(name="store_dir", annotation=Optional[str], default=typer.Option(
         None, "--store", metavar="DIR", help=STORE_HELP)))
     option.expose_value, option.callback = False, remember
     return option
@@ -345,12 +346,16 @@ def print_scores(scores: dict) -> None:
 # ---- training --------------------------------------------------------------------------------
 
 
+def _loss(value) -> str:
+    return "n/a" if value is None else f"{value:.4f}"  # None: no loss was logged
+
+
 def _report_sft(art) -> None:
     if os.environ.get("RANK", "0") == "0":  # under `accelerate launch` every process runs this; one reports
         m = art.metrics
         console.print(
             f"[green]published[/green] {art.ref} (model) at {art.path}\n"
-            f"{m['steps']} steps, final loss {m['final_loss']:.4f}, {m['tokens_seen']} tokens seen, "
+            f"{m['steps']} steps, final loss {_loss(m['final_loss'])}, {m['tokens_seen']} tokens seen, "
             f"trainable {m['parameters']['trainable']:,} of {m['parameters']['total']:,} parameters ({'+'.join(m['trainable'])})",
             highlight=False,
         )

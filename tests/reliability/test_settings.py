@@ -83,6 +83,10 @@ def test_empty_store_variable_is_refused_not_the_current_directory(tmp_path, mon
     monkeypatch.setenv("R1V3_STORE", "")
     assert main(["data", "synth", "--name", "s", "--problems", "10"]) == 2
     assert "R1V3_STORE is set but empty" in capsys.readouterr().err and not os.listdir(tmp_path)
+    monkeypatch.delenv("R1V3_STORE")
+    for argv in (["--store", "", "data", "synth"], ["data", "synth", "--store", " "]):
+        assert main([*argv, "--name", "s", "--problems", "10"]) == 2
+        assert "--store is empty" in capsys.readouterr().err and not os.listdir(tmp_path)
 
 
 def test_lists_take_commas_everywhere_and_repeats_as_well(cli):
