@@ -365,7 +365,7 @@ def missing(rows: list[dict], done: dict, samples: int) -> dict[int, list[dict]]
     todo: dict[int, list[dict]] = {}
     for row in rows:
         have = done.get(row["id"], {})
-        first = next(j for j in range(samples + 1) if j not in have)
+        first = next((j for j in range(samples) if j not in have), samples)
         if first < samples:
             todo.setdefault(first, []).append(row)
     return todo

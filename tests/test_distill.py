@@ -60,10 +60,10 @@ def put_dataset(store, name, rows, split="train"):
 class Teacher:
     """An OpenAI-compatible chat endpoint answering from SCRIPT by the question number in the prompt
     and the sample (seed); counts calls per (question, sample), may 500 after `fail_after` answers
-    or stall."""
+    or stall after `stall_after`."""
 
     def __init__(self, script=SCRIPT, fail_after=None):
-        self.script, self.fail_after, self.stall = script, fail_after, threading.Event()
+        self.script, self.fail_after, self.stall_after, self.released = script, fail_after, None, threading.Event()
         self.calls, self.answered, self.lock = [], 0, threading.Lock()
         self.keys = []
         server = self
@@ -80,10 +80,11 @@ class Teacher:
                     server.calls.append((q, body["seed"]))
                     server.keys.append(self.headers.get("Authorization"))
                     failing = server.fail_after is not None and server.answered >= server.fail_after
-                    server.answered += not failing
-                if server.stall.is_set():
-                    time.sleep(30)
-                if failing:
+                    stalling = server.stall_after is not None and server.answered >= server.stall_after
+                    server.answered += not (failing or stalling)
+                if stalling:  # hangs until the client is killed or the server closes
+                    server.released.wait(60)
+                if failing or stalling:
                     return self.reply(500, {"error": "teacher down"})
                 responses = server.script[q][2]
                 text = responses[body["seed"] % len(responses)]
@@ -96,13 +97,17 @@ class Teacher:
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(raw)))
                 self.end_headers()
-                self.wfile.write(raw)
+                try:
+                    self.wfile.write(raw)
+                except BrokenPipeError:  # a client killed mid-call
+                    pass
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
         threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
 
     def close(self):
+        self.released.set()
         self.httpd.shutdown()
         self.httpd.server_close()
 
@@ -312,7 +317,11 @@ def test_interrupted_run_resumes_and_more_samples_ask_only_the_missing(problems,
     monkeypatch.setattr(generation.OpenAIBackend, "generate", real)
     done = distill.read_attempts(problems.store.root / ".work" / "t" / "distill" / "attempts.jsonl")
     assert len(done) == 3 and all(list(s) == [0] for s in done.values())
-    before = len(teacher.calls)
+    # in-process, the interrupted run's queued calls may still reach the server (a killed process's would not)
+    before = -1
+    while before != len(teacher.calls):
+        before = len(teacher.calls)
+        time.sleep(0.3)
     # a larger --samples on resume: sample 1 for the three done problems, samples 0 and 1 for the rest
     code, _, err = problems(*http(teacher, "--name", "t", "--samples", "2", "--keep", "2", "--resume",
                                   "--concurrency", "2"))
