@@ -393,7 +393,7 @@ def _rows(n, seed, size, combos):
         }
 
 
-MESSAGE_STYLES = ("think", "brief", "direct", "caption")
+MESSAGE_STYLES = ("think", "brief", "direct", "caption", "reflect")
 CAPTION_PROMPT = "Describe the image briefly."
 
 # the caption's own phrasing, parsed back into objects for the short texts below
@@ -489,7 +489,73 @@ def brief_reasoning(row):
     return f"The bars: {bars}. So the answer is {v}."
 
 
-def with_solutions(rows, style="think"):
+REFLECT_SHARE = 0.5  # rows of the reflect style whose trace corrects itself or weighs an alternative
+_RECHECK = {
+    "counting": "let me count again",
+    "color": "let me look again",
+    "spatial": "let me check the positions",
+    "arithmetic": "let me recompute",
+    "chart": "let me read the bars again",
+}
+
+
+def _wrong_values(row, value):
+    """Answers a first look could plausibly give, never the right one: the other options of a
+    multiple-choice row, else near misses of the task's kind of answer."""
+    if row["options"]:
+        return [o for o in row["options"] if o != value]
+    if row["subject"] == "color":
+        return [c for c in COLOR_NAMES if c != value]
+    if row["subject"] == "spatial":
+        return [r for r in RELATIONS if r != value]
+    if re.fullmatch(r"-?\d+", value):
+        return _numeric_wrong(int(value), [], negative=row["subject"] == "arithmetic")
+    return [o["color"] for o in _objects(row) if o.get("color") != value] or [c for c in COLOR_NAMES if c != value]
+
+
+def _first_look(row, wrong):
+    """One sentence that misreads the drawing as giving `wrong`."""
+    q = row["question"].split(" Answer with")[0]
+    if row["subject"] == "counting":
+        noun = re.match(r"How many (.+?) are in the image\?", q).group(1)
+        if wrong == "1":
+            words = noun.split()
+            noun = " ".join(words[:-1] + [{p: k for k, p in PLURAL.items()}[words[-1]]])
+        return f"At first glance I count {wrong} {noun}."
+    if row["subject"] == "color":
+        return f"At first glance the answer looks like {wrong}."
+    if row["subject"] == "spatial":
+        m = re.match(r"Where is the (\w+ \w+) relative to the (\w+ \w+)\?", q)
+        rel = {"left": "left of", "right": "right of"}.get(wrong, wrong)
+        return f"At first glance the {m.group(1)} seems {rel} the {m.group(2)}."
+    if row["subject"] == "arithmetic":
+        return f"At first I get {wrong}."
+    return f"At first glance the answer looks like {wrong}."
+
+
+def reflect_reasoning(row, share=REFLECT_SHARE):
+    """brief_reasoning's grounded trace, or, for about `share` of the rows, a trace that first
+    misreads the drawing and corrects itself after "Wait," or that weighs a wrong alternative after
+    "Alternatively," and rejects it: the critical words a reasoning model writes when it changes course.
+
+    The correction is always brief_reasoning's (grounded in the caption, so right by construction);
+    only the misread value is wrong, and it is never the answer. Which rows reflect, and how,
+    depends only on the row's id, so a row's trace is the same in any subset of rows.
+    """
+    if not 0 <= share <= 1:
+        raise UserError(f"reflect share must be between 0 and 1, got {share!r}")
+    grounded = brief_reasoning(row)
+    rng = random.Random(hashlib.sha256(f"reflect|{row['id']}".encode()).digest())
+    if rng.random() >= share:
+        return grounded
+    value = _value(row)
+    wrong = rng.choice(_wrong_values(row, value))
+    if rng.random() < 0.5:
+        return f"{_first_look(row, wrong)} Wait, {_RECHECK[row['subject']]}. {grounded}"
+    return f"{grounded} Alternatively, could the answer be {wrong}? No: checking again, it is {value}."
+
+
+def with_solutions(rows, style="think", reflect_share=REFLECT_SHARE):
     """Copies of rows with `messages` for chat SFT, in one of MESSAGE_STYLES:
 
     think    the reasoning prompt `r1v3 eval mmmu` uses, then a template teacher's answer that
@@ -502,6 +568,10 @@ def with_solutions(rows, style="think"):
              evaluate with --style official
     caption  "Describe the image briefly." then short_caption: image-text pairs for connector
              alignment that cost a fifth of the full caption's tokens
+    reflect  the reasoning prompt, then brief's trace; for about `reflect_share` of the rows it first
+             misreads the drawing and corrects itself after "Wait," or rejects a wrong alternative
+             after "Alternatively," (reflect_reasoning): probe data whose traces hold the critical
+             words `r1v3 select-ckpt` measures
 
     The image is not mentioned in the user turn, so trainers put it first, as the eval does.
     """
@@ -509,12 +579,12 @@ def with_solutions(rows, style="think"):
         raise UserError(f"messages style must be one of {', '.join(MESSAGE_STYLES)}, got {style!r}")
     out = []
     for row in rows:
-        prompt, answer = _turns(row, style)
+        prompt, answer = _turns(row, style, reflect_share)
         out.append(dict(row, messages=[{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]))
     return out
 
 
-def _turns(row, style):
+def _turns(row, style, reflect_share=REFLECT_SHARE):
     """(user turn, assistant turn) of one row in a MESSAGE_STYLES style."""
     from r1v3 import mmmu  # lazy: this module otherwise imports only Pillow
 
@@ -526,6 +596,8 @@ def _turns(row, style):
         return prompt, row["answer"]
     if style == "brief":
         reasoning = brief_reasoning(row)
+    elif style == "reflect":
+        reasoning = reflect_reasoning(row, reflect_share)
     else:
         if row["question_type"] == "multiple-choice":
             conclusion = f"So the answer is {_value(row)}, which is option {row['answer']}."

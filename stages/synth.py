@@ -24,16 +24,23 @@ class Config(Settings):
         "Number of problems over all splits (at least 10, to fill train/validation/test)."))
     seed: int = setting(0, help="Random seed.")
     # true means think: the flag this option started as
-    messages: Union[bool, Literal["think", "brief", "direct", "caption"]] = setting(False, metavar="STYLE", help=(
+    messages: Union[bool, Literal["think", "brief", "direct", "caption", "reflect"]] = setting(
+        False, metavar="STYLE", help=(
         "Add a `messages` conversation per problem for chat SFT. think: the reasoning prompt and a template "
         "teacher's <think> trace + \\boxed{answer}; brief: the same with a one-line trace; direct: the official "
-        "prompt and the bare answer; caption: describe the image -> its short caption (connector alignment)."),
+        "prompt and the bare answer; caption: describe the image -> its short caption (connector alignment); "
+        "reflect: brief traces of which --reflect-share first misread the image and correct themselves after "
+        "\"Wait,\" or reject an alternative after \"Alternatively,\" (probe data for select-ckpt)."),
         shown="none")
+    reflect_share: float = setting(synthetic.REFLECT_SHARE, ge=0, le=1, help=(
+        "With --messages reflect: the share of rows whose trace corrects itself or weighs an alternative."))
     tasks: list[str] = setting([], shown="all", help=f"Comma-separated subset of {','.join(synthetic.TASKS)}.")
     difficulty: list[str] = setting([], shown="both", help="normal, hard or normal,hard.")
 
     def check(self) -> None:
         check_name(self.name)
+        if "reflect_share" in self._given and self.messages != "reflect":
+            raise UserError("--reflect-share (key reflect_share) applies to --messages reflect only")
 
 
 @contextmanager
@@ -68,7 +75,7 @@ def run(cfg: Config, store: Store) -> Artifact:
                 for key, counter in counts.items():
                     counter[row[key]] += 1
                 advance()
-                yield synthetic.with_solutions([row], style)[0] if style else row
+                yield synthetic.with_solutions([row], style, cfg.reflect_share)[0] if style else row
 
         owner: dict = {}
         for split, group in groupby(pairs, key=lambda pair: pair[0]):

@@ -502,3 +502,87 @@ def test_empty_and_unreadable_sources(tmp_path):
     (tmp_path / "emptydir").mkdir()
     with pytest.raises(UserError, match="cannot read as a Hugging Face dataset directory"):
         data.load_rows(tmp_path / "emptydir")
+
+
+# --- the reflect message style ------------------------------------------------------------------
+
+def _rows_digest(module, styles):
+    h = hashlib.sha256()
+    for seed in (0, 7):
+        rows = [r for v in module.generate(60, seed).values() for r in v]
+        for style in styles:
+            for r in module.with_solutions(rows, style):
+                h.update(json.dumps({k: v for k, v in r.items() if k != "images"}, sort_keys=True).encode())
+                h.update(r["images"][0].tobytes())
+    return h.hexdigest()
+
+
+def test_existing_message_styles_are_unchanged_by_reflect():
+    # the digest of these rows before the reflect style was added
+    assert _rows_digest(synthetic, ("think", "brief", "direct", "caption")) == (
+        "84e1406c70a12d43b20a20599a95b2783bf1a9b6826ed4c9e16490b414fba4e7")
+
+
+def _trace(row):
+    content = row["messages"][1]["content"]
+    m = re.fullmatch(r"<think>(.*)</think>\n\\boxed\{(.*)\}", content, re.S)
+    assert m and m.group(2) == row["answer"], content
+    return m.group(1)
+
+
+def test_reflect_corrections_are_right(splits):
+    rows = all_rows(splits)
+    seen = {"Wait": 0, "Alternatively": 0, "plain": 0}
+    for r in synthetic.with_solutions(rows, "reflect", reflect_share=0.6):
+        trace, value = _trace(r), solve_from_caption(r)
+        grounded = synthetic.brief_reasoning(r)
+        if " Wait, " in trace:
+            seen["Wait"] += 1
+            first, correction = trace.split(" Wait, ")
+            assert correction.endswith(grounded), trace
+            # the first look names a wrong value; the correction states the drawn one
+            misread = re.search(r"(?:count|like|get) (\S+?)[ .]|seems (left|right|above|below)", first)
+            wrong = misread.group(1) or misread.group(2)
+            assert wrong != value and value in grounded, trace
+            if r["subject"] == "counting":
+                assert re.match(rf"There (?:are|is) {value} ", grounded), trace
+        elif " Alternatively, " in trace:
+            seen["Alternatively"] += 1
+            first, alternative = trace.split(" Alternatively, ")
+            assert first == grounded
+            m = re.fullmatch(r"could the answer be (.+)\? No: checking again, it is (.+)\.", alternative)
+            assert m and m.group(1) != value and m.group(2) == value, trace
+        else:
+            seen["plain"] += 1
+            assert trace == grounded
+    assert min(seen.values()) > 20, seen
+
+
+def test_reflect_share_holds_and_rows_are_stable(splits):
+    rows = all_rows(splits)
+
+    def share(value):
+        out = synthetic.with_solutions(rows, "reflect", reflect_share=value)
+        return sum(_trace(r) != synthetic.brief_reasoning(r) for r in out) / len(out)
+
+    assert share(0.0) == 0 and share(1.0) == 1
+    for value in (0.25, 0.5):
+        assert abs(share(value) - value) < 0.1
+    # a row's trace depends on the row alone, not on which rows come with it
+    assert synthetic.with_solutions(rows[5:6], "reflect") == synthetic.with_solutions(rows, "reflect")[5:6]
+    with pytest.raises(UserError, match="between 0 and 1"):
+        synthetic.with_solutions(rows[:1], "reflect", reflect_share=1.5)
+
+
+def test_synth_reflect_style_from_the_cli(tmp_path):
+    from r1v3.artifacts import Store
+    from r1v3.cli import main
+
+    store = tmp_path / "store"
+    assert main(["--store", str(store), "data", "synth", "--name", "r", "--n", "40", "--messages", "reflect",
+                 "--reflect-share", "1"]) == 0
+    rows = data.read_split(Store(store).resolve("r").path, "train")
+    assert all(re.search(r" (Wait|Alternatively), ", r["messages"][1]["content"]) for r in rows)
+    for bad in (["--messages", "brief", "--reflect-share", "0.2"], ["--messages", "reflect", "--reflect-share", "2"]):
+        assert main(["--store", str(store), "data", "synth", "--name", "bad", "--n", "20", *bad]) == 2
+    assert not (store / "bad").exists()
