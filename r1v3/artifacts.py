@@ -171,12 +171,6 @@ def run_key(settings: dict, *inputs: "Artifact") -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def read_run_key(path: Path) -> str | None:
-    """The key an interrupted run recorded: None without the file, "" if it cannot be read."""
-    state = _read_run_state(path)
-    return state if state is None else state.get("key") or ""
-
-
 def _read_run_state(path: Path) -> dict | None:
     """What an interrupted run recorded (key, settings, inputs): None without the file, {} if it
     cannot be read or is not what we write."""
@@ -672,10 +666,13 @@ WORK_STATE = "r1v3-run.json"  # a run's key, settings and input digests, beside 
 
 
 def _hold_lock(parent: Path, name: str, stage: str):
-    parent.mkdir(parents=True, exist_ok=True)
     path = parent / f"{stage}.lock"
     while True:
-        f = open(path, "a")
+        parent.mkdir(parents=True, exist_ok=True)
+        try:
+            f = open(path, "a")
+        except FileNotFoundError:
+            continue  # a finishing run removed the empty .work/<name> between the two calls
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
