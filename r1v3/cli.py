@@ -37,6 +37,8 @@ class _Group(typer.core.TyperGroup):
     and datasets (seconds), which `r1v3 --help` or `r1v3 artifacts ls` should not pay for."""
 
     def resolve_command(self, ctx, args):
+        if len(args) > 1 and f"{args[0]} {args[1]}" in self.commands:  # a command under a stage: `rl export`
+            args = [f"{args[0]} {args[1]}", *args[2:]]
         name, cmd, rest = super().resolve_command(ctx, args)
         build = getattr(cmd, "build_stage", None)
         if build is not None:
@@ -377,6 +379,41 @@ def _report_distill(art) -> None:
 stage_command("", "distill", "stages.distill", report=_report_distill, doc=(
     "Cold-start traces from a text-only teacher reading each image's caption: rejection-sampled, verified "
     "with the eval's answer rules, filtered, published as a think-template dataset for `sft --preset cold-start`."))
+
+
+def _report_select(result) -> None:
+    from stages import select_ckpt
+
+    select_ckpt.print_report(*result, console)
+
+
+stage_command("", "select-ckpt", "stages.select_ckpt", report=_report_select, doc=(
+    "Choose an RL checkpoint by the entropy of its critical reasoning tokens (Wait, Alternatively, Hmm) on a held-out "
+    "probe split, with guards on accuracy and format; publishes the figures, the probe records and the chosen model."))
+
+
+def _report_rl(art) -> None:
+    if os.environ.get("RANK", "0") == "0":  # under `accelerate launch` every process runs this; one reports
+        m = art.metrics
+        last = m["checkpoints"][-1] if m["checkpoints"] else {}
+        reward = last.get("reward")
+        console.print(
+            f"[green]published[/green] {art.ref} (run) at {art.path}\n"
+            f"{m['steps']} steps, curriculum {m['curriculum']}, checkpoints at steps "
+            f"{', '.join(str(c['step']) for c in m['checkpoints'])}; last reward {'n/a' if reward is None else f'{reward:.4f}'}\n"
+            f"export one as a model: r1v3 rl export {art.ref} --step K --name M (default: the final step)",
+            highlight=False,
+        )
+
+
+stage_command("", "rl", "stages.rl", report=_report_rl, doc=(
+    "Curriculum-ordered GRPO on a VLM (TRL GRPOTrainer): paper defaults, accuracy/format/custom rewards, "
+    "checkpoints with metrics in a run artifact, --resume. `r1v3 rl export RUN` publishes a checkpoint as a model."))
+stage_command("", "rl export", "stages.rl_export", doc=(
+    "Publish a checkpoint of an `r1v3 rl` run (default: the final one) as a model artifact whose lineage names the run."))
+stage_command("", "difficulty", "stages.difficulty", doc=(
+    "Measure each problem's pass rate with k samples from a model; publish the dataset with pass_rate "
+    "(for --drop-solved/--drop-unsolved and the pass-rate curriculum)."))
 
 
 # ---- artifacts -------------------------------------------------------------------------------

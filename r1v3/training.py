@@ -171,6 +171,15 @@ def _diverged(args, step: int, what: str, value: float) -> None:
     )
 
 
+def fsync(path: Path) -> None:
+    """Flush a file's or a directory's entries to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 # ---- callbacks --------------------------------------------------------------------------------
 
 
@@ -205,11 +214,7 @@ def _callbacks(trainer, report: dict) -> list:
                 ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
                 for p in sorted(ckpt.rglob("*")) + [ckpt]:
                     if p.exists():
-                        fd = os.open(p, os.O_RDONLY)
-                        try:
-                            os.fsync(fd)
-                        finally:
-                            os.close(fd)
+                        fsync(p)
 
     class OptimizerCheck(TrainerCallback):
         # Trainer builds the optimizer from requires_grad parameters; check that it did

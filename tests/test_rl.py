@@ -1,0 +1,204 @@
+"""`r1v3 rl` on a tiny InternVL: a curriculum run end to end through the CLI, the rows reaching the
+rewards in schedule order, checkpoints with metrics in the run artifact, export to a model,
+kill-and-resume equality, custom rewards, and bad inputs."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from r1v3 import data, models, synthetic
+
+REPO = Path(__file__).resolve().parents[1]
+
+# a reward with a signal (longer completions score more) that records which rows it was called
+# for, and can kill its own process at a chosen step (a crash during rollouts)
+REWARD_FILE = '''
+import json, os, signal
+
+
+def record(prompts, completions, id, trainer_state, **kwargs):
+    with open("calls.jsonl", "a") as f:
+        f.write(json.dumps({"step": trainer_state.global_step, "ids": list(id)}) + "\\n")
+    if str(trainer_state.global_step) == os.environ.get("KILL_AT_STEP"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return [len(c[0]["content"]) / 10 for c in completions]
+
+
+def raises(prompts, completions, **kwargs):
+    raise ValueError("no reward today")
+
+
+def short(prompts, completions, **kwargs):
+    return [0.0]
+'''
+
+
+def problem_rows(n=8, rates=None):
+    rows = synthetic.generate(40, seed=0)["train"][:n]
+    out = []
+    for i, r in enumerate(rows):
+        out.append(dict(r, id=f"{'nh'[i % 2]}{i}", difficulty=("normal", "hard")[i % 2],
+                        pass_rate=None if rates is None else rates[i]))
+    return out
+
+
+def publish_dataset(store, name, splits):
+    with store.publish(name, "dataset", stage="test") as draft:
+        data.write_splits(draft.path, splits)
+    return draft.artifact
+
+
+@pytest.fixture
+def ready(cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # custom rewards load from the working directory
+    (tmp_path / "myreward.py").write_text(REWARD_FILE)
+    assert cli("init", "tiny", "--name", "tiny", "--family", "internvl")[0] == 0
+    publish_dataset(cli.store, "probs", {"train": problem_rows()})
+    publish_dataset(cli.store, "rated", {"train": problem_rows(rates=[0.5, 0.0, 1.0, 0.25, 0.75, 0.5, 0.125, 1.0])})
+    return cli
+
+
+# 2 prompts x group 2 per optimizer step, one generation batch per step: hard = 4 normal steps
+# (the 4 normal rows twice) then 2 hard steps
+SMALL = ["--model", "tiny", "--num-generations", "2", "--batch-size", "4", "--grad-accum", "1",
+         "--max-new-tokens", "4", "--lr", "5e-3", "--reward", "myreward.py:record", "--reward-weight", "1"]
+
+
+def calls(tmp_path):
+    return [json.loads(line) for line in (tmp_path / "calls.jsonl").read_text().splitlines()]
+
+
+def prompts_of(ids, group=2):
+    assert all(len(set(ids[i:i + group])) == 1 for i in range(0, len(ids), group)), ids
+    return ids[::group]
+
+
+def test_hard_curriculum_end_to_end_checkpoints_metrics_and_export(ready, tmp_path):
+    code, out, err = ready("rl", *SMALL, "--data", "probs", "--curriculum", "hard", "--curriculum-lengths", "2,1",
+                           "--save-steps", "2", "--name", "run")
+    assert code == 0, err
+    assert "rewards on 4 sample completions" in out and "record" in out  # step 0: each reward component
+    assert "phase 'hard' begins at step 5" in out
+    art = ready.store.resolve("run")
+    m = art.metrics
+    assert art.kind == "run" and m["steps"] == 6
+    assert [c["step"] for c in m["checkpoints"]] == [2, 4, 6]
+    assert [c["phase"] for c in m["checkpoints"]] == ["normal", "normal", "hard"]
+    for c in m["checkpoints"]:
+        for key in ("reward", "reward_std", "rewards/accuracy/mean", "rewards/format/mean", "rewards/record/mean",
+                    "completions/mean_length", "entropy", "clip_ratio/region_mean"):
+            assert key in c, key
+    assert m["phases"]["normal"]["first_step"] == 1 and m["phases"]["hard"]["first_step"] == 5
+    assert "mean rewards/record/mean" in m["phases"]["hard"]
+    log = json.loads(art.file("log_history.json").read_text())
+    assert [h["curriculum/phase"] for h in log if "reward" in h] == ["normal"] * 4 + ["hard"] * 2
+    assert art.file("curves.png").stat().st_size > 0
+    # the rows that reached the reward are the schedule, in order, each step in its phase
+    schedule = json.loads(art.file("schedule.json").read_text())
+    seen = calls(tmp_path)
+    assert [i for c in seen for i in prompts_of(c["ids"])] == schedule["ids"]
+    assert all({i[0] for i in c["ids"]} == {"nh"[c["step"] >= 4]} for c in seen)
+    # published checkpoints: weights + processor + metrics, no pickles, loadable
+    files = [f for f in art.manifest["files"] if f.startswith("checkpoints/step-4/")]
+    assert {"checkpoints/step-4/model.safetensors", "checkpoints/step-4/config.json",
+            "checkpoints/step-4/metrics.json"} <= set(files)
+    assert not [f for f in art.manifest["files"] if f.endswith((".pt", ".pth", ".bin", ".pkl"))]
+    assert json.loads(art.file("checkpoints/step-4/metrics.json").read_text())["phase"] == "normal"
+    code, out, err = ready("rl", "export", "run", "--step", "4", "--name", "rl4")
+    assert code == 0, err
+    exported = ready.store.resolve("rl4", kind="model")
+    assert exported.manifest["inputs"][0]["ref"] == art.ref and exported.metrics["step"] == 4
+    model, _ = models.load_model(exported.path)  # what eval mmmu loads
+    parts = models.part_of_parameters(model)
+    base, _ = models.load_model(ready.store.resolve("tiny").path)
+    moved = {parts[n] for n, p in model.named_parameters() if not torch.equal(p, dict(base.named_parameters())[n])}
+    assert moved == {"connector", "llm"}
+    assert ready("rl", "export", "run", "--name", "final")[0] == 0
+    assert ready.store.resolve("final").metrics["step"] == 6
+    code, _, err = ready("rl", "export", "run", "--step", "3", "--name", "x")
+    assert code == 2 and "no checkpoint at step 3 (has 2, 4, 6)" in err
+
+
+def test_pass_rate_order_and_dropped_rows_reach_the_reward(ready, tmp_path):
+    code, out, err = ready("rl", *SMALL, "--data", "rated", "--curriculum", "pass-rate", "--drop-solved",
+                           "--drop-unsolved", "--save-steps", "1", "--name", "pr")
+    assert code == 0, err
+    assert "dropped solved 2, unsolved 1, boundary 1" in out
+    seen = [i for c in calls(tmp_path) for i in prompts_of(c["ids"])]
+    rates = {r["id"]: r["pass_rate"] for r in problem_rows(rates=[0.5, 0.0, 1.0, 0.25, 0.75, 0.5, 0.125, 1.0])}
+    assert [rates[i] for i in seen] == sorted([rates[i] for i in seen], reverse=True)
+    assert ready.store.resolve("pr").metrics["dropped"] == {"solved": 2, "unsolved": 1, "boundary": 1}
+
+
+@pytest.mark.slow  # ~30-50 s: three runs, one in a fresh interpreter
+def test_kill_during_rollouts_and_resume_gives_the_same_checkpoints(ready, tmp_path):
+    args = [*SMALL, "--data", "probs", "--max-steps", "4", "--save-steps", "2"]
+    code, _, err = ready("rl", *args, "--name", "straight")
+    assert code == 0, err
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", KILL_AT_STEP="3",
+               PYTHONPATH=str(REPO))
+    proc = subprocess.run([sys.executable, "-m", "r1v3.cli", "--store", str(ready.store.root), "rl", *args,
+                           "--name", "cut"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert "cut" not in [a.name for a in ready.store.list()]
+    code, _, err = ready("rl", *args, "--name", "cut", "--resume", "--curriculum-seed", "3")
+    assert code == 2 and "curriculum_fingerprint" in err and "curriculum_seed null -> 3" in err
+    code, out, err = ready("rl", *args, "--name", "cut", "--resume")
+    assert code == 0, err
+    assert "resuming 'cut' from checkpoint-2" in out
+    cut, straight = ready.store.resolve("cut"), ready.store.resolve("straight")
+    assert cut.metrics["resumed_from_step"] == 2
+    for step in (2, 4):
+        a = load_file(cut.file(f"checkpoints/step-{step}/model.safetensors"))
+        b = load_file(straight.file(f"checkpoints/step-{step}/model.safetensors"))
+        assert all(torch.equal(a[k], b[k]) for k in a), f"step {step} differs from the uninterrupted run"
+    assert [c["reward"] for c in cut.metrics["checkpoints"]] == [c["reward"] for c in straight.metrics["checkpoints"]]
+
+
+def test_frozen_connector_warns_with_the_papers_finding(ready):
+    code, out, err = ready("rl", *SMALL, "--data", "probs", "--max-steps", "1", "--trainable", "llm",
+                           "--name", "frozen")
+    assert code == 0, err
+    assert "connector is frozen" in out + err and "collapsed" in out + err
+    assert ready.store.resolve("frozen").metrics["trainable"] == ["llm"]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--batch-size", "3"], "is not a whole number of groups of --num-generations 2"),
+    (["--curriculum", "easy"], "--curriculum (curriculum) must be one of none, normal, hard, pass-rate"),
+    (["--curriculum", "pass-rate"], "run `r1v3 difficulty --model REF --data REF --samples k --name N` first"),
+    (["--data", "unlabelled", "--curriculum", "hard"], "have no difficulty normal or hard"),
+    (["--data", "noanswer"], "row 1: field 'answer' is empty"),
+    (["--reward", "/tmp/x.py:f"], "relative path inside the working directory"),
+    (["--reward", "../myreward.py:record"], "without '..'"),
+    (["--reward", "myreward.py:raises"], "raised ValueError: no reward today"),
+    (["--reward", "myreward.py:short"], "returned 1 values for 4 completions"),
+    (["--steps-per-generation", "2", "--save-steps", "1"], "must be a multiple of the 2 optimizer steps"),
+    (["--reward-weight", "1,2"], "2 --reward-weight (reward_weight) for 1 --reward"),
+    (["--max-steps", "99", "--curriculum", "hard"], "more than the curriculum's 4 steps (normal 2, hard 2)"),
+])
+def test_bad_inputs_one_line_exit_2_nothing_published(ready, extra, message):
+    rows = problem_rows()
+    publish_dataset(ready.store, "unlabelled", {"train": [dict(r, difficulty="") for r in rows]})
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    with ready.store.publish("noanswer", "dataset", stage="test") as draft:
+        table = data.to_table(rows)
+        answers = table.column("answer").to_pylist()
+        answers[1] = ""
+        pq.write_table(table.set_column(table.schema.get_field_index("answer"), "answer", pa.array(answers)),
+                       draft.path / "train.parquet")
+    given = dict(zip(SMALL[::2], SMALL[1::2])) | {"--data": "probs", "--max-steps": "2", "--name": "bad"}
+    given |= dict(zip(extra[::2], extra[1::2]))
+    code, out, err = ready("rl", *[x for kv in given.items() for x in kv])
+    assert code == 2, out + err
+    assert message in err and err.count("\n") == 1, err
+    assert "bad" not in [a.name for a in ready.store.list()]
