@@ -1,0 +1,219 @@
+"""`r1v3 difficulty`: measure each problem's pass rate under a model, for filtering and the
+pass-rate curriculum of `r1v3 rl`.
+
+Every row of the chosen splits gets `samples` answers from the model (batched backend,
+temperature 1.0 by default, the eval's reasoning prompt), each judged by the answer rules the
+GRPO accuracy reward uses (`rewards.accuracy`: `answers.extract` + `answers.verify`). The
+dataset is published again, every split, with `pass_rate` = the fraction of right answers beside
+the row's `difficulty` label (kept as it was); `--drop-solved` / `--drop-unsolved` leave out rows
+every / no sample solved (they give GRPO no signal), and pass_rates.jsonl lists each row's
+verdicts. Responses are appended (fsynced) to the run's work directory as batches finish, so
+`--resume` continues an interrupted run without redoing finished rows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Optional
+
+from r1v3 import data, mmmu, rewards
+from r1v3.artifacts import Artifact, Store, check_name, write_atomic
+from r1v3.config import Settings, setting, to_dict
+from r1v3.errors import UserError
+
+PARTIAL = "responses.partial.jsonl"
+
+
+@dataclass
+class Config(Settings):
+    STAGE = "difficulty"
+
+    model: str = setting(help="Model artifact whose pass rates to measure (the policy RL will start from).")
+    data: str = setting(help="Dataset artifact of problem rows.")
+    name: str = setting(help="Name of the dataset artifact published with pass rates.")
+    splits: list[str] = setting([], shown="every split", help="Splits to measure; the others are published unmeasured.")
+    samples: int = setting(8, ge=1, help="Answers per problem k: pass rate = right answers / k.")
+    max_new_tokens: int = setting(4096, ge=1, help="Generation budget per answer (rl's default completion length).")
+    temperature: float = setting(1.0, gt=0, help="Sampling temperature (rl's rollout temperature).")
+    top_p: float = setting(1.0, gt=0, le=1, help="Nucleus sampling.")
+    seed: int = setting(0, help="Random seed.")
+    drop_solved: bool = setting(False, help="Leave out rows every sample answered right.")
+    drop_unsolved: bool = setting(False, help="Leave out rows no sample answered right.")
+    backend: Literal["auto", "transformers", "vllm"] = setting(
+        "auto", help="auto = vllm when CUDA and vLLM are present, else transformers.")
+    batch_size: int = setting(8, ge=1, help="Sequences per batch, transformers backend.")
+    tensor_parallel_size: int = setting(1, ge=1, help="GPUs per model, vllm backend.")
+    resume: bool = setting(False, help="Continue an interrupted run of the same name without redoing finished rows.")
+    trust_remote_code: bool = setting(False, help="Allow the model's own Python code.")
+
+    def check(self) -> None:
+        check_name(self.name)
+
+
+def _rows(cfg: Config, dataset: Artifact) -> tuple[dict[str, list[dict]], list[str]]:
+    """All splits' rows, and the splits to measure."""
+    splits = data.list_splits(dataset.path)
+    for split in cfg.splits:
+        if split not in splits:
+            raise UserError(f"{dataset.ref}: no split {split!r} (has {', '.join(splits)}) (--splits, key splits)")
+    rows = {s: data.read_split(dataset.path, s) for s in splits}
+    measured = cfg.splits or splits
+    for split in measured:
+        for r in rows[split]:
+            if not str(r.get("answer") or "").strip():
+                raise UserError(f"{dataset.ref} [{split}] row {r['id']}: no answer to judge samples against")
+    if not any(rows[s] for s in measured):
+        raise UserError(f"{dataset.ref}: no rows to measure in {', '.join(measured)}")
+    return rows, measured
+
+
+def to_request(row: dict):
+    from r1v3.generation import Request
+
+    content, images = [], []
+    for part in mmmu.build_prompt(row, "reasoning"):
+        if part["type"] == "image":
+            content.append({"type": "image"})
+            images.append(row["images"][part["index"]])
+        else:
+            content.append({"type": "text", "text": part["text"]})
+    return Request(id=row["id"], messages=[{"role": "user", "content": content}], images=images)
+
+
+def _read_partial(path: Path) -> dict[str, list[dict]]:
+    done: dict[str, list[dict]] = {}
+    if not path.exists():
+        return done
+    with open(path, "rb") as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                break  # the line a crash cut short; nothing after it was written
+            samples = rec.get("samples") if isinstance(rec, dict) else None
+            if (not isinstance(rec.get("id"), str) or not isinstance(samples, list)
+                    or not all(isinstance(s, dict) and isinstance(s.get("text"), str) for s in samples)):
+                break
+            done[rec["id"]] = samples
+    return done
+
+
+def _has_progress(work: Path) -> bool:
+    return bool(_read_partial(work / PARTIAL))
+
+
+def _settings(cfg: Config, backend: str) -> dict:
+    keep = {k: v for k, v in to_dict(cfg).items()
+            if k not in ("resume", "batch_size", "backend", "name", "drop_solved", "drop_unsolved")}
+    return dict(keep, backend=backend)
+
+
+def generate(cfg: Config, work, model: Artifact, rows: list[dict], where: str) -> tuple[dict, dict]:
+    """Samples by row id (an interrupted run's included on resume) and timing."""
+    from r1v3.generation import Sampling, make_backend
+
+    partial = work.path / PARTIAL
+    done = _read_partial(partial) if work.resumed else {}
+    todo = [to_request(r) for r in rows if r["id"] not in done]
+    write_atomic(partial, "".join(json.dumps({"id": i, "samples": s}) + "\n" for i, s in done.items()))
+    sampling = Sampling(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                        n=cfg.samples, seed=cfg.seed)
+    start, tokens = time.perf_counter(), 0
+    if todo:
+        vllm = {"tensor_parallel_size": cfg.tensor_parallel_size} if cfg.tensor_parallel_size > 1 else {}
+        backend = make_backend(cfg.backend, model.path, batch_size=cfg.batch_size,
+                               trust_remote_code=cfg.trust_remote_code, **vllm)
+        data.check_images(rows, getattr(backend, "processor", None), where)
+        with open(partial, "a") as out:
+            for rid, completions in backend.generate(todo, sampling):
+                samples = [{"text": c.text, "n_tokens": c.n_tokens} for c in completions]
+                tokens += sum(c.n_tokens for c in completions)
+                done[rid] = samples
+                out.write(json.dumps({"id": rid, "samples": samples}) + "\n")
+                out.flush()
+                os.fsync(out.fileno())
+    seconds = time.perf_counter() - start
+    return done, {"generation_seconds": round(seconds, 2), "generated_tokens": tokens, "rows_generated": len(todo),
+                  "rows_resumed": len(rows) - len(todo),
+                  "rows_per_second": round(len(todo) / seconds, 3) if todo and seconds > 0 else None}
+
+
+def judge(row: dict, samples: list[dict]) -> list[bool]:
+    """Each sample right or wrong, by the GRPO accuracy reward's own rules."""
+    k = len(samples)
+    scores = rewards.accuracy(prompts=[None] * k, completions=[s["text"] for s in samples], answer=[row["answer"]] * k,
+                              question_type=[row["question_type"]] * k, options=[list(row["options"])] * k)
+    return [s == 1.0 for s in scores]
+
+
+def _backend_name(name: str) -> str:
+    """`auto` resolved, so a resumed run is keyed on the backend that sampled (they differ per seed)."""
+    if name != "auto":
+        return name
+    import torch
+
+    from r1v3.generation import vllm_available
+
+    return "vllm" if torch.cuda.is_available() and vllm_available() else "transformers"
+
+
+def run(cfg: Config, store: Store) -> Artifact:
+    model = store.resolve(cfg.model, kind="model")
+    dataset = store.resolve(cfg.data, kind="dataset")
+    splits, measured = _rows(cfg, dataset)
+    rows = [r for s in measured for r in splits[s]]
+    for r in rows:
+        to_request(r)  # every prompt checked before any work
+    with store.work(cfg.name, "difficulty", settings=_settings(cfg, _backend_name(cfg.backend)),
+                    inputs={"model": model, "data": dataset}, resume=cfg.resume, has_progress=_has_progress) as work:
+        done, timing = generate(cfg, work, model, rows, f"{dataset.ref} splits {', '.join(measured)}")
+        return publish(cfg, store, splits, measured, done, timing, [model, dataset])
+
+
+def publish(cfg: Config, store: Store, splits: dict, measured: list[str], done: dict, timing: dict,
+            inputs: list[Artifact]) -> Artifact:
+    out, verdicts = {}, []
+    dropped = {"solved": 0, "unsolved": 0}
+    for split, rows in splits.items():
+        kept = []
+        for r in rows:
+            if split in measured:
+                right = judge(r, done[r["id"]])
+                r = dict(r, pass_rate=sum(right) / len(right))
+                verdicts.append({"id": r["id"], "split": split, "difficulty": r["difficulty"],
+                                 "pass_rate": r["pass_rate"], "correct": right,
+                                 "n_tokens": [s["n_tokens"] for s in done[r["id"]]]})
+                if cfg.drop_solved and r["pass_rate"] >= 1.0:
+                    dropped["solved"] += 1
+                    continue
+                if cfg.drop_unsolved and r["pass_rate"] <= 0.0:
+                    dropped["unsolved"] += 1
+                    continue
+            kept.append(r)
+        out[split] = kept
+    if not any(out.values()):
+        raise UserError(f"every measured row was dropped ({dropped['solved']} solved, {dropped['unsolved']} unsolved): "
+                        "nothing to publish; leave out --drop-solved / --drop-unsolved")
+    rates = [v["pass_rate"] for v in verdicts]
+    with store.publish(cfg.name, "dataset", stage="difficulty", config=to_dict(cfg), inputs=inputs) as draft:
+        data.write_splits(draft.path, {s: rows for s, rows in out.items() if rows})
+        with open(draft.path / "pass_rates.jsonl", "w") as f:
+            for v in verdicts:
+                f.write(json.dumps(v) + "\n")
+        draft.metrics.update(
+            measured_splits=measured, rows_measured=len(verdicts), samples=cfg.samples,
+            mean_pass_rate=round(sum(rates) / len(rates), 6),
+            solved=sum(r >= 1.0 for r in rates), unsolved=sum(r <= 0.0 for r in rates), dropped=dropped,
+            by_difficulty=_by_label(verdicts), rows={s: len(r) for s, r in out.items()}, **timing)
+    return draft.artifact
+
+
+def _by_label(verdicts: list[dict]) -> dict:
+    groups: dict[str, list[float]] = {}
+    for v in verdicts:
+        groups.setdefault(v["difficulty"] or "(none)", []).append(v["pass_rate"])
+    return {k: {"rows": len(g), "mean_pass_rate": round(sum(g) / len(g), 6)} for k, g in sorted(groups.items())}
