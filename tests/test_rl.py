@@ -202,3 +202,22 @@ def test_bad_inputs_one_line_exit_2_nothing_published(ready, extra, message):
     assert code == 2, out + err
     assert message in err and err.count("\n") == 1, err
     assert "bad" not in [a.name for a in ready.store.list()]
+
+
+def test_paper_recipe_resolves_to_the_paper_settings(monkeypatch):
+    from r1v3 import config
+    from stages import rl
+
+    monkeypatch.setenv("WORLD_SIZE", "8")  # the recipe's layout: 4 x 8 GPUs x 32 = 1024 rollouts per step
+    cfg = config.load(rl.Config, stage="rl", path=REPO / "recipes/rl/r1v3-38b.yaml",
+                      options={"model": "m", "data": "d", "name": "n"})
+    assert (cfg.num_generations, cfg.epsilon, cfg.beta, cfg.learning_rate, cfg.max_new_tokens, cfg.temperature) == (
+        32, 0.2, 0.0, 1e-5, 4096, 1.0)
+    assert cfg.batch_size * 8 * cfg.grad_accum == 1024 and rl.reward_weights(cfg) == [0.8, 0.2]
+    assert cfg.curriculum == "hard" and cfg.trainable == "connector+vision+llm" and cfg.vllm == "colocate"
+    defaults = rl.Config(model="m", data="d", name="n")  # the defaults follow the paper too
+    assert (defaults.num_generations, defaults.epsilon, defaults.beta, defaults.learning_rate) == (32, 0.2, 0.0, 1e-5)
+    assert defaults.trainable == "connector+llm" and rl.reward_weights(defaults) == [0.8, 0.2]
+    smol = rl.Config(model="m", data="d", name="n", preset="cpu-smol")
+    assert (smol.num_generations, smol.batch_size // smol.num_generations, smol.max_new_tokens, smol.save_steps) == (
+        4, 2, 48, 10)
