@@ -278,16 +278,100 @@ def teacher_forced_entropies(model, processor, text: str, generated_ids, images=
     vocab = model.get_input_embeddings().num_embeddings
     if not all(0 <= t < vocab for t in ids):
         raise UserError(f"generated ids must lie in 0..{vocab - 1}, the model's vocabulary; got {min(ids)}..{max(ids)}")
-    inputs, n_prompt = _inputs(processor, text, list(images), ids[:-1])
+    placeholders = set(ids[:-1]) & _placeholder_ids(model)
+    inputs, n_prompt = _inputs(processor, text, list(images), [] if placeholders else ids[:-1])
     inputs = inputs_to(inputs, model)
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode():
-            logits = model(**inputs, logits_to_keep=len(ids), use_cache=False).logits
+            if placeholders:
+                logits = _prefill_then_completion(model, inputs, ids)
+            else:
+                logits = model(**inputs, logits_to_keep=len(ids), use_cache=False).logits
     finally:
         model.train(was_training)
     return n_prompt, entropy(logits[0, -len(ids) :]).tolist()
+
+
+def batch_entropies(model, processor, items: list, batch_size: int = 8) -> list[tuple[int, list[float]]]:
+    """`teacher_forced_entropies` of many (prompt text, images, generated ids) items, a right-padded
+    batch of `batch_size` rows per forward pass: the same numbers up to float rounding, for a fraction
+    of the passes. Pads come after each row's last token, so no real position attends to them, and
+    each row keeps its own positions. Items whose completion holds an image placeholder token go
+    through `teacher_forced_entropies` one at a time (see `_prefill_then_completion`)."""
+    out: list = [None] * len(items)
+    single = _placeholder_ids(model)
+    order = [i for i in sorted(range(len(items)), key=lambda i: len(items[i][2])) if not set(items[i][2][:-1]) & single]
+    for i in set(range(len(items))) - set(order):
+        text, images, ids = items[i]
+        out[i] = teacher_forced_entropies(model, processor, text, ids, images)
+    for s in range(0, len(order), batch_size):
+        chunk = order[s : s + batch_size]
+        for i, measured in zip(chunk, _padded_pass(model, processor, [items[i] for i in chunk])):
+            out[i] = measured
+    return out
+
+
+def _padded_pass(model, processor, items: list) -> list[tuple[int, list[float]]]:
+    vocab = model.get_input_embeddings().num_embeddings
+    completions = [[int(t) for t in ids] for _, _, ids in items]
+    for ids in completions:
+        if not ids or not all(0 <= t < vocab for t in ids):
+            raise UserError(f"generated ids must be a non-empty list in 0..{vocab - 1}, the model's vocabulary")
+    tokenizer = getattr(processor, "tokenizer", processor)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    images = [im for _, ims, _ in items for im in _rgb(list(ims))]
+    enc = processor(text=[t for t, _, _ in items], images=images or None, padding=True, padding_side="right",
+                    add_special_tokens=False, return_tensors="pt")
+    prompts = enc["attention_mask"].sum(1).tolist()
+    width = max(p + len(c) - 1 for p, c in zip(prompts, completions))
+    inputs = {k: v for k, v in enc.items() if not (torch.is_tensor(v) and _per_token(k))}
+    for key, value in enc.items():
+        if torch.is_tensor(value) and _per_token(key):
+            rows = []
+            for r, (p, c) in enumerate(zip(prompts, completions)):
+                tail = {"input_ids": c[:-1], "attention_mask": [1] * (len(c) - 1)}.get(key, [0] * (len(c) - 1))
+                fill = pad if key == "input_ids" else 0
+                rows.append(value[r, :p].tolist() + tail + [fill] * (width - p - len(c) + 1))
+            inputs[key] = torch.tensor(rows, dtype=value.dtype)
+    keep = width - min(prompts) + 1
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            logits = model(**inputs_to(inputs, model), logits_to_keep=keep, use_cache=False).logits
+    finally:
+        model.train(was_training)
+    out = []
+    for r, (p, c) in enumerate(zip(prompts, completions)):
+        first = p - 1 - (width - keep)  # the logits that predict the row's first generated token
+        out.append((p, entropy(logits[r, first : first + len(c)]).tolist()))
+    return out
+
+
+def _placeholder_ids(model) -> set[int]:
+    """Token ids a VLM's forward takes for image or video slots (it counts them against the features)."""
+    config = getattr(model, "config", None)
+    keys = ("image_token_id", "image_token_index", "video_token_id")
+    return {v for k in keys if isinstance(v := getattr(config, k, None), int)}
+
+
+def _prefill_then_completion(model, prompt_inputs: dict, ids: list[int]) -> torch.Tensor:
+    """Logits for a completion that holds an image placeholder token, computed as generation does:
+    the prompt (with its images) once, then the completion against its cache, where a generated
+    placeholder is a plain token. In one pass the model would count it as an image slot and refuse
+    the inputs, since the images have features for the prompt's slots only."""
+    out = model(**prompt_inputs, use_cache=True, logits_to_keep=1)
+    if len(ids) == 1:
+        return out.logits
+    n_prompt = prompt_inputs["input_ids"].shape[1]
+    tail = torch.tensor([ids[:-1]], dtype=torch.long, device=model.device)
+    # no attention mask (one unpadded row): with one, M-RoPE models (Qwen-VL) would derive positions
+    # for the whole sequence instead of continuing from the prompt's
+    rest = model(input_ids=tail, past_key_values=out.past_key_values, use_cache=True,
+                 cache_position=torch.arange(n_prompt, n_prompt + tail.shape[1], device=model.device))
+    return torch.cat([out.logits[:, -1:], rest.logits], dim=1)
 
 
 def inputs_to(inputs: dict, model) -> dict:
@@ -315,18 +399,22 @@ def make_record(
     words=DEFAULT_WORDS,
     case_sensitive: bool = True,
     high_threshold: float = HIGH_ENTROPY,
+    measured: tuple[int, list[float]] | None = None,
 ) -> dict:
-    """The probe record (format in the module docstring) of one generation of `request`."""
+    """The probe record (format in the module docstring) of one generation of `request`.
+
+    `measured`: its (prompt tokens, entropies) from `batch_entropies`, else one pass is run here."""
     text = prompt_text(processor, request)
     return _record(model, processor, request.id, sample, text, list(request.images), generated_ids,
-                   check_words(words), case_sensitive, high_threshold)
+                   check_words(words), case_sensitive, high_threshold, measured)
 
 
-def _record(model, processor, rid, sample, text, images, generated_ids, words, case_sensitive, threshold) -> dict:
+def _record(model, processor, rid, sample, text, images, generated_ids, words, case_sensitive, threshold,
+            measured=None) -> dict:
     tokenizer = getattr(processor, "tokenizer", processor)
     ids = [int(t) for t in generated_ids]
     think_open = text.rstrip().endswith(THINK_TAGS[0])
-    n_prompt, ents = teacher_forced_entropies(model, processor, text, ids, images)
+    n_prompt, ents = measured or teacher_forced_entropies(model, processor, text, ids, images)
     critical = find_critical(tokenizer, ids, words, case_sensitive=case_sensitive, think_open=think_open)
     return {
         "version": RECORD_VERSION,
