@@ -7,7 +7,7 @@ settings and seed, through the batched transformers backend. One teacher-forced 
 generation gives the entropy of each generated token's distribution (r1v3/entropy.py), read at
 the critical words ("Wait", "Alternatively", "Hmm" by default). The same generations give probe
 accuracy (answers.extract + verify, the reward's rule), format rate (rewards.well_formed) and the
-reward (accuracy and format weighted as the run's reward_weights, else the paper's 0.8/0.2).
+reward (accuracy and format weighted as the run's accuracy_weight and format_weight, else the paper's 0.8/0.2).
 
 Choice (`choose`): among checkpoints that pass the guards (probe accuracy at most
 --max-accuracy-drop and format rate at most --max-format-drop below the first checkpoint's),
@@ -205,10 +205,14 @@ def request_for(row: dict):
 
 
 def reward_weights(run: Artifact) -> dict:
-    """The run's accuracy and format weights (`reward_weights: [accuracy, format]`), else the paper's."""
-    w = (run.manifest.get("config") or {}).get("reward_weights")
-    ok = isinstance(w, list) and len(w) == 2 and all(isinstance(x, (int, float)) and math.isfinite(x) for x in w)
-    return {"accuracy": float(w[0]), "format": float(w[1])} if ok else dict(rewards.PAPER_WEIGHTS)
+    """The run's accuracy and format weights (`r1v3 rl`'s accuracy_weight, format_weight), else the paper's."""
+    cfg = run.manifest.get("config") or {}
+    out = dict(rewards.PAPER_WEIGHTS)
+    for key in out:
+        w = cfg.get(f"{key}_weight")
+        if isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w):
+            out[key] = float(w)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -445,18 +449,18 @@ def print_report(selection: Artifact, model: Artifact, console) -> None:
     from rich.table import Table
 
     metrics = selection.metrics
-    table = Table(title=f"select-ckpt {escape(selection.ref)}: critical-token entropy by checkpoint")
-    for col in ("step", "critical H", "positions", "per word (H / n)", "token H", "high share", "acc", "format",
-                "reward", "guards"):
-        table.add_column(col, justify="left" if col in ("per word (H / n)", "guards") else "right")
+    table = Table(title=f"select-ckpt {escape(selection.ref)}: entropy (nats) at critical words, by checkpoint")
+    words = list(metrics["table"][0]["per_word"])
+    for col in ("step", "critical H (n)", *words, "token H", "high", "acc", "format", "reward", "guards"):
+        table.add_column(escape(col), justify="left" if col == "guards" else "right")
     guards = json.loads(selection.file("selection.json").read_text())["choice"]["guards"]
     fmt = lambda v, spec=".3f": "-" if v is None else format(v, spec)  # noqa: E731
     for r in metrics["table"]:
-        words = ", ".join(f"{w} {fmt(s['entropy'])}/{s['count']}" for w, s in r["per_word"].items())
-        mark = "[bold]" if r["step"] == metrics["step"] else ""
-        table.add_row(f"{mark}{r['step']}", fmt(r["critical_entropy"], ".4f"), str(r["critical_count"]), escape(words),
-                      fmt(r["token_entropy"], ".4f"), fmt(r["high_entropy_share"]), fmt(r["accuracy"]),
-                      fmt(r["format_rate"]), fmt(r["reward"]), escape("; ".join(guards[str(r["step"])]) or "ok"))
+        mark = "*" if r["step"] == metrics["step"] else ""
+        per_word = [f"{fmt(r['per_word'][w]['entropy'])} ({r['per_word'][w]['count']})" for w in words]
+        table.add_row(f"{mark}{r['step']}", f"{fmt(r['critical_entropy'])} ({r['critical_count']})", *per_word,
+                      fmt(r["token_entropy"]), fmt(r["high_entropy_share"], ".2f"), fmt(r["accuracy"], ".2f"),
+                      fmt(r["format_rate"], ".2f"), fmt(r["reward"], ".2f"), escape("; ".join(guards[str(r["step"])]) or "ok"))
     console.print(table)
     s = metrics["spearman"]
     rho = f"rho {s['rho']:.3f}, p {s['p_value']:.3g}" if s["rho"] is not None else s.get("note", "n/a")

@@ -97,7 +97,7 @@ def publish_dataset(store, name, splits):
 def publish_run(store, name, base, train, steps, families=None, config=None):
     """A run artifact as `r1v3 rl` lays it out: checkpoints/step-K/ model directories."""
     families = families or ["internvl"] * len(steps)
-    with store.publish(name, "run", stage="rl", config=config or {"split": "train", "reward_weights": [0.8, 0.2]},
+    with store.publish(name, "run", stage="rl", config=config or {"split": "train", "accuracy_weight": 0.7, "format_weight": 0.3},
                        inputs=[base, train]) as d:
         for k, (step, family) in enumerate(zip(steps, families)):
             model, processor = build_tiny(family, seed=100 + k)
@@ -124,7 +124,7 @@ def test_end_to_end_structure_and_recompute(tiny_run, cli):
     store, run = tiny_run
     code, out, err = cli("select-ckpt", *ARGS, "--name", "sel", "--base")
     assert code == 0, err
-    assert "critical-token entropy by checkpoint" in out and "chosen: step" in out
+    assert "entropy (nats) at critical words" in out and "chosen: step" in out
     sel = store.resolve("sel", kind="selection")
     assert {"figures.json", "selection.json", "probe.jsonl", "entropy-vs-accuracy.png"} <= set(sel.manifest["files"])
     table = json.loads(sel.file("figures.json").read_text())
@@ -135,7 +135,7 @@ def test_end_to_end_structure_and_recompute(tiny_run, cli):
         mine = [x for x in records if x["step"] == r["step"]]
         assert r["generations"] == 6 and r["accuracy"] == sum(x["correct"] for x in mine) / 6
         assert r["tokens"] == sum(len(x["generated_ids"]) for x in mine)
-        assert r["reward"] == pytest.approx(0.8 * r["accuracy"] + 0.2 * r["format_rate"])
+        assert r["reward"] == pytest.approx(0.7 * r["accuracy"] + 0.3 * r["format_rate"])  # the run's weights
     summary = json.loads(sel.file("selection.json").read_text())
     assert summary["choice"]["step"] == sel.metrics["step"] and summary["choice"]["reason"]
     assert set(summary["spearman"]) >= {"rho", "p_value", "n"}
