@@ -18,7 +18,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal
 
 from r1v3 import data, mmmu, rewards
 from r1v3.artifacts import Artifact, Store, check_name, write_atomic

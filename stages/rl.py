@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Literal, Optional
 
 from r1v3 import config, curriculum, data, mmmu, models, rewards, training
-from r1v3.artifacts import Artifact, Store, check_name, write_atomic
+from r1v3.artifacts import Artifact, Store, check_name
 from r1v3.config import Settings, setting, to_dict
 from r1v3.errors import UserError
 
