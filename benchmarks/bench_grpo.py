@@ -26,7 +26,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from r1v3 import data, models, rewards, synthetic, training  # noqa: E402
+from r1v3 import data, mmmu, models, rewards, synthetic, training  # noqa: E402
 from r1v3.artifacts import Store  # noqa: E402
 from stages import difficulty, init_model, rl  # noqa: E402
 
@@ -88,7 +88,7 @@ def difficulty_rates(store: Store, a) -> tuple[float, float]:
     rows = data.read_split(store.resolve("probs").path, "train")
     start = time.perf_counter()
     for row in rows:
-        request = difficulty.to_request(row)
+        request = mmmu.request(row, "reasoning")
         for j in range(a.samples):
             backend.generate_all([request], Sampling(max_new_tokens=a.tokens, temperature=1.0, n=1, first=j))
     return batched, len(rows) / (time.perf_counter() - start)

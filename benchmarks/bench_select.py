@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import torch  # noqa: E402
 
-from r1v3 import synthetic  # noqa: E402
+from r1v3 import mmmu, synthetic  # noqa: E402
 from r1v3.generation import Sampling, TransformersBackend  # noqa: E402
 from r1v3.models import build_tiny  # noqa: E402
 from stages import select_ckpt  # noqa: E402
@@ -40,7 +40,7 @@ def main() -> None:
     torch.set_num_threads(1)
     splits = synthetic.generate(max(args.rows * 10 // 8 + 2, 10), 0)
     rows = synthetic.with_solutions(splits["train"][: args.rows], "reflect")
-    requests = [select_ckpt.request_for(r) for r in rows]
+    requests = [mmmu.request(r, "reasoning") for r in rows]
     model, processor = build_tiny("internvl", seed=0)
     cfg = select_ckpt.Config(run="r", probe="p", name="bench", max_new_tokens=args.max_new_tokens,
                              samples=args.samples, batch_size=args.batch_size, seed=0)

@@ -132,6 +132,33 @@ def build_prompt(row: dict, style: str) -> list[dict]:
     return parts[0]
 
 
+def user_message(row: dict, style: str) -> tuple[dict, list]:
+    """The user turn as one chat message with its image parts in place, and the images they take,
+    in order: what eval, difficulty, select-ckpt and rl all prompt with."""
+    content, images = [], []
+    for part in build_prompt(row, style):
+        if part["type"] == "image":
+            content.append({"type": "image"})
+            images.append(row["images"][part["index"]])
+        else:
+            content.append({"type": "text", "text": part["text"]})
+    return {"role": "user", "content": content}, images
+
+
+def request(row: dict, style: str):
+    """A generation request for one problem."""
+    from r1v3.generation import Request
+
+    message, images = user_message(row, style)
+    return Request(id=row["id"], messages=[message], images=images)
+
+
+def prompt_text(row: dict, style: str) -> str:
+    """The user turn's text alone (the chat template puts unmentioned images first), as synthetic
+    conversations and distilled traces write it."""
+    return "".join(p["text"] for p in build_prompt(row, style) if p["type"] == "text")
+
+
 # --------------------------------------------------------------------------------------
 # import of a local copy laid out as on the hub
 # --------------------------------------------------------------------------------------

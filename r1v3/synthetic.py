@@ -590,8 +590,7 @@ def _turns(row, style, reflect_share=REFLECT_SHARE):
 
     if style == "caption":
         return CAPTION_PROMPT, short_caption(row)
-    parts = mmmu.build_prompt(row, "official" if style == "direct" else "reasoning")
-    prompt = "".join(p["text"] for p in parts if p["type"] == "text")
+    prompt = mmmu.prompt_text(row, "official" if style == "direct" else "reasoning")
     if style == "direct":
         return prompt, row["answer"]
     if style == "brief":

@@ -71,19 +71,6 @@ def _rows(cfg: Config, dataset: Artifact) -> tuple[dict[str, list[dict]], list[s
     return rows, measured
 
 
-def to_request(row: dict):
-    from r1v3.generation import Request
-
-    content, images = [], []
-    for part in mmmu.build_prompt(row, "reasoning"):
-        if part["type"] == "image":
-            content.append({"type": "image"})
-            images.append(row["images"][part["index"]])
-        else:
-            content.append({"type": "text", "text": part["text"]})
-    return Request(id=row["id"], messages=[{"role": "user", "content": content}], images=images)
-
-
 def _read_partial(path: Path) -> dict[str, list[dict]]:
     done: dict[str, list[dict]] = {}
     if not path.exists():
@@ -118,7 +105,7 @@ def generate(cfg: Config, work, model: Artifact, rows: list[dict], where: str) -
 
     partial = work.path / PARTIAL
     done = _read_partial(partial) if work.resumed else {}
-    todo = [to_request(r) for r in rows if r["id"] not in done]
+    todo = [mmmu.request(r, "reasoning") for r in rows if r["id"] not in done]
     write_atomic(partial, "".join(json.dumps({"id": i, "samples": s}) + "\n" for i, s in done.items()))
     sampling = Sampling(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                         n=cfg.samples, seed=cfg.seed)
@@ -167,7 +154,7 @@ def run(cfg: Config, store: Store) -> Artifact:
     splits, measured = _rows(cfg, dataset)
     rows = [r for s in measured for r in splits[s]]
     for r in rows:
-        to_request(r)  # every prompt checked before any work
+        mmmu.request(r, "reasoning")  # every prompt checked before any work
     with store.work(cfg.name, "difficulty", settings=_settings(cfg, _backend_name(cfg.backend)),
                     inputs={"model": model, "data": dataset}, resume=cfg.resume, has_progress=_has_progress) as work:
         done, timing = generate(cfg, work, model, rows, f"{dataset.ref} splits {', '.join(measured)}")

@@ -156,11 +156,6 @@ def teacher_prompt(row: dict, template: str) -> str:
                            "instruction": instruction})
 
 
-def user_turn(row: dict) -> str:
-    """The eval's reasoning prompt as one text turn, as synthetic messages (and so SFT) write it."""
-    return "".join(p["text"] for p in mmmu.build_prompt(row, "reasoning") if p["type"] == "text")
-
-
 # ---------------------------------------------------------------------------------------------
 # the filters
 
@@ -448,7 +443,7 @@ def judge_all(cfg: Config, rows: list[dict], done: dict) -> tuple[list[dict], li
                 kept.append(verdicts[j].reasoning)
                 status[j] = ("kept", new_id)
                 out_rows.append(dict(row, id=new_id, messages=[
-                    {"role": "user", "content": user_turn(row)},
+                    {"role": "user", "content": mmmu.prompt_text(row, "reasoning")},
                     {"role": "assistant", "content": assistant_turn(verdicts[j].reasoning, row)}]))
         for j, (rec, v) in enumerate(zip(recs, verdicts)):
             reason, new_id = status.get(j, (v.reason, None))

@@ -84,26 +84,6 @@ class Config(Settings):
             raise UserError("--samples > 1 with --temperature 0 gives k identical greedy answers; set temperature > 0")
 
 
-def _check(cfg: Config) -> None:
-    if cfg.responses:
-        if cfg.model or cfg.data:
-            raise UserError("--responses re-scores saved responses: do not also give --model or --data")
-        return
-    if not (cfg.model and cfg.data):
-        raise UserError("give --model REF and --data REF (or --responses PATH to re-score saved responses)")
-    if not cfg.name:
-        raise UserError("give --name for the eval artifact")
-    for key in ("samples", "batch_size", "max_new_tokens", "tensor_parallel_size"):
-        if getattr(cfg, key) < 1:
-            raise UserError(f"{key} must be at least 1, got {getattr(cfg, key)}")
-    if cfg.limit is not None and cfg.limit < 1:
-        raise UserError(f"limit must be at least 1, got {cfg.limit}")
-    if cfg.temperature < 0 or not 0 < cfg.top_p <= 1:
-        raise UserError("temperature must be >= 0 and top_p in (0, 1]")
-    if cfg.samples > 1 and cfg.temperature == 0:
-        raise UserError("samples > 1 with temperature 0 gives k identical greedy answers; set temperature > 0")
-
-
 def load_rows(cfg: Config, dataset: Artifact) -> list[dict]:
     splits = data.list_splits(dataset.path)
     if cfg.split not in splits:
@@ -126,20 +106,6 @@ def load_rows(cfg: Config, dataset: Artifact) -> list[dict]:
 
         rows = [dict(r, images=[Image.new("RGB", im.size, "white") for im in r["images"]]) for r in rows]
     return rows
-
-
-def to_request(row: dict, style: str):
-    from r1v3.generation import Request
-
-    parts = mmmu.build_prompt(row, style)
-    content, images = [], []
-    for part in parts:
-        if part["type"] == "image":
-            content.append({"type": "image"})
-            images.append(row["images"][part["index"]])
-        else:
-            content.append({"type": "text", "text": part["text"]})
-    return Request(id=row["id"], messages=[{"role": "user", "content": content}], images=images)
 
 
 PARTIAL = "predictions.partial.jsonl"  # raw responses, appended as batches finish
@@ -200,7 +166,7 @@ def _inputs(cfg: Config, store: Store) -> tuple[Artifact, Artifact, list[dict], 
     dataset = store.resolve(cfg.data, kind="dataset")
     _model_dir_is_vlm(model)
     rows = load_rows(cfg, dataset)
-    requests = [to_request(r, cfg.style) for r in rows]  # every prompt checked before any work
+    requests = [mmmu.request(r, cfg.style) for r in rows]  # every prompt checked before any work
     return model, dataset, rows, requests
 
 

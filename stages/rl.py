@@ -176,14 +176,9 @@ def example(row: dict, where: str) -> dict:
     take `images` in order, plus the columns the rewards read."""
     if not str(row.get("answer") or "").strip():
         raise UserError(f"{where} row {row['id']}: no answer; GRPO's accuracy reward needs each row's gold answer")
-    content, images = [], []
-    for part in mmmu.build_prompt(row, "reasoning"):
-        if part["type"] == "image":
-            content.append(dict(IMAGE_PART))
-            images.append(row["images"][part["index"]])
-        else:
-            content.append({"type": "text", "text": part["text"]})
-    return {"prompt": [{"role": "user", "content": content}], "images": images, "id": row["id"],
+    message, images = mmmu.user_message(row, "reasoning")
+    message["content"] = [dict(IMAGE_PART) if p["type"] == "image" else p for p in message["content"]]
+    return {"prompt": [message], "images": images, "id": row["id"],
             "answer": row["answer"], "question_type": row["question_type"], "options": list(row["options"])}
 
 

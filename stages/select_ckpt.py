@@ -190,20 +190,6 @@ def check_overlap(store: Store, run: Artifact, probe: Artifact, rows: list[dict]
                 f"of {run.ref} ({dataset.ref} split {train_split}); probe a held-out split, or --force-overlap")
 
 
-def request_for(row: dict):
-    """The eval's reasoning prompt for a row: images where `<image N>` stands, else first."""
-    from r1v3.generation import Request
-
-    content, images = [], []
-    for part in mmmu.build_prompt(row, "reasoning"):
-        if part["type"] == "image":
-            content.append({"type": "image"})
-            images.append(row["images"][part["index"]])
-        else:
-            content.append({"type": "text", "text": part["text"]})
-    return Request(id=row["id"], messages=[{"role": "user", "content": content}], images=images)
-
-
 def reward_weights(run: Artifact) -> dict:
     """The run's accuracy and format weights (`r1v3 rl`'s accuracy_weight, format_weight), else the paper's."""
     cfg = run.manifest.get("config") or {}
@@ -358,7 +344,7 @@ def run(cfg: Config, store: Store) -> tuple[Artifact, Artifact]:
     rows = probe_rows(cfg, probe)
     if not cfg.force_overlap:
         check_overlap(store, run_art, probe, rows, cfg.split)
-    requests = [request_for(r) for r in rows]
+    requests = [mmmu.request(r, "reasoning") for r in rows]
     weights = reward_weights(run_art)
     inputs = {"run": run_art, "probe": probe} | ({"base": ckpts[0].source} if ckpts[0].source is not run_art else {})
     with store.work(cfg.name, "select-ckpt", settings=_settings(cfg), inputs=inputs, resume=cfg.resume,

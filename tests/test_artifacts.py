@@ -1,6 +1,5 @@
 import json
 import multiprocessing as mp
-import os
 import subprocess
 import sys
 import textwrap

@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from PIL import Image
 
-from r1v3 import answers, data, rewards, synthetic
+from r1v3 import answers, data, mmmu, rewards, synthetic
 from stages import distill
 from stages.sft import THINK
 
@@ -226,7 +226,7 @@ def test_template_placeholders_and_prompt():
 def test_user_turn_is_the_synthetic_messages_turn():
     rows = synthetic.generate(20, seed=3)["train"]
     for r in rows:
-        assert distill.user_turn(r) == synthetic._turns(r, "brief")[0]
+        assert mmmu.prompt_text(r, "reasoning") == synthetic._turns(r, "brief")[0]
 
 
 def test_lucky_share():
@@ -265,7 +265,7 @@ def test_scripted_teacher_end_to_end(problems, teacher):
     assert by_id["p6"]["messages"][1]["content"].startswith("<think>The image shows there are 2 blue squares")
     for r in rows:
         source = row(int(r["id"][1:].split("~")[0]), r["question_type"], r["answer"])
-        assert r["messages"][0] == {"role": "user", "content": distill.user_turn(source)}
+        assert r["messages"][0] == {"role": "user", "content": mmmu.prompt_text(source, "reasoning")}
         assert r["images"][0].size == source["images"][0].size and r["caption"] == source["caption"]
         assert THINK.match(r["messages"][1]["content"])  # what sft --preset cold-start demands
         assert rewards.accuracy([None], [r["messages"][1]["content"]], answer=[r["answer"]],

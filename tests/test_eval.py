@@ -5,7 +5,6 @@ import json
 import pytest
 
 from mmmu_fixture import write_sample_copy
-from r1v3 import mmmu
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from r1v3 import data, entropy, synthetic
+from r1v3 import data, entropy, mmmu, synthetic
 from r1v3.errors import UserError
 from r1v3.models import build_tiny, save_model
 from stages import select_ckpt as S
@@ -238,7 +238,7 @@ def test_batched_passes_match_one_at_a_time_with_placeholder_tokens(family):
     placeholder = sorted(entropy._placeholder_ids(model))[0]
     items = []
     for k, r in enumerate(rows):
-        q = S.request_for(r)
+        q = mmmu.request(r, "reasoning")
         ids = tok(r["messages"][1]["content"], add_special_tokens=False)["input_ids"][: 10 + 7 * k]
         if k == 1:
             ids = ids[:5] + [placeholder] + ids[5:]
