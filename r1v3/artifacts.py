@@ -656,6 +656,10 @@ class Store:
         touched before entering, so `work.path` can be handed to a trainer beforehand."""
         return Work(self, check_name(name), stage, settings, inputs, resume, has_progress)
 
+    def work_path(self, name: str, stage: str) -> Path:
+        """Where run `name` of `stage` keeps its scratch state (only named: nothing is created)."""
+        return self.root / ".work" / check_name(name) / stage
+
     def lock_work(self, name: str, stage: str):
         """Hold `.work/<name>/<stage>.lock` for as long as the returned file stays open (or the
         process lives): two runs of one name would otherwise overwrite each other's progress."""
@@ -697,7 +701,7 @@ class Work:
     def __init__(self, store: Store, name: str, stage: str, settings: dict, inputs: dict, resume: bool,
                  has_progress: Callable[[Path], bool]):
         self.name, self.stage, self.resume, self.has_progress = name, stage, resume, has_progress
-        self.path = store.root / ".work" / name / stage
+        self.path = store.work_path(name, stage)
         self.key = run_key(settings, *inputs.values())  # the same key as before settings were recorded
         self.state = {
             "key": self.key,

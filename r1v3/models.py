@@ -229,6 +229,21 @@ def is_causal_lm_config(config) -> bool:
     return "AutoModelForCausalLM" in (getattr(config, "auto_map", None) or {})
 
 
+def vlm_config(directory, label: str, stage: str) -> dict:
+    """The config.json of a model directory that must hold a vision-language model of a supported
+    family, checked before any weights load; `label` names it in errors (an artifact ref, a checkpoint)."""
+    from r1v3 import jsonio
+
+    config = jsonio.read(Path(directory) / "config.json", f"{label}: config.json")
+    if not isinstance(config, dict):
+        raise UserError(f"{label}: config.json is not a JSON object")
+    if "vision_config" not in config:
+        raise UserError(f"{label}: is a text-only model ({config.get('model_type')}); {stage} takes a vision-language "
+                        "model (compose one with `r1v3 compose` first)")
+    family_of(config.get("model_type"))  # an unsupported family fails here, before any loading
+    return config
+
+
 def read_config(path, *, trust_remote_code: bool = False):
     """The transformers config of a local model directory, or a UserError saying why not."""
     from transformers import AutoConfig

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
 
-from r1v3 import config, data, mmmu
+from r1v3 import config, data, mmmu, models
 from r1v3.artifacts import Artifact, Store, check_name, write_atomic
 from r1v3.config import Settings, setting, to_dict
 from r1v3.errors import UserError
@@ -152,19 +152,10 @@ def resolve_backend(name: str) -> str:
     return "vllm" if torch.cuda.is_available() and vllm_available() else "transformers"
 
 
-def _model_dir_is_vlm(model: Artifact) -> None:
-    try:
-        cfg = json.loads(model.file("config.json").read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise UserError(f"{model.ref}: cannot read config.json: {e}") from None
-    if "vision_config" not in cfg:
-        raise UserError(f"{model.ref}: is a text-only model ({cfg.get('model_type')}), not a vision-language model")
-
-
 def _inputs(cfg: Config, store: Store) -> tuple[Artifact, Artifact, list[dict], list]:
     model = store.resolve(cfg.model, kind="model")
     dataset = store.resolve(cfg.data, kind="dataset")
-    _model_dir_is_vlm(model)
+    models.vlm_config(model.path, model.ref, "eval mmmu")
     rows = load_rows(cfg, dataset)
     requests = [mmmu.request(r, cfg.style) for r in rows]  # every prompt checked before any work
     return model, dataset, rows, requests

@@ -406,14 +406,15 @@ def _setup(cfg: Config, store: Store):
     """Every input read and checked, the order planned, the model loaded; nothing in the store touched yet."""
     model_art = store.resolve(cfg.model, kind="model")
     data_art = store.resolve(cfg.data, kind="dataset")
-    _check_vlm(model_art)
+    models.vlm_config(model_art.path, model_art.ref, "rl")
     rows = load_rows(cfg, data_art)
     where = f"{data_art.ref} [{cfg.split}]"
     examples = [example(r, where) for r in rows]
-    probe = _arguments(cfg, store.root / ".work" / cfg.name / "rl")
+    inputs = {"model": model_art, "data": data_art}
+    probe = _arguments(cfg, store.work_path(cfg.name, "rl"))  # the batch geometry the order is planned for
     schedule = _plan(cfg, probe, rows, data_art)
     total = min(cfg.max_steps or schedule.total_steps, schedule.total_steps)
-    work = store.work(cfg.name, "rl", settings=_settings(cfg, schedule), inputs={"model": model_art, "data": data_art},
+    work = store.work(cfg.name, "rl", settings=_settings(cfg, schedule), inputs=inputs,
                       resume=cfg.resume, has_progress=training.has_checkpoint)
     args = _arguments(cfg, work.path, max_steps=total)
     model, processor = models.load_model(model_art.path, trust_remote_code=cfg.trust_remote_code, dtype=cfg.dtype)
@@ -423,17 +424,6 @@ def _setup(cfg: Config, store: Store):
     tuned = to_dataset(examples).select(schedule.order)
     return work, dict(args=args, model=model, processor=processor, params=params, rewards=rewards_, dataset=tuned,
                       schedule=schedule, total_steps=total, inputs=[model_art, data_art], rows=len(rows))
-
-
-def _check_vlm(model: Artifact) -> None:
-    try:
-        conf = json.loads(model.file("config.json").read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise UserError(f"{model.ref}: cannot read config.json: {e}") from None
-    if "vision_config" not in conf:
-        raise UserError(f"{model.ref}: is a text-only model ({conf.get('model_type')}); rl trains a vision-language "
-                        "model (compose one with `r1v3 compose` first)")
-    models.family_of(conf.get("model_type"))
 
 
 def _say_plan(cfg: Config, setup: dict) -> None:

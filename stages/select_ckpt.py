@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
 
-from r1v3 import data, entropy, mmmu, rewards
+from r1v3 import data, entropy, mmmu, models, rewards
 from r1v3.artifacts import Artifact, Store, check_name, write_atomic
 from r1v3.config import Settings, setting, to_dict
 from r1v3.errors import UserError
@@ -117,30 +117,18 @@ def checkpoints(store: Store, run: Artifact, base: bool) -> list[Checkpoint]:
         raise UserError(f"{run.ref}: the run has no checkpoints (no checkpoints/step-K/config.json in its files)")
     out = [Checkpoint(k, run.path / "checkpoints" / f"step-{k}", f"{run.ref} step-{k}", run) for k in steps]
     if base and 0 not in steps:
-        models = [i for i in run.manifest.get("inputs", []) if i.get("kind") == "model"]
-        if len(models) != 1:
-            raise UserError(f"--base (key base): {run.ref} names {len(models)} model inputs, not one starting model")
-        model = store.resolve(models[0]["ref"], kind="model")
+        starts = [i for i in run.manifest.get("inputs", []) if i.get("kind") == "model"]
+        if len(starts) != 1:
+            raise UserError(f"--base (key base): {run.ref} names {len(starts)} model inputs, not one starting model")
+        model = store.resolve(starts[0]["ref"], kind="model")
         out.insert(0, Checkpoint(0, model.path, f"{model.ref} (start)", model))
     families = {}
     for c in out:
-        cfg = _read_config(c)
-        if "vision_config" not in cfg:
-            raise UserError(f"{c.label}: a text-only model ({cfg.get('model_type')}), not a vision-language model")
-        families.setdefault(cfg.get("model_type"), c.label)
+        families.setdefault(models.vlm_config(c.path, c.label, "select-ckpt").get("model_type"), c.label)
     if len(families) > 1:
         raise UserError(f"{run.ref}: checkpoints of different families: "
                         + ", ".join(f"{label} is {t!r}" for t, label in families.items()))
     return out
-
-
-def _read_config(c: Checkpoint) -> dict:
-    from r1v3 import jsonio
-
-    cfg = jsonio.read(c.path / "config.json")
-    if not isinstance(cfg, dict):
-        raise UserError(f"{c.label}: config.json is not a JSON object")
-    return cfg
 
 
 def probe_rows(cfg: Config, probe: Artifact) -> list[dict]:

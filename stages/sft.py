@@ -27,7 +27,6 @@ runs this same code in every process; only the main process publishes.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import time
@@ -198,20 +197,6 @@ def load_examples(dataset: Artifact, split: str, cfg: Config) -> list[dict]:
         if missing is not None:
             raise UserError(f"{where} row {missing['id']}: no `messages` (every row of a chat SFT needs them)")
     return [conversation(r, cfg, f"{where} row {r['id']}") | {"id": r["id"]} for r in rows]
-
-
-def _model_config(model: Artifact) -> dict:
-    try:
-        config = json.loads(model.file("config.json").read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise UserError(f"{model.ref}: cannot read config.json: {e}") from None
-    if "vision_config" not in config:
-        raise UserError(
-            f"{model.ref}: is a text-only model ({config.get('model_type')}); sft trains a vision-language model "
-            "(compose one with `r1v3 compose` first)"
-        )
-    models.family_of(config.get("model_type"))  # unsupported families fail here, before any loading
-    return config
 
 
 def training_template(processor, ref: str) -> str | None:
@@ -392,7 +377,7 @@ def _setup(cfg: Config, store: Store):
     """Every input read and checked, the model loaded; nothing in the store touched yet."""
     model_art = store.resolve(cfg.model, kind="model")
     data_art = store.resolve(cfg.data, kind="dataset")
-    _model_config(model_art)
+    models.vlm_config(model_art.path, model_art.ref, "sft")
     examples = {cfg.split: load_examples(data_art, cfg.split, cfg)}
     if cfg.eval_split:
         examples[cfg.eval_split] = load_examples(data_art, cfg.eval_split, cfg)

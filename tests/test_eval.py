@@ -168,4 +168,4 @@ def test_text_only_model_is_refused(ready, tmp_path):
     processor.tokenizer.save_pretrained(tmp_path / "llm")
     assert ready("import-model", tmp_path / "llm", "--name", "textlm")[0] == 0
     code, _, err = ready("eval", "mmmu", "--model", "textlm", "--data", "mmmu", "--name", "e")
-    assert code == 2 and "not a vision-language model" in err
+    assert code == 2 and "is a text-only model" in err
