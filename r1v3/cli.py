@@ -416,6 +416,15 @@ stage_command("", "difficulty", "stages.difficulty", doc=(
     "(for --drop-solved/--drop-unsolved and the pass-rate curriculum)."))
 
 
+def _report_page(path) -> None:
+    console.print(f"wrote {path}", markup=False, highlight=False, soft_wrap=True)
+
+
+stage_command("", "report", "stages.report", report=_report_page, doc=(
+    "Write a self-contained HTML page about an artifact: its lineage graph, each stage's settings, metrics and "
+    "plots, and the scores of every eval of its models. Opens offline; no script, no external reference."))
+
+
 # ---- artifacts -------------------------------------------------------------------------------
 
 
