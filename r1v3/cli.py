@@ -29,7 +29,7 @@ from rich.tree import Tree
 from typer.models import ParamMeta
 
 from r1v3 import __version__, config
-from r1v3.artifacts import MAX_LINEAGE_DEPTH, Store, clip, default_store
+from r1v3.artifacts import MAX_LINEAGE_DEPTH, Store, check_name, clip, default_store
 from r1v3.errors import UserError
 
 class _Group(typer.core.TyperGroup):
@@ -184,22 +184,79 @@ def _stage_command(group: typer.Typer, name: str, module, *, doc: str, fixed: di
                                     default=typer.Argument(None, metavar="KEY=VALUE", show_default=False, help=(
                                         "Dotted key=value overrides of any setting (the keys of --config), "
                                         f"e.g. {_override_example(cls, fields)}."))))
+    params.append(inspect.Parameter("reuse", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[bool],
+                                    default=typer.Option(None, "--reuse/--no-reuse", help=(
+                                        "Skip the stage when the latest artifact of --name came from the same "
+                                        "settings and inputs (default: on when R1V3_REUSE=1)."))))
     params.extend(extra)
     extra_names = {p.name for p in extra}
 
     def command(**kw):
-        path, overrides = kw.pop("config_file"), kw.pop("overrides") or []
+        path, overrides, reuse = kw.pop("config_file"), kw.pop("overrides") or [], kw.pop("reuse")
         extras = {k: kw.pop(k) for k in extra_names}
         options = {k: ",".join(v) if isinstance(v, list) else v for k, v in kw.items()}
         conf = config.load(cls, stage=cls.STAGE, path=path, options={**options, **(fixed or {})},
                            overrides=overrides, flags=flags)
         for note in conf.notes:
             err_console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
+        current = _up_to_date(conf, store()) if (reuse if reuse is not None else os.environ.get("R1V3_REUSE") == "1") \
+            else None
+        if current:
+            for art in current:
+                console.print(f"up to date: {art.ref} (reused)", markup=False, highlight=False)
+            return
         (report or _published)(module.run(conf, store()), **extras)
 
     command.__signature__ = inspect.Signature(params)
     command.__name__ = name.replace("-", "_")
     group.command(name, help=doc)(command)
+
+
+# how an interrupted run continues, not what it computes: a resumed run publishes what an uninterrupted one does
+REUSE_IGNORED = frozenset({"resume"})
+_ABSENT = object()  # a setting the manifest does not record (written before the setting existed)
+
+
+def _up_to_date(conf, s: Store) -> list | None:
+    """What the stage would publish, when the latest artifact of each name it publishes (`name`,
+    and `*_name` such as select-ckpt's model) already holds it: the same stage, the same resolved
+    settings as stored in its manifest, and the same content (digest) of every artifact it read, as
+    the settings resolve them now (`data` naming a newer version counts as a change). None when
+    anything differs or cannot be read: then the stage runs."""
+    settings = json.loads(json.dumps(config.to_dict(conf), default=str))  # as a manifest reads back
+    outputs = [k for k, v in settings.items() if (k == "name" or k.endswith("_name")) and isinstance(v, str)]
+    refs = [v for k, v in settings.items() if isinstance(v, str) and v and k not in outputs]
+    found: list = []
+    try:
+        for key in outputs:
+            if not s.versions(check_name(settings[key])):
+                return None
+            art = s.resolve(settings[key])
+            recorded = art.manifest.get("config")
+            if art.manifest.get("stage") != conf.STAGE or not isinstance(recorded, dict) or any(
+                    recorded.get(k, _ABSENT) != v for k, v in settings.items() if k not in REUSE_IGNORED):
+                return None
+            if not all(_same_input(inp, refs, [settings[k] for k in outputs], found, s)
+                       for inp in art.manifest.get("inputs", [])):
+                return None
+            found.append(art)
+    except UserError:  # damaged or gone: the stage says what is wrong when it runs
+        return None
+    return found or None
+
+
+def _same_input(inp: dict, refs: list[str], outputs: list[str], found: list, s: Store) -> bool:
+    """Whether an input recorded in a manifest is what the settings name now (by artifact name,
+    NAME@vN or directory); an input no setting names (a run's starting model) must still hold the
+    recorded content, and one this same command publishes must be the artifact just matched."""
+    name = inp["ref"].rpartition("@v")[0]
+    if name in outputs:
+        return any(a.ref == inp["ref"] for a in found)
+    for ref in refs:
+        if ref == name or ref.startswith(name + "@v") or (
+                os.sep in ref and Path(ref).is_dir() and Path(ref).resolve().parent.name == name):
+            return s.resolve(ref).digest == inp["digest"]
+    return s.resolve(inp["ref"]).digest == inp["digest"]
 
 
 def _published(art) -> None:
