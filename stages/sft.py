@@ -12,8 +12,10 @@ recipes/sft/*.yaml):
 Data is problem rows with `messages` (format "chat") or image + caption rows (format "caption").
 Every row is measured with the model's own processor, image tokens included; rows longer than
 max_length are dropped and counted, so nothing is ever truncated (a truncated image breaks the
-image-token/feature match). The loss is on assistant tokens only ({% generation %} in the chat
-template), and only the chosen parts have requires_grad, so the optimizer holds only them.
+image-token/feature match). The loss is on assistant tokens only: those inside {% generation %} in the
+chat template (or TRL's training version of it), and for any other template (the R1-distilled Qwen
+one a composed model carries, Llama 3's, ...) those r1v3.chat finds by rendering each conversation
+prefix by prefix. Only the chosen parts have requires_grad, so the optimizer holds only them.
 
 Checkpoints go to the run's work directory in the store every save_steps; `--resume` continues
 from the last complete one with the same data order (seeded sampler, skipped batches, restored
@@ -199,62 +201,69 @@ def load_examples(dataset: Artifact, split: str, cfg: Config) -> list[dict]:
     return [conversation(r, cfg, f"{where} row {r['id']}") | {"id": r["id"]} for r in rows]
 
 
-def training_template(processor, ref: str) -> str | None:
-    """The chat template the collator will use: the processor's own if it marks assistant tokens."""
+def training_template(processor, ref: str) -> tuple[str | None, bool]:
+    """(the chat template the collator renders with, whether sft marks the assistant tokens itself).
+
+    The processor's own template when it has {% generation %} markers, else TRL's training version
+    of it; a template TRL does not know (the R1-distilled Qwen template behind compose's image-part
+    prelude, Llama 3's, ...) is rendered as it is and r1v3.chat finds the assistant tokens."""
     from trl.chat_template_utils import get_training_chat_template, has_generation_markers
 
     template = processor.chat_template
     if not template:
         raise UserError(f"{ref}: the processor has no chat template")
     if has_generation_markers(template):
-        return None
+        return None, False
     try:
         patched = get_training_chat_template(processor)
-    except (ValueError, KeyError) as e:
-        patched, reason = None, str(e).splitlines()[0]
-    else:
-        reason = "TRL has no training version of it"
-    if not patched:
-        raise UserError(
-            f"{ref}: the chat template has no {{% generation %}} markers ({reason}); the loss on assistant tokens "
-            "only needs them around the assistant turn"
-        )
-    return patched
+    except (ValueError, KeyError):
+        patched = None
+    return (patched, False) if patched else (None, True)
 
 
-def measure(processor, examples: list[dict], template: str | None, where: str) -> list[tuple[int, int]]:
-    """(tokens, assistant tokens) per example, rendered exactly as the collator will, image tokens included."""
+def measure(processor, examples: list[dict], template: str | None, where: str, own_mask: bool = False) -> list[tuple]:
+    """(tokens, assistant tokens, assistant turns left as context) per example, rendered exactly as the
+    collator will, image tokens included. With own_mask each example gets its `assistant_masks`."""
     from trl.data_utils import prepare_multimodal_messages
+
+    from r1v3 import chat
 
     out = []
     for ex in examples:
-        enc = processor.apply_chat_template(
-            [prepare_multimodal_messages(ex["messages"], images=ex["images"])],
-            chat_template=template,
-            tokenize=True,
-            return_dict=True,
-            return_assistant_tokens_mask=True,
-            processor_kwargs={"padding": False, "truncation": False, "add_special_tokens": False},
-        )
-        n, n_assistant = len(enc["input_ids"][0]), int(sum(enc["assistant_masks"][0]))
-        if n_assistant == 0:
-            raise UserError(f"{where} row {ex['id']}: no assistant token is marked for the loss by the chat template")
-        out.append((n, n_assistant))
+        at = f"{where} row {ex['id']}"
+        if own_mask:
+            mask, context_only = chat.assistant_mask(processor, ex["messages"], ex["images"], template, at)
+            ex["assistant_masks"] = mask
+        else:
+            enc = processor.apply_chat_template(
+                [prepare_multimodal_messages(ex["messages"], images=ex["images"])],
+                chat_template=template,
+                tokenize=True,
+                return_dict=True,
+                return_assistant_tokens_mask=True,
+                processor_kwargs=chat.PROCESSOR_KWARGS,
+            )
+            mask, context_only = enc["assistant_masks"][0], 0
+        if not any(mask):
+            raise UserError(f"{at}: no assistant token is marked for the loss by the chat template")
+        out.append((len(mask), int(sum(mask)), context_only))
     return out
 
 
 def to_dataset(examples: list[dict]):
     import datasets
 
-    features = datasets.Features({
+    columns = {
         "messages": datasets.List({
             "role": datasets.Value("string"),
             "content": datasets.List({"type": datasets.Value("string"), "text": datasets.Value("string")}),
         }),
         "images": datasets.List(datasets.Image()),
-    })
-    return datasets.Dataset.from_list([{"messages": e["messages"], "images": e["images"]} for e in examples],
-                                      features=features)
+    }
+    if examples and "assistant_masks" in examples[0]:
+        columns["assistant_masks"] = datasets.List(datasets.Value("int8"))
+    return datasets.Dataset.from_list([{k: e[k] for k in columns} for e in examples],
+                                      features=datasets.Features(columns))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -287,7 +296,8 @@ def _arguments(cfg: Config, output_dir: Path):
         num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps or -1,
         max_length=None,  # never truncate: rows are measured and dropped instead
-        assistant_only_loss=True,
+        assistant_only_loss=True,  # turned off in _setup when r1v3.chat marks the assistant tokens instead
+        remove_unused_columns=False,  # keeps the assistant_masks column; the rows carry nothing else unused
         activation_checkpointing=cfg.gradient_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
         bf16=cfg.bf16 if cfg.bf16 is not None else bool(cuda and torch.cuda.is_bf16_supported()),
@@ -312,16 +322,17 @@ def _arguments(cfg: Config, output_dir: Path):
     )
 
 
-def _fitting(cfg: Config, processor, template, where: str, split: str, examples: list[dict]) -> tuple[list[dict], int]:
-    """The examples no longer than max_length tokens, and how many were dropped."""
-    lengths = measure(processor, examples, template, f"{where} [{split}]")
-    keep = [e for e, (n, _) in zip(examples, lengths) if n <= cfg.max_length]
-    if not keep:
+def _fitting(cfg: Config, processor, route: tuple, where: str, split: str, examples: list[dict]) -> tuple[list[dict], int, int]:
+    """The examples no longer than max_length tokens, how many were dropped, and how many assistant
+    turns of the kept ones are context only (see r1v3.chat)."""
+    lengths = measure(processor, examples, route[0], f"{where} [{split}]", own_mask=route[1])
+    kept = [(e, c) for e, (n, _, c) in zip(examples, lengths) if n <= cfg.max_length]
+    if not kept:
         raise UserError(
             f"{where} [{split}]: all {len(examples)} rows are longer than max_length={cfg.max_length} tokens "
-            f"(image tokens included; the shortest has {min(n for n, _ in lengths)}); raise max_length"
+            f"(image tokens included; the shortest has {min(n for n, _, _ in lengths)}); raise max_length"
         )
-    return keep, len(examples) - len(keep)
+    return [e for e, _ in kept], len(examples) - len(kept), sum(c for _, c in kept)
 
 
 def _metrics(cfg: Config, trainer, params: dict, examples: dict, dropped: dict, final_eval: dict) -> dict:
@@ -349,6 +360,8 @@ def _train_and_publish(cfg: Config, store: Store, work, setup: dict, start: floa
     from transformers import EarlyStoppingCallback
     from trl import SFTTrainer
 
+    from r1v3 import chat
+
     args, examples = setup["args"], setup["examples"]
     resume_from = training.last_checkpoint(work.path) if cfg.resume else None
     if resume_from and args.distributed_state.is_main_process:
@@ -361,6 +374,8 @@ def _train_and_publish(cfg: Config, store: Store, work, setup: dict, start: floa
         processing_class=setup["processor"],
         callbacks=[EarlyStoppingCallback(cfg.early_stopping_patience)] if cfg.early_stopping_patience else [],
     )
+    if setup["own_mask"]:  # TRL's collator (built with its pad-token setup) renders; our masks pick the labels
+        trainer.data_collator = chat.OwnMaskCollator(trainer.data_collator)
     trained = training.train(trainer, resume_from)
     # the published model's own validation loss: after early stopping, that of the best checkpoint
     final_eval = trainer.evaluate() if cfg.eval_split else {}
@@ -387,15 +402,23 @@ def _setup(cfg: Config, store: Store):
     model, processor = models.load_model(model_art.path, trust_remote_code=cfg.trust_remote_code, dtype=cfg.dtype)
     params = models.set_trainable(model, cfg.trainable)
     tokenizer_state = training.tokenizer_settings(processor)  # as loaded, before any collator pads with it
-    template = training_template(processor, model_art.ref)
-    dropped = {}
+    route = training_template(processor, model_art.ref)
+    args.assistant_only_loss = not route[1]  # TRL would refuse a template it cannot mark
+    dropped, context_only = {}, {}
     for split in examples:
-        examples[split], dropped[split] = _fitting(cfg, processor, template, data_art.ref, split, examples[split])
-    if args.distributed_state.is_main_process and any(dropped.values()):
-        print(f"note: dropped rows longer than {cfg.max_length} tokens: "
-              + ", ".join(f"{k} {v}" for k, v in dropped.items()))
+        examples[split], dropped[split], context_only[split] = _fitting(
+            cfg, processor, route, data_art.ref, split, examples[split])
+    if args.distributed_state.is_main_process:
+        if any(dropped.values()):
+            print(f"note: dropped rows longer than {cfg.max_length} tokens: "
+                  + ", ".join(f"{k} {v}" for k, v in dropped.items()))
+        if any(context_only.values()):
+            print("note: the chat template rewrites earlier assistant turns once later ones follow (as it shows them "
+                  "at inference); those turns are context, not trained: "
+                  + ", ".join(f"{k} {v}" for k, v in context_only.items()))
     return work, dict(args=args, model=model, processor=processor, params=params, examples=examples,
-                      dropped=dropped, tokenizer_state=tokenizer_state, inputs=[model_art, data_art])
+                      dropped=dropped, tokenizer_state=tokenizer_state, inputs=[model_art, data_art],
+                      own_mask=route[1])
 
 
 def run(cfg: Config, store: Store) -> Artifact:
