@@ -26,7 +26,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from r1v3 import data, mmmu, models, rewards, synthetic, training  # noqa: E402
+from r1v3 import data, families, mmmu, models, rewards, synthetic, training  # noqa: E402
 from r1v3.artifacts import Store  # noqa: E402
 from stages import difficulty, init_model, rl  # noqa: E402
 
@@ -52,7 +52,7 @@ def bare(store: Store, i: int, a) -> float:
     from trl import GRPOConfig, GRPOTrainer
 
     model, processor = models.load_model(store.resolve("tiny").path)
-    models.set_trainable(model, "connector+llm")
+    families.set_trainable(model, "connector+llm")
     rows = data.read_split(store.resolve("probs").path, "train")
     dataset = rl.to_dataset([rl.example(r, "bench") for r in rows])
     args = GRPOConfig(output_dir=str(store.root / f"bare{i}"), per_device_train_batch_size=a.batch,

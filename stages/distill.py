@@ -51,7 +51,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, NamedTuple, Optional
 
-from r1v3 import answers, data, jsonio, mmmu, models
+from r1v3 import answers, data, jsonio, mmmu, models, smol
 from r1v3.artifacts import Artifact, Store, check_name, sha256_file, write_atomic
 from r1v3.config import Settings, setting, to_dict
 from r1v3.errors import UserError
@@ -278,7 +278,7 @@ def resolve_teacher(cfg: Config, store: Store) -> Teacher:
         return Teacher(f"{cfg.teacher_model} at {cfg.teacher}",
                        {"endpoint": cfg.teacher.rstrip("/"), "model": cfg.teacher_model, "backend": "http"}, None)
     if cfg.teacher == SMOL:
-        gguf = models.smol_gguf_path()
+        gguf = smol.smol_gguf_path()
         return Teacher("smol (SmolLM2-135M-Instruct)",
                        {"file": gguf.name, "sha256": sha256_file(gguf), "backend": "transformers"}, None)
     art = store.resolve(cfg.teacher, kind="model")
@@ -304,7 +304,7 @@ def open_backend(cfg: Config, teacher: Teacher):
         return VLLMBackend(teacher.artifact.path, tensor_parallel_size=cfg.tensor_parallel_size,
                            trust_remote_code=cfg.trust_remote_code)
     if teacher.artifact is None:
-        model, tokenizer = models.load_smol_llm()
+        model, tokenizer = smol.load_smol_llm()
     else:
         model, tokenizer = models.load_llm(teacher.artifact.path, trust_remote_code=cfg.trust_remote_code)
     import torch

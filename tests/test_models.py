@@ -10,19 +10,16 @@ from PIL import Image, ImageDraw
 from transformers import AutoModelForImageTextToText, AutoProcessor, LlamaConfig
 
 from r1v3.errors import UserError
-from r1v3.models import (
+from r1v3.families import (
     FAMILIES,
     PARTS,
-    TINY_FAMILIES,
-    build_smol,
-    build_tiny,
     family_of,
-    load_model,
     parse_parts,
     part_of_parameters,
-    save_model,
     set_trainable,
 )
+from r1v3.models import build_tiny, load_model, save_model
+from r1v3.smol import SMOL_GGUF, SMOL_IMAGE_TOKENS, build_smol, smol_gguf_path
 
 
 @pytest.fixture(autouse=True)
@@ -56,11 +53,10 @@ def _inputs(processor, answer=None):
 
 
 def test_tiny_families_match_the_table():
-    assert TINY_FAMILIES == list(FAMILIES)
-    assert {"internvl", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava", "idefics3"} <= set(TINY_FAMILIES)
+    assert {"internvl", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava", "idefics3"} <= set(FAMILIES)
 
 
-@pytest.mark.parametrize("family", TINY_FAMILIES)
+@pytest.mark.parametrize("family", list(FAMILIES))
 def test_tiny_build_save_reload_forward_generate(family, tmp_path):
     t = time.perf_counter()
     model, processor = build_tiny(family)
@@ -96,7 +92,7 @@ def test_tiny_build_save_reload_forward_generate(family, tmp_path):
     assert type(again) is type(model)
 
 
-@pytest.mark.parametrize("family", TINY_FAMILIES)
+@pytest.mark.parametrize("family", list(FAMILIES))
 def test_tiny_tokenizer_and_template(family):
     _, processor = build_tiny(family)
     tok = processor.tokenizer
@@ -123,7 +119,7 @@ def test_tiny_tokenizer_and_template(family):
     assert tok.decode(assistant) == "<think> Hmm. </think> \\boxed{2}<|im_end|>"
 
 
-@pytest.mark.parametrize("family", TINY_FAMILIES)
+@pytest.mark.parametrize("family", list(FAMILIES))
 def test_every_parameter_in_exactly_one_part(family):
     model, _ = build_tiny(family)
     part_of = part_of_parameters(model)
@@ -141,7 +137,7 @@ def test_every_parameter_in_exactly_one_part(family):
     assert stats["total"] == sum(p.numel() for p in model.parameters())
 
 
-@pytest.mark.parametrize("family", TINY_FAMILIES)
+@pytest.mark.parametrize("family", list(FAMILIES))
 @pytest.mark.parametrize("parts", ["connector", "llm", "vision", "connector+llm"])
 def test_set_trainable_changes_only_named_parts(family, parts):
     model, processor = build_tiny(family)
@@ -238,8 +234,6 @@ def test_load_model_dtype(tmp_path):
 
 def test_smol_model(tmp_path, monkeypatch):
     from transformers import AutoModelForCausalLM
-
-    from r1v3.models import SMOL_GGUF, SMOL_IMAGE_TOKENS, smol_gguf_path
 
     try:
         smol_gguf_path()

@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from r1v3 import data, models, synthetic
+from r1v3 import data, families, models, synthetic
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -116,7 +116,7 @@ def test_hard_curriculum_end_to_end_checkpoints_metrics_and_export(ready, tmp_pa
     exported = ready.store.resolve("rl4", kind="model")
     assert exported.manifest["inputs"][0]["ref"] == art.ref and exported.metrics["step"] == 4
     model, _ = models.load_model(exported.path)  # what eval mmmu loads
-    parts = models.part_of_parameters(model)
+    parts = families.part_of_parameters(model)
     base, _ = models.load_model(ready.store.resolve("tiny").path)
     moved = {parts[n] for n, p in model.named_parameters() if not torch.equal(p, dict(base.named_parameters())[n])}
     assert moved == {"connector", "llm"}

@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from r1v3 import config, data, mmmu, models, synthetic, training
+from r1v3 import config, data, families, mmmu, models, synthetic, training
 from stages import sft
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,7 +46,7 @@ def ready(cli):
 
 def state_dict(ref, store):
     model, _ = models.load_model(store.resolve(ref).path)
-    parts = models.part_of_parameters(model)
+    parts = families.part_of_parameters(model)
     return {n: (parts[n], p.detach().clone()) for n, p in model.named_parameters()}
 
 
