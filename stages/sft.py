@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
 
-from r1v3 import config, data, models, training
+from r1v3 import config, data, families, models, training
 from r1v3.artifacts import Artifact, Store, check_name
 from r1v3.config import Settings, setting, to_dict
 from r1v3.errors import UserError
@@ -106,7 +106,7 @@ class Config(Settings):
     def check(self) -> None:
         check_name(self.name)
         try:
-            models.parse_parts(self.trainable)
+            families.parse_parts(self.trainable)
         except UserError as e:
             raise UserError(f"{self.label('trainable')}: {e}") from None
         self.trainable = "+".join(p.strip() for p in re.split(r"[+,]", self.trainable) if p.strip())
@@ -340,7 +340,7 @@ def _metrics(cfg: Config, trainer, params: dict, examples: dict, dropped: dict, 
     state, log, args = trainer.state, trainer.state.log_history, trainer.args
     by_part = {part: {"parameters": n, "trainable": part in params["parts"]} for part, n in params["by_part"].items()}
     return dict(
-        family=models.family_of(trainer.model).name,
+        family=families.family_of(trainer.model).name,
         preset=cfg.preset,
         trainable=params["parts"],
         parameters={"total": params["total"], "trainable": params["trainable"], "by_part": by_part},
@@ -400,7 +400,7 @@ def _setup(cfg: Config, store: Store):
                       resume=cfg.resume, has_progress=training.has_checkpoint)
     args = _arguments(cfg, work.path)
     model, processor = models.load_model(model_art.path, trust_remote_code=cfg.trust_remote_code, dtype=cfg.dtype)
-    params = models.set_trainable(model, cfg.trainable)
+    params = families.set_trainable(model, cfg.trainable)
     tokenizer_state = training.tokenizer_settings(processor)  # as loaded, before any collator pads with it
     route = training_template(processor, model_art.ref)
     args.assistant_only_loss = not route[1]  # TRL would refuse a template it cannot mark
