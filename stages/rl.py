@@ -366,6 +366,13 @@ def _callbacks(schedule, product: Path, processor_dir: Path, total_steps: int):
     return [Phases(), Product()]
 
 
+def _link_or_copy(src, dst) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # another filesystem
+        shutil.copy2(src, dst)
+
+
 def save_product(checkpoint: Path, product: Path, processor_dir: Path, log: list, step: int, schedule) -> Path:
     """checkpoints/step-K: written beside, fsynced, then renamed into place."""
     target = product / f"step-{step}"
@@ -458,6 +465,11 @@ def _train(cfg: Config, work, setup: dict):
     if main:
         shutil.rmtree(processor_dir, ignore_errors=True)
         setup["processor"].save_pretrained(processor_dir)
+        if resume_from and not (work.path / PRODUCT / f"step-{Path(resume_from).name.split('-')[1]}").is_dir():
+            # killed between the checkpoint's save and its published copy: no later save redoes it
+            state = json.loads((Path(resume_from) / "trainer_state.json").read_text())
+            save_product(Path(resume_from), work.path / PRODUCT, processor_dir, state["log_history"],
+                         state["global_step"], schedule)
         _say_plan(cfg, setup)
         if resume_from:
             print(f"resuming {cfg.name!r} from {Path(resume_from).name}")
@@ -544,7 +556,8 @@ def publish(cfg: Config, store: Store, work, trainer, trained, setup: dict, seco
                                          f"Lower the learning rate (it is {cfg.learning_rate:g})")
     per_step = {s: json.loads((product / f"step-{s}" / "metrics.json").read_text()) for s in steps}
     with store.publish(cfg.name, "run", stage="rl", config=to_dict(cfg), inputs=setup["inputs"]) as draft:
-        os.rename(product, draft.path / PRODUCT)
+        # linked, not moved: a publish killed before its commit must leave the copies to --resume
+        shutil.copytree(product, draft.path / PRODUCT, copy_function=_link_or_copy)
         (draft.path / "log_history.json").write_text(json.dumps(log, indent=1) + "\n")
         (draft.path / "schedule.json").write_text(json.dumps(
             {"ids": schedule.ids, "phases": [p._asdict() for p in schedule.phases], "dropped": schedule.dropped,
