@@ -164,3 +164,25 @@ def test_compose_then_sft_trains_only_assistant_tokens(cli, tmp_path):
     for ex, row in zip(examples, rows):
         text, _ = masked(processor, ex["messages"], ex["assistant_masks"], ex["images"])
         assert text == row["messages"][-1]["content"].removeprefix("<think>") + EOS
+
+
+def test_sft_refuses_a_template_that_drops_the_reasoning(cli, tmp_path):
+    # the shipped R1-distill template removes everything up to </think> from every assistant turn, the last
+    # included: training would silently drop the reasoning, so sft says so and writes nothing
+    assert cli("init", "tiny", "--name", "vlm", "--family", "internvl")[0] == 0
+    llm, tok = r1_llm(strip_last=True)
+    llm.save_pretrained(tmp_path / "r1")
+    tok.save_pretrained(tmp_path / "r1")
+    assert cli("import-model", tmp_path / "r1", "--name", "r1")[0] == 0
+    assert cli("compose", "--vlm", "vlm", "--llm", "r1", "--name", "vr1")[0] == 0
+    publish_dataset(cli.store, "think", {"train": think_rows(4)})
+    code, _, err = cli("sft", "--model", "vr1", "--data", "think", "--trainable", "connector+llm", "--max-steps", "1",
+                       "--name", "tuned")
+    assert code == 2
+    lines = [line for line in err.replace("\r", "\n").splitlines() if line.strip() and "it/s]" not in line]
+    assert lines == [
+        "error: think@v1 [train] row r0: the chat template does not render assistant turn 2 as written (it drops or "
+        "rewrites part of it, e.g. a template that removes everything up to </think>), so the loss would miss it"
+    ], err
+    assert "tuned" not in [a.name for a in cli.store.list()]
+    assert not (cli.store.root / ".work" / "tuned").exists()
