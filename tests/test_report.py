@@ -354,3 +354,20 @@ def test_real_pipeline_page_in_headless_chromium(cli, tmp_path):
     assert shot.width >= 1000 and shot.height > 900
     lo, hi = shot.getextrema()
     assert hi - lo > 100 and len(shot.getcolors(1 << 16)) > 20  # drawn, not a blank page
+
+
+def test_crafted_cycle_and_deep_chain_are_laid_out():
+    """Only a crafted manifest makes a cycle; the layout must still end, one column per depth."""
+    from stages.report import graph, layers, lineage_svg
+
+    tree = {"ref": "a@v1", "kind": "model", "stage": "sft", "inputs": [
+        {"ref": "b@v1", "kind": "model", "stage": "sft", "inputs": [{"ref": "a@v1", "cycle": True, "inputs": []}]}]}
+    nodes, edges = graph(tree)
+    assert list(nodes) == ["a@v1", "b@v1"] and edges == [("b@v1", "a@v1", False), ("a@v1", "b@v1", False)]
+    assert layers(nodes, edges) == {"a@v1": 0, "b@v1": 1}
+    assert lineage_svg(nodes, edges).count('class="edge"') == 2
+    chain = {"ref": "n0@v1", "kind": "model", "stage": "s", "inputs": []}
+    for i in range(1, 40):
+        chain = {"ref": f"n{i}@v1", "kind": "model", "stage": "s", "inputs": [chain]}
+    nodes, edges = graph(chain)
+    assert sorted(layers(nodes, edges).values()) == list(range(40))
