@@ -237,22 +237,32 @@ def lineage_svg(nodes: dict, edges: list) -> str:
         row = rows[col] = rows.get(col, -1) + 1
         place[ref] = (PAD + col * (NODE_W + GAP_X), PAD + row * (NODE_H + GAP_Y))
     width = PAD * 2 + (deepest + 1) * NODE_W + deepest * GAP_X
-    height = PAD * 2 + (max(rows.values()) + 1) * NODE_H + max(rows.values()) * GAP_Y
+    # GAP_Y more at the bottom: the lane under the last row for edges that skip a column
+    height = PAD * 2 + (max(rows.values()) + 1) * (NODE_H + GAP_Y)
     out = [(f'<svg class="lineage" width="{width}" height="{height}" '
             f'viewBox="0 0 {width} {height}" role="img" aria-label="lineage graph">'),
            ('<defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" markerHeight="7" '
             'orient="auto-start-reverse"><path d="M0 0L10 5L0 10z" fill="#555"/></marker></defs>')]
     for src, dst, changed in edges:
-        (sx, sy), (dx, dy) = place[src], place[dst]
-        x1, y1, x2, y2 = sx + NODE_W, sy + NODE_H / 2, dx, dy + NODE_H / 2
-        bend = max(GAP_X / 2, abs(x2 - x1) / 3)
         out.append(f'<path class="edge{" changed" if changed else ""}" data-from="{esc(src)}" data-to="{esc(dst)}" '
-                   f'd="M{x1:g} {y1:g}C{x1 + bend:g} {y1:g} {x2 - bend:g} {y2:g} {x2:g} {y2:g}" '
-                   'marker-end="url(#arrow)"/>')
+                   f'd="{_edge_path(place[src], place[dst])}" marker-end="url(#arrow)"/>')
     for i, (ref, node) in enumerate(nodes.items()):
         out.append(_svg_node(i, node, *place[ref]))
     out.append("</svg>")
     return "\n".join(out)
+
+
+def _edge_path(src: tuple, dst: tuple) -> str:
+    """From the right side of `src` to the left side of `dst`: a curve between neighbouring
+    columns; otherwise down into the gap under the lower row, along it, and up, so the edge
+    does not run behind the artifacts of the columns it skips."""
+    x1, y1, x2, y2 = src[0] + NODE_W, src[1] + NODE_H / 2, dst[0], dst[1] + NODE_H / 2
+    if x2 - x1 == GAP_X:
+        mid = GAP_X / 2
+        return f"M{x1:g} {y1:g}C{x1 + mid:g} {y1:g} {x2 - mid:g} {y2:g} {x2:g} {y2:g}"
+    lane, r = max(y1, y2) + NODE_H / 2 + GAP_Y / 2, GAP_X / 4
+    return (f"M{x1:g} {y1:g}C{x1 + r:g} {y1:g} {x1 + r:g} {lane:g} {x1 + 2 * r:g} {lane:g}"
+            f"L{x2 - 2 * r:g} {lane:g}C{x2 - r:g} {lane:g} {x2 - r:g} {y2:g} {x2:g} {y2:g}")
 
 
 def _svg_node(i: int, node: dict, x: int, y: int) -> str:
