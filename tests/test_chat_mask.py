@@ -180,9 +180,9 @@ def test_sft_refuses_a_template_that_drops_the_reasoning(cli, tmp_path):
                        "--name", "tuned")
     assert code == 2
     lines = [line for line in err.replace("\r", "\n").splitlines() if line.strip() and "it/s]" not in line]
-    assert lines == [
+    assert lines == [(
         "error: think@v1 [train] row r0: the chat template does not render assistant turn 2 as written (it drops or "
         "rewrites part of it, e.g. a template that removes everything up to </think>), so the loss would miss it"
-    ], err
+    )], err
     assert "tuned" not in [a.name for a in cli.store.list()]
     assert not (cli.store.root / ".work" / "tuned").exists()
