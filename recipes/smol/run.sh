@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# The Skywork-R1V3 recipe end to end on the embedded default, in the paper's order, on a 2-core CPU:
+#   init smol -> connector alignment -> distill (teacher: smol) -> cold-start SFT -> difficulty ->
+#   rl --curriculum hard -> select-ckpt -> connector-only re-tune -> eval of every stage's model
+# on held-out problems (both levels), blind too; then a table of what each stage made and took.
+#
+# Usage: bash recipes/smol/run.sh   (after ./setup.sh; R1V3_STORE picks the store, default: the repository's artifacts/)
+# Scale knobs (defaults aim at about an hour on 2 idle cores; measured per-step times of smol-signal.sh):
+#   N=600 problems (80% train, 10% validation: select-ckpt's probe, 10% test: the evals), ALIGN_STEPS=150,
+#   DISTILL_N=100 problems asked of the teacher, SFT_STEPS=150, RL_NORMAL=20 and RL_HARD=10 GRPO steps,
+#   RETUNE_STEPS=40; COLD_START_DATA=synthetic trains the cold start on the template traces of
+#   `data synth --messages brief` instead of the teacher's (a 135M teacher keeps few traces).
+#
+# Re-running skips each stage whose artifact is up to date (same settings and inputs: R1V3_REUSE=1) and
+# resumes an interrupted one (--resume): kill it anywhere, run it again, and it finishes.
+set -euo pipefail
+# a relative store counts from where you are, not from the repository
+export R1V3_STORE=$(realpath -m "${R1V3_STORE:-$(dirname "$0")/../../artifacts}")
+cd "$(dirname "$0")/../.."
+R1V3=${R1V3:-.venv/bin/r1v3}        # split at spaces, so it may be "python -m r1v3.cli"
+PYTHON=${PYTHON:-.venv/bin/python}  # prints the summary at the end: checked now, not after an hour
+"$PYTHON" -c "import r1v3" 2>/dev/null || { echo "error: $PYTHON cannot import r1v3 (run ./setup.sh, or set PYTHON)" >&2; exit 2; }
+export HF_HUB_OFFLINE=1
+export R1V3_REUSE=${R1V3_REUSE:-1}  # a stage whose artifact is up to date prints "up to date: NAME@vN (reused)"
+N=${N:-600}
+ALIGN_STEPS=${ALIGN_STEPS:-150}     # batch 8, ~4 s a step (connector only)
+DISTILL_N=${DISTILL_N:-100}
+SFT_STEPS=${SFT_STEPS:-150}         # batch 8, ~9 s a step (the LLM trains too)
+RL_NORMAL=${RL_NORMAL:-20}
+RL_HARD=${RL_HARD:-10}
+RETUNE_STEPS=${RETUNE_STEPS:-40}
+COLD_START_DATA=${COLD_START_DATA:-distill}
+RECIPE=recipes/smol/recipe.yaml     # each stage's settings: its section of this file
+TIMES="$R1V3_STORE/smol-times.tsv"
+mkdir -p "$R1V3_STORE"
+: > "$TIMES"
+
+stage() {  # stage LABEL ARTIFACT[,ARTIFACT] r1v3-args...: run one stage with the recipe's settings, record its wall time
+    local label=$1 artifact=$2 t0=$SECONDS
+    shift 2
+    echo "== $label"
+    $R1V3 "$@" --config "$RECIPE"
+    printf '%s\t%s\t%s\n' "$label" "$artifact" "$((SECONDS - t0))" >> "$TIMES"
+}
+
+# 1. The smol VLM, and the same problems twice: image -> short caption pairs for alignment, and the
+#    problems with one-sentence think-template traces (the re-tune data, and the cold start's fallback).
+stage "init smol" smol                      init smol --name smol
+stage "data synth (captions)" smol-captions data synth --name smol-captions --n "$N" --messages caption
+stage "data synth (problems)" smol-problems data synth --name smol-problems --n "$N" --messages brief
+# 2. Connector alignment (R1V): connector only, vision tower and LLM frozen; lr 5e-3 for a fresh connector.
+stage "sft connector-align" smol-aligned sft --preset connector-align --model smol --data smol-captions \
+    --name smol-aligned --lr 5e-3 --max-steps "$ALIGN_STEPS" --resume
+# 3. Cold start: the text-only teacher reads each problem's caption; traces whose answer verifies are kept.
+stage "distill (teacher smol)" smol-traces distill --data smol-problems --name smol-traces \
+    --limit "$DISTILL_N" --resume
+cold_data=smol-traces
+if [ "$COLD_START_DATA" = synthetic ]; then
+    cold_data=smol-problems
+    echo "note: COLD_START_DATA=synthetic: the cold start trains on the synthetic brief traces, not the teacher's"
+fi
+stage "sft cold-start" smol-cold sft --preset cold-start --model smol-aligned --data "$cold_data" \
+    --name smol-cold --lr 1e-4 --max-steps "$SFT_STEPS" --resume
+# 4. Pass rates of the cold-start policy, then GRPO: normal problems, then hard ones.
+stage "difficulty" smol-rated difficulty --model smol-cold --data smol-problems --name smol-rated --resume
+stage "rl --curriculum hard" smol-rl rl --model smol-cold --data smol-rated --name smol-rl \
+    --curriculum-lengths "$RL_NORMAL,$RL_HARD" --resume
+stage "rl export (final step)" smol-rl-final rl export smol-rl --name smol-rl-final
+# 5. The checkpoint whose "Wait" / "Alternatively" / "Hmm" carry the most entropy on the validation split.
+stage "select-ckpt" smol-selected,smol-selected-model select-ckpt --run smol-rl --probe smol-problems \
+    --name smol-selected --model-name smol-selected-model --resume
+# 6. Connector-only re-tune after RL, early stopping on the validation loss.
+stage "sft connector-retune" smol-retuned sft --preset connector-retune --model smol-selected-model \
+    --data smol-problems --name smol-retuned --lr 5e-4 --max-steps "$RETUNE_STEPS" --eval-steps 10 --resume
+# 7. Every stage's model on the held-out test split (both levels), greedy, 48 tokens; the last one blind.
+for model in smol smol-aligned smol-cold smol-rl-final smol-selected-model smol-retuned; do
+    stage "eval $model" "eval-$model" eval mmmu --model "$model" --data smol-problems --name "eval-$model" --resume
+done
+stage "eval smol-retuned, blind" eval-smol-retuned-blind eval mmmu --model smol-retuned --data smol-problems \
+    --name eval-smol-retuned-blind --blank-images --resume
+
+"$PYTHON" recipes/summary.py "$R1V3_STORE" "$TIMES" smol-problems test
+# One page with the final model's lineage, every stage's settings, metrics and plots, and its scores.
+$R1V3 report smol-retuned --out "$R1V3_STORE/report-smol.html"
