@@ -227,12 +227,11 @@ def _mrope(text: dict, vlm_text: dict) -> dict:
 
 
 def _composed_config(family: Family, vlm_config, llm_config, vlm_tokenizer, tokenizer, vocab_size: int):
-    """The VLM's config with the LLM's as text_config, at the LLM's vocabulary size (compose resizes after)."""
+    """The VLM's config with the LLM's as text_config, at `vocab_size` (the LLM's plus the added tokens)."""
     d = vlm_config.to_dict()
     text = {k: v for k, v in llm_config.to_dict().items() if k not in _CHECKPOINT_KEYS}
     text["vocab_size"] = vocab_size
-    # a new pad token has no embedding row yet: compose sets it after resizing
-    text["pad_token_id"] = tokenizer.pad_token_id if tokenizer.pad_token_id < vocab_size else None
+    text["pad_token_id"] = tokenizer.pad_token_id
     if family.compose_llms is not None:  # the family's own text config class
         text = _mrope(text, d["text_config"])
     d["text_config"] = text
@@ -307,27 +306,31 @@ def _llm_names(family: Family, llm) -> dict[str, str]:
 
 def _fill_vision(family: Family, model, vlm: Source) -> tuple[list[str], list[str]]:
     """Copy the VLM's vision tower and connector into `model`; (kept connector names, re-initialised ones).
-    A connector tensor whose shape no longer fits stays as initialised."""
+    A connector tensor whose shape no longer fits is initialised as the model's class does (from the
+    torch seed), as is any tensor the VLM's checkpoint lacks."""
     target = model.state_dict()
     for name in vlm.tensors:
         part = part_of(family, name)
         if part is None or (part != "llm" and name not in target):
             raise UserError(f"{type(vlm.model).__name__}: tensor {name} is in no known part; this layout cannot be composed")
-    kept, reinitialised = [], []
+    kept, reinitialised, fresh = [], [], []
     for name in target:  # the model's order, whatever the order of the source's files
         part = part_of(family, name)
-        if part == "llm" or name not in vlm.tensors:
+        if part == "llm":
             continue
-        fill = vlm.tensors[name]
-        source_shape = vlm.model.get_parameter_or_buffer(name).shape
-        if target[name].shape == source_shape:
-            fill(target[name])
-            kept += [name] if part == "connector" else []
+        if name not in vlm.tensors:
+            fresh.append(name)
+        elif target[name].shape == vlm.model.get_parameter_or_buffer(name).shape:
+            kept.append(name)
         elif part == "connector":
             reinitialised.append(name)
         else:  # the vision config is the VLM's own: a change here is a bug
             raise RuntimeError(f"vision tensor {name} changed shape in the composed model")
-    return kept, reinitialised
+    for module_name in dict.fromkeys(name.rsplit(".", 1)[0] for name in reinitialised + fresh):
+        model._init_weights(model.get_submodule(module_name))
+    for name in kept:  # after the initialisation: a module may keep some of its tensors
+        vlm.tensors[name](target[name])
+    return [n for n in kept if part_of(family, n) == "connector"], reinitialised
 
 
 def _fill_language_model(family: Family, model, llm: Source) -> None:
@@ -345,11 +348,14 @@ def _fill_language_model(family: Family, model, llm: Source) -> None:
             f"the {llm.model.config.model_type!r} LLM's weights do not fit the {family.name} language model "
             f"({type(lm).__name__}): {len(problems)} keys differ, first {problems[0]}"
         )
+    rows = {model.get_input_embeddings().weight.data_ptr(), model.get_output_embeddings().weight.data_ptr()}
     for key, dest in target.items():
         source = names[key]
         if source not in llm.tensors:  # a tied head: it is the embedding, filled under that name
             continue
         shape = llm.model.get_parameter_or_buffer(source).shape
+        if dest.data_ptr() in rows:  # the LLM's rows; the added tokens' rows follow them
+            dest = dest[: shape[0]]
         if dest.shape != shape:
             raise UserError(f"the LLM's tensor {source} has shape {list(shape)}, the composed model needs {list(dest.shape)}")
         llm.tensors[source](dest)
@@ -365,6 +371,41 @@ def _generation_config(llm: Source, tokenizer):
     if generation.eos_token_id is None:
         generation.eos_token_id = tokenizer.eos_token_id
     return generation
+
+
+def _allocate(model_class, config, dtype):
+    """The composed model with uninitialised weights: memory the OS maps only once a tensor is
+    written, and every tensor is about to be (read from an input, or initialised from the seed)."""
+    from transformers.initialization import no_init_weights
+
+    with no_init_weights():
+        model = model_class._from_config(config, dtype=dtype)
+    model.tie_weights()  # no_init_weights skips init_weights, which also ties lm_head to the embedding
+    return model
+
+
+def _init_new_rows(model, old_rows: int, rows: int) -> None:
+    """The added tokens' embedding (and untied lm_head) rows sampled from a normal with the mean and
+    1e-9 x the covariance of the LLM's rows, as transformers' resize_token_embeddings(mean_resizing=True)
+    does; the covariance is summed in blocks of rows, not over a centred copy of the whole matrix."""
+    if rows == old_rows:
+        return
+    weights = [model.get_input_embeddings().weight]
+    if model.get_output_embeddings().weight is not weights[0]:
+        weights.append(model.get_output_embeddings().weight)
+    for weight in weights:
+        old = weight.data[:old_rows]
+        mean = old.float().mean(dim=0)
+        covariance = torch.zeros(old.shape[1], old.shape[1])
+        for start in range(0, old_rows, 4096):
+            block = old[start : start + 4096].float() - mean
+            covariance += block.T @ block
+        covariance = 1e-9 * covariance / old_rows
+        if torch.distributions.constraints.positive_definite.check(covariance).all():
+            new = torch.distributions.MultivariateNormal(mean, covariance_matrix=covariance).sample((rows - old_rows,))
+        else:  # no distribution without a positive-definite covariance: the mean itself
+            new = mean[None, :].repeat(rows - old_rows, 1)
+        weight.data[old_rows:] = new.to(weight.dtype)
 
 
 def compose(vlm, vlm_processor, llm, llm_tokenizer, *, seed: int = 0):
@@ -388,19 +429,15 @@ def compose_sources(vlm: Source, vlm_processor, llm: Source, llm_tokenizer, *, s
     template, template_kind = vision_chat_template(llm_tokenizer, family.image_placeholder)
     tokenizer, added = _tokenizer_with_image_tokens(family, vlm_config, vlm_tokenizer, llm_tokenizer, llm_config, template)
     llm_vocab = llm.model.get_input_embeddings().weight.shape[0]
-    config = _composed_config(family, vlm_config, llm_config, vlm_tokenizer, tokenizer, llm_vocab)
+    config = _composed_config(family, vlm_config, llm_config, vlm_tokenizer, tokenizer, len(tokenizer))
 
     # float32 unless both sides agree (a bf16 VLM + a bf16 LLM stay bf16, without a float32 copy)
     dtype = llm.dtype if llm.dtype == vlm.dtype else torch.float32
-    # initialised as a whole from the seed, as the connector tensors that are not copied and the new
-    # embedding rows have always been; every other tensor is then overwritten in place
-    torch.manual_seed(seed)
-    model = type(vlm.model)._from_config(config, dtype=dtype)
+    model = _allocate(type(vlm.model), config, dtype)
+    torch.manual_seed(seed)  # the re-initialised connector tensors and the new embedding rows
     kept, reinitialised = _fill_vision(family, model, vlm)
     _fill_language_model(family, model, llm)
-    if len(tokenizer) > llm_vocab:
-        # new rows start at the mean of the LLM's embeddings (transformers' mean_resizing)
-        model.resize_token_embeddings(len(tokenizer))
+    _init_new_rows(model, llm_vocab, len(tokenizer))
     model.config.get_text_config().pad_token_id = tokenizer.pad_token_id
     model.generation_config = _generation_config(llm, tokenizer)
     model.eval()
