@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
 
-from r1v3 import config, curriculum, data, mmmu, models, rewards, training
+from r1v3 import config, curriculum, data, families, mmmu, models, rewards, training
 from r1v3.artifacts import Artifact, Store, check_name
 from r1v3.config import Settings, setting, to_dict
 from r1v3.errors import UserError
@@ -123,7 +123,7 @@ class Config(Settings):
     def check(self) -> None:
         check_name(self.name)
         try:
-            parts = models.parse_parts(self.trainable)
+            parts = families.parse_parts(self.trainable)
         except UserError as e:
             raise UserError(f"{self.label('trainable')}: {e}") from None
         self.trainable = "+".join(parts)
@@ -425,7 +425,7 @@ def _setup(cfg: Config, store: Store):
                       resume=cfg.resume, has_progress=training.has_checkpoint)
     args = _arguments(cfg, work.path, max_steps=total)
     model, processor = models.load_model(model_art.path, trust_remote_code=cfg.trust_remote_code, dtype=cfg.dtype)
-    params = models.set_trainable(model, cfg.trainable)
+    params = families.set_trainable(model, cfg.trainable)
     rewards_ = build_rewards(cfg, store, think_in_prompt(processor))
     data.check_images(rows, processor, where)
     tuned = to_dataset(examples).select(schedule.order)
