@@ -2,13 +2,16 @@
 
     python -m tests.reliability.crash_table          # the whole sweep (~7 minutes on 2 cores)
     python -m tests.reliability.crash_table --ci     # only the points CI runs
+    python -m tests.reliability.crash_table --stage rl --stage distill   # only these rows
 
 "Survived" means: the process died by SIGKILL at that point; nothing incomplete was visible in
 the store; every visible artifact passed `r1v3 artifacts verify`; the dead writer's draft was
-recognised as abandoned; and a re-run (with --resume for eval and sft) published files identical
-(sha256) to an uninterrupted run's (for sft's log_history.json: every per-step entry; see
-harness._without_wall_clock). For sft the checkpoint --resume will pick must hold every file a
-resume reads, and the re-run must resume from the checkpoint the kill point implies.
+recognised as abandoned; and a re-run (with --resume where the stage has it) published files
+identical (sha256) to an uninterrupted run's (for sft's and rl's log_history.json: every per-step
+entry; see harness._without_wall_clock). For sft and rl the re-run must resume from the checkpoint
+the kill point implies (sft: and that checkpoint must hold every file a resume reads); for distill,
+difficulty and select-ckpt it must redo exactly what the kill left undone (teacher outputs, rows,
+checkpoints).
 """
 
 from __future__ import annotations
@@ -25,12 +28,13 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from .harness import points, prepare_inputs, run_scenario  # noqa: E402
+from .harness import STAGES, points, prepare_inputs, run_scenario  # noqa: E402
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ci", action="store_true", help="only the kill points CI runs")
+    parser.add_argument("--stage", action="append", choices=list(STAGES), help="only this stage's rows (repeatable)")
     args = parser.parse_args(argv)
     base = Path(tempfile.mkdtemp(prefix="r1v3-crash-"))
     start = time.perf_counter()
@@ -38,6 +42,8 @@ def main(argv=None) -> int:
         inputs = prepare_inputs(base / "inputs")
         rows, failed = [], 0
         for stage, point in points(ci_only=args.ci):
+            if args.stage and stage not in args.stage:
+                continue
             try:
                 d = run_scenario(stage, point, inputs, base)
                 notes = [f"{d['leftover_drafts']} abandoned draft(s), cleaned"] if d["leftover_drafts"] else []

@@ -51,6 +51,9 @@ class Stage:
     same_metrics: tuple = ()
     resume_metric: str | None = None  # what the re-run reports about resuming (eval: items_resumed)
     after_kill: object = None  # callable(stage, store) -> (notes, facts) checking the work directory
+    # callable(facts of after_kill, re-run's artifact, store) -> notes: what the re-run redid must be
+    # exactly what the kill left undone (nothing asked twice, nothing lost)
+    rerun_check: object = None
 
 
 EVAL_ARGS = ["eval", "mmmu", "--model", "m", "--data", "mm", "--name", "ev", "--max-new-tokens", "8",
@@ -220,6 +223,251 @@ STAGES["compose"] = Stage(
 )
 
 
+# ---- distill, difficulty, rl, select-ckpt ---------------------------------------------------
+
+DISTILL_ROWS = 8  # problems of dataset `dprobs`, 2 teacher samples each
+
+
+def _distill_rows() -> list[dict]:
+    """Synthetic problems, numbered in the question so the loopback teacher knows which it is asked."""
+    from r1v3 import synthetic
+
+    rows = synthetic.generate(40, seed=5)["train"][:DISTILL_ROWS]
+    return [dict(r, id=f"d{i}", question=f"Q{i}: {r['question']}") for i, r in enumerate(rows)]
+
+
+def _teacher_answer(row: dict, seed: int) -> str:
+    """Sample `seed` of problem `row`: every third problem's even samples answer wrong, the rest
+    reason in a think block (lengths differ per sample, so `keep` has a choice) and box the answer."""
+    i = int(row["id"][1:])
+    if i % 3 == 0 and seed % 2 == 0:
+        wrong = next(c for c in "ABCD" if c != row["answer"]) if row["options"] else "nothing"
+        return f"<think>The image seems to show something else entirely.</think>\n\\boxed{{{wrong}}}"
+    more = " I check the count once more." * (seed % 2)
+    return f"<think>Looking at the image for problem {i}, the shapes and colours settle it.{more}</think>\n\\boxed{{{row['answer']}}}"
+
+
+_TEACHER: dict = {}
+
+
+def teacher_url() -> str:
+    """A scripted OpenAI-compatible teacher on loopback, one per process (its URL is part of distill's
+    resume key, so the reference, the killed run and the re-run must all ask the same one)."""
+    if "url" not in _TEACHER:
+        import re
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        rows = {int(r["id"][1:]): r for r in _distill_rows()}
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                q = int(re.search(r"Q(\d+):", body["messages"][-1]["content"]).group(1))
+                text = _teacher_answer(rows[q], body["seed"])
+                raw = json.dumps({"choices": [{"message": {"role": "assistant", "content": text},
+                                               "finish_reason": "stop"}],
+                                  "usage": {"completion_tokens": len(text) // 4}}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                try:
+                    self.wfile.write(raw)
+                except BrokenPipeError:  # the killed client
+                    pass
+
+        httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        _TEACHER["url"] = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    return _TEACHER["url"]
+
+
+def _saved(stage: Stage, store: Store, work_stage: str, read) -> tuple[list[str], dict]:
+    """How much finished work the kill left for --resume (`read(work dir) -> count`)."""
+    work = store.root / ".work" / stage.name / work_stage
+    n = read(work) if work.exists() else 0
+    return [f"{n} kept for --resume"], {"saved": n}
+
+
+def _distill_after_kill(stage: Stage, store: Store) -> tuple[list[str], dict]:
+    from stages import distill
+
+    return _saved(stage, store, "distill",
+                  lambda w: sum(len(s) for s in distill.read_attempts(w / distill.ATTEMPTS).values()))
+
+
+def _without_this_runs_work(blob: bytes) -> bytes:
+    """distill's report.json minus what this invocation asked the teacher for (_distill_rerun checks those)."""
+    report = json.loads(blob)
+    return json.dumps({k: v for k, v in report.items() if k not in ("problems_asked", "outputs_generated")},
+                      sort_keys=True).encode()
+
+
+def _distill_rerun(facts: dict, art, store: Store) -> list[str]:
+    m = art.metrics
+    assert m["outputs"] == 2 * DISTILL_ROWS, m["outputs"]
+    assert m["outputs_generated"] == m["outputs"] - facts["saved"], (
+        f"the re-run asked the teacher for {m['outputs_generated']} outputs; {facts['saved']} of {m['outputs']} were saved")
+    return [f"re-run asked for the other {m['outputs_generated']}"]
+
+
+STAGES["distill"] = Stage(
+    "distill --resume", "dst",
+    ["distill", "--teacher", "{teacher}", "--teacher-model", "scripted", "--data", "dprobs", "--name", "dst",
+     "--api-key-env", "", "--samples", "2", "--max-retries", "0", "--concurrency", "1"],
+    [
+        ("mid-sampling (teacher call 5 of 16)", ["--kill", "r1v3.generation:OpenAIBackend._one@5"], False),
+        ("torn append of a result (problem 3)", ["--torn-append", "attempts.jsonl@3"], True),
+        ("mid-sampling, killed twice", [["--kill", "r1v3.generation:OpenAIBackend._one@4"]] * 2, False),
+        ("publish: draft half written (dataset in, lengths.png not)", ["--kill", "stages.distill:length_chart"], False),
+        (*FSYNC, False), (*RENAME, False), (*AFTER_RENAME, False),
+    ],
+    resumable=True, needs_store=True, volatile={"report.json": _without_this_runs_work},
+    resume_metric="outputs_generated", after_kill=_distill_after_kill,
+    rerun_check=_distill_rerun,
+)
+
+
+def _difficulty_after_kill(stage: Stage, store: Store) -> tuple[list[str], dict]:
+    from stages import difficulty
+
+    return _saved(stage, store, "difficulty", lambda w: len(difficulty._read_partial(w / difficulty.PARTIAL)))
+
+
+def _difficulty_rerun(facts: dict, art, store: Store) -> list[str]:
+    m = art.metrics
+    assert (m["rows_resumed"], m["rows_generated"]) == (facts["saved"], m["rows_measured"] - facts["saved"]), (
+        f"re-run resumed {m['rows_resumed']} and generated {m['rows_generated']} rows; {facts['saved']} were saved")
+    return [f"re-run sampled the other {m['rows_generated']} rows"]
+
+
+STAGES["difficulty"] = Stage(
+    "difficulty --resume", "dif",
+    ["difficulty", "--model", "m", "--data", "probs", "--name", "dif", "--splits", "train", "--samples", "2",
+     "--max-new-tokens", "4", "--batch-size", "4", "--seed", "1"],
+    [
+        ("mid-sampling (batch 3 of 4)", ["--kill", "r1v3.generation:TransformersBackend._completion@9"], True),
+        ("torn append of a row's samples (row 3)", ["--torn-append", "responses.partial.jsonl@3"], False),
+        ("judging (every row sampled)", ["--kill", "stages.difficulty:judge@2"], False),
+        (*FSYNC, False), (*RENAME, False), (*AFTER_RENAME, False),
+    ],
+    resumable=True, needs_store=True, resume_metric="rows_resumed", after_kill=_difficulty_after_kill,
+    rerun_check=_difficulty_rerun,
+)
+
+
+def rl_length_reward(prompts, completions, **kwargs):
+    """A reward with a signal (longer scores more): with the default rewards a random model scores 0
+    everywhere, GRPO's advantages are 0 and the weights never move, so every run would look equal."""
+    return [len(c[0]["content"]) / 10 for c in completions]
+
+
+def _rl_log_without_wall_clock(blob: bytes) -> bytes:
+    """rl's log_history.json: as sft's (_without_wall_clock), and TRL's per-step `step_time` too."""
+    return _without_wall_clock(json.dumps([{k: v for k, v in h.items() if k != "step_time"}
+                                           for h in json.loads(blob)]).encode())
+
+
+def _rl_step_metrics_without_wall_clock(blob: bytes) -> bytes:
+    """A checkpoint's metrics.json: that step's log entries merged into one."""
+    return _rl_log_without_wall_clock(f"[{blob.decode()}]".encode())
+
+
+def _rl_after_kill(stage: Stage, store: Store) -> tuple[list[str], dict]:
+    """The checkpoint --resume continues from, and the published copies (checkpoints/step-K) beside it."""
+    from r1v3 import training
+
+    work = store.root / ".work" / stage.name / "rl"
+    if not work.exists():
+        return ["no work directory"], {"resume_from": None}
+    steps = [int(p.name.split("-")[1]) for p in training.complete_checkpoints(work)]
+    copies = sorted(int(p.name.split("-")[1]) for p in (work / "checkpoints").glob("step-*")) if (
+        work / "checkpoints").is_dir() else []
+    return [f"checkpoints {steps or 'none'} complete, published copies {copies or 'none'}"], {
+        "resume_from": steps[-1] if steps else None}
+
+
+RL_VOLATILE = {"log_history.json": _rl_log_without_wall_clock} | {
+    f"checkpoints/step-{k}/metrics.json": _rl_step_metrics_without_wall_clock for k in (2, 4)}
+# three GRPO runs per point (about 25 s on 2 idle cores): none in CI
+STAGES["rl"] = Stage(
+    "rl --resume", "rlr",
+    ["rl", "--model", "m", "--data", "probs", "--name", "rlr", "--num-generations", "2", "--batch-size", "4",
+     "--grad-accum", "1", "--max-new-tokens", "4", "--lr", "5e-3", "--max-steps", "4", "--save-steps", "2",
+     "--reward", "tests.reliability.harness:rl_length_reward", "--reward-weight", "1"],
+    [
+        ("mid-rollouts of step 3, after checkpoint-2", ["--kill", "trl:GRPOTrainer._generate@3"], False,
+         {"resume_from": 2}),
+        ("checkpoint-4 save: weights, optimizer, RNG written, trainer_state.json not",
+         ["--kill", f"{CKPT_STATE}~checkpoint-4/trainer_state.json"], False, {"resume_from": 2}),
+        ("checkpoint-4 saved, its published copy (step-4) not", ["--kill", "stages.rl:save_product@2"], False,
+         {"resume_from": 4}),
+        ("publish: draft half written (checkpoints in, curves.png not)", ["--kill", "stages.rl:plot_curves"],
+         False, {"resume_from": 4}),
+        (*FSYNC, False, {"resume_from": 4}), (*RENAME, False, {"resume_from": 4}),
+        (*AFTER_RENAME, False, {"resume_from": 4}),
+    ],
+    resumable=True, needs_store=True, volatile=RL_VOLATILE, same_metrics=("steps", "reward_curve"),
+    resume_metric="resumed_from_step", after_kill=_rl_after_kill,
+)
+
+
+def _select_after_kill(stage: Stage, store: Store) -> tuple[list[str], dict]:
+    return _saved(stage, store, "select-ckpt", lambda w: len(list(w.glob("step-*.jsonl"))))
+
+
+def _select_rerun(facts: dict, art, store: Store) -> list[str]:
+    m = art.metrics
+    assert (m["checkpoints_resumed"], m["checkpoints_scored"]) == (facts["saved"], 3 - facts["saved"]), (
+        f"re-run resumed {m['checkpoints_resumed']} and scored {m['checkpoints_scored']} checkpoints; "
+        f"{facts['saved']} were finished")
+    model = store.resolve(f"{art.name}-model", kind="model", verify=True)
+    assert model.metrics["step"] == m["step"] and art.ref in model.metrics["selection"]
+    return [f"re-run scored the other {m['checkpoints_scored']} checkpoints"]
+
+
+STAGES["select-ckpt"] = Stage(
+    "select-ckpt --resume", "sel",
+    ["select-ckpt", "--run", "rlrun", "--probe", "probs", "--name", "sel", "--limit", "3", "--max-new-tokens", "6",
+     "--min-positions", "1", "--batch-size", "3"],
+    [
+        ("scoring step-4 (step-2 finished)", ["--kill", "r1v3.entropy:batch_entropies@2"], True),
+        ("scoring, killed twice (step-2, then step-4 finished)", [["--kill", "r1v3.entropy:batch_entropies@2"]] * 2,
+         False),
+        ("step-6's records half written", ["--kill-open", "step-6.jsonl@1"], False),
+        (*FSYNC, False), (*RENAME, False), (*AFTER_RENAME, False),
+        ("publish of the chosen model: before rename (selection published)", ["--kill", "os:rename@2~.staging"], False,
+         {"published": True}),
+    ],
+    resumable=True, needs_store=True, resume_metric="checkpoints_resumed", after_kill=_select_after_kill,
+    rerun_check=_select_rerun,
+)
+
+
+def prepare_new_stage_inputs(base: Path) -> None:
+    """In the store: `dprobs` (captioned problems for distill), `probs` (problems with train and
+    validation splits: rl and difficulty train on train, select-ckpt probes validation), and run
+    `rlrun` laid out as `r1v3 rl` publishes it (checkpoints/step-2, 4, 6: tiny InternVLs)."""
+    from r1v3 import data, models, synthetic
+
+    store = Store(base / "store")
+    splits = synthetic.generate(40, seed=0)
+    for name, content in (("dprobs", {"train": _distill_rows()}),
+                          ("probs", {"train": splits["train"][:8], "validation": splits["validation"]})):
+        with store.publish(name, "dataset", stage="test") as draft:
+            data.write_splits(draft.path, content)
+    start, probs = store.resolve("m", kind="model"), store.resolve("probs", kind="dataset")
+    with store.publish("rlrun", "run", stage="rl", config={"split": "train", "accuracy_weight": 0.8,
+                                                             "format_weight": 0.2}, inputs=[start, probs]) as draft:
+        for k, step in enumerate((2, 4, 6)):
+            model, processor = models.build_tiny("internvl", seed=10 + k)
+            models.save_model(model, processor, draft.path / "checkpoints" / f"step-{step}")
+
+
 def points(ci_only: bool = False) -> list[tuple[str, str]]:
     return [(s, p[0]) for s, stage in STAGES.items() for p in stage.points if p[2] or not ci_only]
 
@@ -307,6 +555,7 @@ def prepare_inputs(base: Path) -> Path:
         data.write_splits(draft.path, splits)
     _tiny_llm(base / "llm")
     quiet(["--store", str(base / "store"), "import-model", str(base / "llm"), "--name", "llm"])
+    prepare_new_stage_inputs(base)
     return base
 
 
@@ -321,7 +570,8 @@ def quiet(argv: list[str]) -> int:
 
 
 def _argv(stage: Stage, inputs: Path) -> list[str]:
-    return [a.replace("{inputs}", str(inputs)) for a in stage.argv]
+    argv = [a.replace("{inputs}", str(inputs)) for a in stage.argv]
+    return [teacher_url() if a == "{teacher}" else a for a in argv]
 
 
 def _fresh_store(stage: Stage, inputs: Path, root: Path) -> Store:
@@ -405,6 +655,7 @@ def run_scenario(stage_key: str, point_label: str, inputs: Path, workdir: Path) 
         )
     after_rename = point_label == AFTER_RENAME[0] or expect.get("published", False)
     details["notes"] = _check_store_after_kill(stage, store, after_rename)
+    facts = {}
     if stage.after_kill is not None:
         notes, facts = stage.after_kill(stage, store)
         details["notes"] += notes
@@ -430,6 +681,8 @@ def run_scenario(stage_key: str, point_label: str, inputs: Path, workdir: Path) 
     if got != ref:
         diff = sorted(k for k in set(ref) | set(got) if ref.get(k) != got.get(k))
         raise AssertionError(f"re-run differs from the uninterrupted run in {diff}")
+    if stage.rerun_check is not None:
+        details["notes"] += stage.rerun_check(facts, art, store)
     if stage.resume_metric == "items_resumed":  # eval
         details["items_resumed"] = art.metrics.get("items_resumed")
         if "generation" in point_label or "torn" in point_label or "resume" in point_label:

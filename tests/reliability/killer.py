@@ -9,6 +9,9 @@
          TEXT in the str() of an argument count (e.g. os:rename~.staging, the publishing rename).
 --torn   the N-th record appended to eval's predictions work file is written half, flushed,
          and the process dies: a torn write, as when a kill lands inside a large write.
+--torn-append TEXT@N
+         the N-th write to a file opened for appending whose path contains TEXT is cut in half,
+         flushed, fsynced, and the process dies (distill's attempts, difficulty's responses).
 --kill-open TEXT@N
          the N-th open for writing of a path containing TEXT truncates the file and dies (a kill
          inside a non-atomic rewrite).
@@ -109,6 +112,20 @@ def install_torn(nth: int) -> None:
     stage.open = torn_open  # the module's own `open`, shadowing the builtin
 
 
+def install_torn_append(spec: str) -> None:
+    """A torn write into any work file appended through `open(path, "a")`."""
+    import io
+
+    text, _, nth = spec.rpartition("@")
+    real = builtins.open
+
+    def hooked(file, mode="r", *args, **kwargs):
+        f = real(file, mode, *args, **kwargs)
+        return _TornFile(f, int(nth)) if mode.startswith("a") and text in str(file) else f
+
+    builtins.open = io.open = hooked
+
+
 def install_kill_open(spec: str) -> None:
     """The N-th open for writing of a file whose path contains TEXT truncates it and dies: a kill
     inside a non-atomic `write_text` (open truncates first, the data would come next)."""
@@ -155,7 +172,7 @@ def main(argv: list[str]) -> int:
     while opts:
         flag, value, opts = opts[0], opts[1], opts[2:]
         {"--kill": install_kill, "--torn": lambda v: install_torn(int(v)), "--sync": install_sync,
-         "--kill-open": install_kill_open}[flag](value)
+         "--kill-open": install_kill_open, "--torn-append": install_torn_append}[flag](value)
     from r1v3.cli import main as r1v3_main
 
     return r1v3_main(args)

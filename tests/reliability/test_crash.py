@@ -1,8 +1,8 @@
 """SIGKILL every writing stage at several points; nothing half-written is visible, what is
-visible verifies, and a re-run (--resume for eval and sft) gives the uninterrupted run's files.
+visible verifies, and a re-run (--resume where the stage has it) gives the uninterrupted run's files.
 
-The CI subset covers each stage at its riskiest point; the whole sweep is `-m slow`
-(`python -m tests.reliability.crash_table` prints it as a table).
+The CI subset covers each stage at its riskiest point (rl, three GRPO runs a point, only in the
+sweep); the whole sweep is `-m slow` (`python -m tests.reliability.crash_table` prints it as a table).
 """
 
 import pytest
