@@ -17,7 +17,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from safetensors.torch import load_file
 
 from r1v3 import data, synthetic
@@ -144,7 +143,6 @@ def test_rl_two_processes_publish_one_run_both_train(ready, tmp_path):
 
     base = weights(ready.resolve("tiny"))
     for step in (1, 2):
-        model, _ = models.load_model(art.path / "checkpoints" / f"step-{step}")
-        assert model is not None
+        models.load_model(art.path / "checkpoints" / f"step-{step}")  # what `rl export` and eval load
         assert max_diff(weights(art, f"checkpoints/step-{step}/model.safetensors"), base) > 0
     assert not (ready.root / ".work" / "rl2").exists()
