@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from r1v3 import models, plots
 from r1v3.errors import UserError
 
 CHECKPOINT = re.compile(r"^checkpoint-([0-9]+)$")
@@ -348,26 +349,18 @@ def non_finite_tensors(directory: Path) -> list[str]:
 
 
 def plot_loss(log_history: list[dict], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     train_ = [(h["step"], h["loss"]) for h in log_history if "loss" in h]
     evals = [(h["step"], h["eval_loss"]) for h in log_history if "eval_loss" in h]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    if train_:
-        ax.plot(*zip(*train_), color="#4c72b0", lw=1.2, label="train loss")
-    if evals:
-        ax.plot(*zip(*evals), "o-", color="#dd8452", ms=4, label="validation loss")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss")
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    with plots.figure(path, figsize=(7, 4)) as (fig, ax):
+        if train_:
+            ax.plot(*zip(*train_), color="#4c72b0", lw=1.2, label="train loss")
+        if evals:
+            ax.plot(*zip(*evals), "o-", color="#dd8452", ms=4, label="validation loss")
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("loss")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend()
 
 
 def _save_final(trainer, final: Path, tokenizer_state: tuple | None) -> None:
@@ -403,7 +396,7 @@ def publish_trained_model(trainer, run: TrainingRun, store, name: str, *, stage:
     with store.publish(name, "model", stage=stage, config=config, inputs=inputs) as draft:
         for f in final.iterdir():
             os.replace(f, draft.path / f.name)
-        stray = [p.name for p in draft.path.iterdir() if p.suffix in {".bin", ".pt", ".pth", ".pkl"}]
+        stray = [p.name for p in draft.path.iterdir() if p.suffix in models.PICKLE_SUFFIXES]
         if stray or not any(draft.path.glob("*.safetensors")):
             raise RuntimeError(f"the trained model was not saved as safetensors only: {stray}")
         (draft.path / "log_history.json").write_text(json.dumps(log, indent=1) + "\n")

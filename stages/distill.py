@@ -51,7 +51,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, NamedTuple, Optional
 
-from r1v3 import answers, data, jsonio, mmmu, models, smol
+from r1v3 import answers, data, jsonio, mmmu, models, plots, smol
 from r1v3.artifacts import Artifact, Store, check_name, sha256_file, write_atomic
 from r1v3.config import Settings, setting, to_dict
 from r1v3.errors import UserError
@@ -508,23 +508,15 @@ def report(attempts: list[dict], teacher: Teacher, timing: dict) -> dict:
 
 
 def length_chart(attempts: list[dict], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     kept = [a["n_tokens"] for a in attempts if a["verdict"] == "kept"]
     rest = [a["n_tokens"] for a in attempts if a["verdict"] != "kept"]
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    bins = 30 if max(kept + rest, default=0) > 30 else None
-    ax.hist([rest, kept], bins=bins or 10, stacked=True, color=["#bbb", "#4c72b0"], label=["rejected", "kept"])
-    ax.set_xlabel("teacher output length (tokens)")
-    ax.set_ylabel("outputs")
-    ax.legend()
-    ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    with plots.figure(path, figsize=(7, 3.5)) as (fig, ax):
+        bins = 30 if max(kept + rest, default=0) > 30 else None
+        ax.hist([rest, kept], bins=bins or 10, stacked=True, color=["#bbb", "#4c72b0"], label=["rejected", "kept"])
+        ax.set_xlabel("teacher output length (tokens)")
+        ax.set_ylabel("outputs")
+        ax.legend()
+        ax.set_title(title, fontsize=10)
 
 
 # ---------------------------------------------------------------------------------------------

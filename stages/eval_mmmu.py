@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
 
-from r1v3 import config, data, mmmu, models
+from r1v3 import config, data, mmmu, models, plots
 from r1v3.artifacts import Artifact, Store, check_name, write_atomic
 from r1v3.config import Settings, setting, to_dict
 from r1v3.errors import UserError
@@ -222,24 +222,16 @@ def scores_for(predictions: list[dict], samples: int) -> dict:
 
 
 def chart(scores: dict, path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     groups = scores["disciplines"] or scores["subjects"]
     names = list(groups) + ["Overall"]
     accs = [groups[n]["acc"] * 100 for n in groups] + [scores["overall"]["acc"] * 100]
-    fig, ax = plt.subplots(figsize=(8, 0.45 * len(names) + 1.2))
-    bars = ax.barh(names[::-1], accs[::-1], color=["#444"] + ["#4c72b0"] * (len(names) - 1))
-    for bar, acc in zip(bars, accs[::-1]):
-        ax.text(bar.get_width() + 0.5, bar.get_y() + bar.get_height() / 2, f"{acc:.1f}", va="center", fontsize=8)
-    ax.set_xlim(0, 105)
-    ax.set_xlabel("accuracy (%)")
-    ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    with plots.figure(path, figsize=(8, 0.45 * len(names) + 1.2)) as (fig, ax):
+        bars = ax.barh(names[::-1], accs[::-1], color=["#444"] + ["#4c72b0"] * (len(names) - 1))
+        for bar, acc in zip(bars, accs[::-1]):
+            ax.text(bar.get_width() + 0.5, bar.get_y() + bar.get_height() / 2, f"{acc:.1f}", va="center", fontsize=8)
+        ax.set_xlim(0, 105)
+        ax.set_xlabel("accuracy (%)")
+        ax.set_title(title, fontsize=10)
 
 
 def run(cfg: Config, store: Store) -> tuple[Optional[Artifact], dict]:

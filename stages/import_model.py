@@ -23,7 +23,6 @@ from r1v3.artifacts import MANIFEST, Artifact, Store, check_name
 from r1v3.config import Settings, setting, to_dict
 from r1v3.errors import UserError
 
-PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"}
 KEEP_SUFFIXES = {".json", ".safetensors", ".txt", ".model", ".jinja", ".tiktoken", ".md"}
 INDEX = "model.safetensors.index.json"
 MAX_HEADER = 100 * 1024 * 1024  # the safetensors library's own limit on the header's JSON
@@ -69,7 +68,7 @@ def inspect_dir(path: Path, trust_remote_code: bool) -> dict:
     if not isinstance(cfg, dict) or "model_type" not in cfg:
         raise UserError(f"{cfg_file}: no model_type key")
     if not list(path.glob("*.safetensors")):
-        pickles = [p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES]
+        pickles = [p.name for p in path.iterdir() if p.suffix in models.PICKLE_SUFFIXES]
         hint = f" (found {', '.join(sorted(pickles)[:3])}: pickle weights are refused; convert them to safetensors)" if pickles else ""
         raise UserError(f"{path}: no *.safetensors weights{hint}")
     if "auto_map" in cfg and not trust_remote_code:

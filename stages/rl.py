@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
 
-from r1v3 import config, curriculum, data, families, mmmu, models, rewards, training
+from r1v3 import config, curriculum, data, families, mmmu, models, plots, rewards, training
 from r1v3.artifacts import Artifact, Store, check_name
 from r1v3.config import Settings, setting, to_dict
 from r1v3.errors import UserError
@@ -41,7 +41,6 @@ PRESETS: dict[str, dict] = config.presets("rl")
 # settings that may change between a crash and --resume without changing the result
 RESUME_FREE = ("resume", "logging_steps", "vllm_server_host", "vllm_server_port")
 PRODUCT = "checkpoints"  # inside the work directory and the run artifact: checkpoints/step-K/
-NOT_PUBLISHED = {".pt", ".pth", ".bin", ".pkl"}  # pickles (optimizer, RNG, training args) stay in the work dir
 COLLAPSE = ("the paper reports that RL with a frozen connector collapsed (Skywork-R1V3 section 3.4: train "
             "connector + LLM)")
 _GRPO, _LEN, _SAVE, _REWARD, _CURR, _VLLM = ("GRPO", "Length", "Checkpoints", "Rewards", "Curriculum", "vLLM rollouts")
@@ -379,8 +378,8 @@ def save_product(checkpoint: Path, product: Path, processor_dir: Path, log: list
     tmp = product / f".step-{step}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    for f in checkpoint.iterdir():
-        if f.is_file() and f.suffix not in NOT_PUBLISHED and f.name != "trainer_state.json":
+    for f in checkpoint.iterdir():  # the optimizer, RNG and training-args pickles stay in the work dir
+        if f.is_file() and f.suffix not in models.PICKLE_SUFFIXES and f.name != "trainer_state.json":
             shutil.copy2(f, tmp / f.name)
     for f in processor_dir.iterdir():
         shutil.copy2(f, tmp / f.name)
@@ -510,28 +509,20 @@ STEP_METRICS = ("reward", "reward_std", "completions/mean_length", "entropy", "c
 
 
 def plot_curves(log: list[dict], phases, path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(2, 2, figsize=(10, 6), sharex=True)
-    for ax, (key, label) in zip(axes.flat, CURVES):
-        points = [(h["step"], h[key]) for h in log if isinstance(h.get(key), (int, float))]
-        if points:
-            ax.plot(*zip(*points), color="#4c72b0", lw=1.2)
-        for phase in phases[1:]:
-            ax.axvline(phase.first_step + 0.5, color="#dd8452", ls="--", lw=1)
-            ax.text(phase.first_step + 0.5, 1, f" {phase.name}", transform=ax.get_xaxis_transform(), va="top",
-                    fontsize=8, color="#dd8452")
-        ax.set_title(label, fontsize=9)
-        ax.grid(alpha=0.3)
-    for ax in axes[1]:
-        ax.set_xlabel("optimizer step")
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    with plots.figure(path, nrows=2, ncols=2, figsize=(10, 6), sharex=True) as (fig, axes):
+        for ax, (key, label) in zip(axes.flat, CURVES):
+            points = [(h["step"], h[key]) for h in log if isinstance(h.get(key), (int, float))]
+            if points:
+                ax.plot(*zip(*points), color="#4c72b0", lw=1.2)
+            for phase in phases[1:]:
+                ax.axvline(phase.first_step + 0.5, color="#dd8452", ls="--", lw=1)
+                ax.text(phase.first_step + 0.5, 1, f" {phase.name}", transform=ax.get_xaxis_transform(), va="top",
+                        fontsize=8, color="#dd8452")
+            ax.set_title(label, fontsize=9)
+            ax.grid(alpha=0.3)
+        for ax in axes[1]:
+            ax.set_xlabel("optimizer step")
+        fig.suptitle(title, fontsize=10)
 
 
 def _phase_metrics(log: list[dict], schedule) -> dict:

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
 
-from r1v3 import data, entropy, mmmu, models, rewards
+from r1v3 import data, entropy, mmmu, models, plots, rewards
 from r1v3.artifacts import Artifact, Store, check_name, write_atomic
 from r1v3.config import Settings, setting, to_dict
 from r1v3.errors import UserError
@@ -47,7 +47,6 @@ BY = ("critical-entropy", "accuracy", "reward")
 FALLBACK_RULE = "highest probe accuracy among checkpoints that pass the guards, ties to the higher format rate, then the earlier step"
 CHECKPOINT = re.compile(r"checkpoints/step-([0-9]{1,9})/config\.json")
 # training state a trainer may leave beside the weights: pickles, never copied into a model artifact
-_NOT_MODEL_FILES = (".pt", ".pth", ".bin", ".pkl", ".ckpt", ".gguf")
 
 
 @dataclass
@@ -385,7 +384,7 @@ def publish(cfg: Config, store: Store, run_art: Artifact, ckpts: list[Checkpoint
 def _copy_model(c: Checkpoint, dest: Path) -> None:
     prefix = "" if c.source.kind == "model" else c.path.relative_to(c.source.path).as_posix() + "/"
     for rel in sorted(c.source.manifest["files"]):
-        if rel.startswith(prefix) and not rel.endswith(_NOT_MODEL_FILES):
+        if rel.startswith(prefix) and not rel.endswith((*models.PICKLE_SUFFIXES, ".gguf")):
             target = dest / rel[len(prefix):]
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(c.source.path / rel, target)
@@ -393,29 +392,21 @@ def _copy_model(c: Checkpoint, dest: Path) -> None:
 
 def plot(table: list[dict], chosen: int, path: Path, title: str) -> None:
     """One point per checkpoint: mean critical-token entropy against probe accuracy, labelled by step."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    shown = [r for r in table if r["critical_entropy"] is not None]
-    for r in shown:
-        hit = r["step"] == chosen
-        ax.scatter(r["critical_entropy"], 100 * r["accuracy"], s=60 if hit else 30, color="#c44e52" if hit else "#4c72b0",
-                   zorder=3)
-        ax.annotate(f"step {r['step']}", (r["critical_entropy"], 100 * r["accuracy"]), textcoords="offset points",
-                    xytext=(4, 4), fontsize=8)
-    missing = [str(r["step"]) for r in table if r["critical_entropy"] is None]
-    if missing:
-        ax.text(0.01, 0.01, f"no critical positions: step {', '.join(missing)}", transform=ax.transAxes, fontsize=8)
-    ax.set_xlabel("mean entropy at critical tokens (nats)")
-    ax.set_ylabel("probe accuracy (%)")
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    with plots.figure(path, figsize=(6, 4.5)) as (fig, ax):
+        shown = [r for r in table if r["critical_entropy"] is not None]
+        for r in shown:
+            hit = r["step"] == chosen
+            ax.scatter(r["critical_entropy"], 100 * r["accuracy"], s=60 if hit else 30, color="#c44e52" if hit else "#4c72b0",
+                       zorder=3)
+            ax.annotate(f"step {r['step']}", (r["critical_entropy"], 100 * r["accuracy"]), textcoords="offset points",
+                        xytext=(4, 4), fontsize=8)
+        missing = [str(r["step"]) for r in table if r["critical_entropy"] is None]
+        if missing:
+            ax.text(0.01, 0.01, f"no critical positions: step {', '.join(missing)}", transform=ax.transAxes, fontsize=8)
+        ax.set_xlabel("mean entropy at critical tokens (nats)")
+        ax.set_ylabel("probe accuracy (%)")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
 
 
 def print_report(selection: Artifact, model: Artifact, console) -> None:
