@@ -105,11 +105,13 @@ def test_tiny_recipe_killed_midway_finishes_on_rerun(tmp_path):
 
 @slow
 def test_smol_recipe_scaled_down(tmp_path):
-    out = run_recipe("smol/run.sh", tmp_path / "store", N="40", ALIGN_STEPS="2", DISTILL_N="8", SFT_STEPS="2",
-                     RL_NORMAL="1", RL_HARD="1", RETUNE_STEPS="2", COLD_START_DATA="synthetic")
+    out = run_recipe("smol/run.sh", tmp_path / "store", N="40", ALIGN_STEPS="2", DISTILL_N="2", SFT_STEPS="2",
+                     RL_NORMAL="1", RL_HARD="1", RETUNE_STEPS="2")
     table = [line for line in out.splitlines() if line.startswith("| ")]
     labels = [line.split("|")[1].strip() for line in table]
-    for expected in ("init smol", "sft connector-align", "distill (teacher smol)", "sft cold-start", "difficulty",
+    # the 135M teacher may keep no trace of 4 outputs: then the script says it trains on synthetic ones
+    assert "distill (teacher smol)" in labels or "the smol teacher kept no trace" in out
+    for expected in ("init smol", "sft connector-align", "sft cold-start", "difficulty",
                      "rl --curriculum hard", "select-ckpt", "sft connector-retune", "eval smol-retuned, blind",
                      "total", "chance", "smol-retuned (images blanked)"):
         assert expected in labels, (expected, labels)
