@@ -13,15 +13,13 @@ verdicts. Responses are appended (fsynced) to the run's work directory as batche
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from r1v3 import data, mmmu, rewards
-from r1v3.artifacts import Artifact, Store, check_name, write_atomic
+from r1v3 import data, jsonl, mmmu, rewards
+from r1v3.artifacts import Artifact, Store, check_name
 from r1v3.config import Settings, setting, to_dict
 from r1v3.errors import UserError
 
@@ -71,22 +69,13 @@ def _rows(cfg: Config, dataset: Artifact) -> tuple[dict[str, list[dict]], list[s
     return rows, measured
 
 
+def _is_samples_record(rec) -> bool:
+    return (isinstance(rec, dict) and isinstance(rec.get("id"), str) and isinstance(rec.get("samples"), list)
+            and all(isinstance(s, dict) and isinstance(s.get("text"), str) for s in rec["samples"]))
+
+
 def _read_partial(path: Path) -> dict[str, list[dict]]:
-    done: dict[str, list[dict]] = {}
-    if not path.exists():
-        return done
-    with open(path, "rb") as f:
-        for line in f:
-            try:
-                rec = json.loads(line)
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                break  # the line a crash cut short; nothing after it was written
-            samples = rec.get("samples") if isinstance(rec, dict) else None
-            if (not isinstance(rec.get("id"), str) or not isinstance(samples, list)
-                    or not all(isinstance(s, dict) and isinstance(s.get("text"), str) for s in samples)):
-                break
-            done[rec["id"]] = samples
-    return done
+    return {rec["id"]: rec["samples"] for rec in jsonl.read(path, _is_samples_record)}
 
 
 def _has_progress(work: Path) -> bool:
@@ -106,7 +95,7 @@ def generate(cfg: Config, work, model: Artifact, rows: list[dict], where: str) -
     partial = work.path / PARTIAL
     done = _read_partial(partial) if work.resumed else {}
     todo = [mmmu.request(r, "reasoning") for r in rows if r["id"] not in done]
-    write_atomic(partial, "".join(json.dumps({"id": i, "samples": s}) + "\n" for i, s in done.items()))
+    jsonl.rewrite(partial, ({"id": i, "samples": s} for i, s in done.items()))
     sampling = Sampling(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                         n=cfg.samples, seed=cfg.seed)
     start, tokens = time.perf_counter(), 0
@@ -120,9 +109,7 @@ def generate(cfg: Config, work, model: Artifact, rows: list[dict], where: str) -
                 samples = [{"text": c.text, "n_tokens": c.n_tokens} for c in completions]
                 tokens += sum(c.n_tokens for c in completions)
                 done[rid] = samples
-                out.write(json.dumps({"id": rid, "samples": samples}) + "\n")
-                out.flush()
-                os.fsync(out.fileno())
+                jsonl.append(out, [{"id": rid, "samples": samples}])
     seconds = time.perf_counter() - start
     return done, {"generation_seconds": round(seconds, 2), "generated_tokens": tokens, "rows_generated": len(todo),
                   "rows_resumed": len(rows) - len(todo),
@@ -188,9 +175,7 @@ def publish(cfg: Config, store: Store, splits: dict, measured: list[str], done: 
     rates = [v["pass_rate"] for v in verdicts]
     with store.publish(cfg.name, "dataset", stage="difficulty", config=to_dict(cfg), inputs=inputs) as draft:
         data.write_splits(draft.path, {s: rows for s, rows in out.items() if rows})
-        with open(draft.path / "pass_rates.jsonl", "w") as f:
-            for v in verdicts:
-                f.write(json.dumps(v) + "\n")
+        (draft.path / "pass_rates.jsonl").write_text(jsonl.lines(verdicts))
         draft.metrics.update(
             measured_splits=measured, rows_measured=len(verdicts), samples=cfg.samples,
             mean_pass_rate=round(sum(rates) / len(rates), 6),

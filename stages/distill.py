@@ -51,8 +51,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, NamedTuple, Optional
 
-from r1v3 import answers, data, jsonio, mmmu, models, plots, smol
-from r1v3.artifacts import Artifact, Store, check_name, sha256_file, write_atomic
+from r1v3 import answers, data, jsonl, mmmu, models, plots, smol
+from r1v3.artifacts import Artifact, Store, check_name, sha256_file
 from r1v3.config import Settings, setting, to_dict
 from r1v3.errors import UserError
 
@@ -323,31 +323,23 @@ def generation_settings(cfg: Config, teacher: Teacher) -> dict:
 # attempts: one line per teacher output, appended as they arrive
 
 
+RAW_KEYS = ("id", "sample", "response", "n_tokens", "finish_reason")
+
+
+def _is_attempt(rec) -> bool:
+    return (isinstance(rec, dict) and isinstance(rec.get("id"), str) and isinstance(rec.get("sample"), int)
+            and rec["sample"] >= 0 and isinstance(rec.get("response"), str)
+            and isinstance(rec.get("n_tokens"), int) and isinstance(rec.get("finish_reason"), str))
+
+
 def read_attempts(path: Path, strict: bool = False) -> dict[str, dict[int, dict]]:
     """{problem id: {sample index: record}}. A line a crash cut short ends the reading (what
     follows was never acknowledged); with `strict` (a published file) it is an error instead."""
     done: dict[str, dict[int, dict]] = {}
-    if not path.exists():
-        return done
-    with open(path, "rb") as f:
-        for n, line in enumerate(f, 1):
-            try:
-                rec = jsonio.loads(line, f"{path} line {n}")
-                ok = (isinstance(rec, dict) and isinstance(rec.get("id"), str) and isinstance(rec.get("sample"), int)
-                      and rec["sample"] >= 0 and isinstance(rec.get("response"), str)
-                      and isinstance(rec.get("n_tokens"), int) and isinstance(rec.get("finish_reason"), str))
-                if not ok:
-                    raise UserError(f"{path} line {n}: not an attempt record (id, sample, response, n_tokens, "
-                                    "finish_reason)")
-            except UserError:
-                if strict:
-                    raise
-                break
-            done.setdefault(rec["id"], {})[rec["sample"]] = {k: rec[k] for k in RAW_KEYS}
+    for rec in jsonl.read(path, _is_attempt,
+                            "an attempt record (id, sample, response, n_tokens, finish_reason)" if strict else None):
+        done.setdefault(rec["id"], {})[rec["sample"]] = {k: rec[k] for k in RAW_KEYS}
     return done
-
-
-RAW_KEYS = ("id", "sample", "response", "n_tokens", "finish_reason")
 
 
 def _has_progress(work: Path) -> bool:
@@ -386,8 +378,7 @@ def generate(cfg: Config, work, teacher: Teacher, rows: list[dict], done: dict) 
 
     todo = missing(rows, done, cfg.samples)
     path = work.path / ATTEMPTS
-    # only what was read back: a record a crash cut short would otherwise end every later read there
-    write_atomic(path, "".join(json.dumps(r) + "\n" for s in done.values() for r in s.values()))
+    jsonl.rewrite(path, (r for s in done.values() for r in s.values()))
     if not todo:
         return {"problems_asked": 0, "outputs_generated": 0}
     backend = open_backend(cfg, teacher)
@@ -397,9 +388,7 @@ def generate(cfg: Config, work, teacher: Teacher, rows: list[dict], done: dict) 
             nonlocal generated
             recs = [{"id": request_id, "sample": first + j, "response": c.text, "n_tokens": c.n_tokens,
                      "finish_reason": c.finish_reason} for j, c in enumerate(completions)]
-            out.write("".join(json.dumps(r) + "\n" for r in recs))
-            out.flush()
-            os.fsync(out.fileno())
+            jsonl.append(out, recs)
             done.setdefault(request_id, {}).update({r["sample"]: r for r in recs})
             generated += len(recs)
 
@@ -555,8 +544,7 @@ def publish(cfg: Config, store: Store, rows: list[dict], attempts: list[dict], s
     config = to_dict(cfg) | {"generation": settings}
     with store.publish(cfg.name, "dataset", stage="distill", config=config, inputs=inputs) as draft:
         data.write_splits(draft.path, {cfg.split: rows})
-        with open(draft.path / ATTEMPTS, "w") as f:
-            f.writelines(json.dumps(a) + "\n" for a in attempts)
+        (draft.path / ATTEMPTS).write_text(jsonl.lines(attempts))
         (draft.path / "report.json").write_text(json.dumps(summary, indent=2) + "\n")
         length_chart(attempts, draft.path / "lengths.png",
                      f"{cfg.name}: {summary['kept']} of {summary['outputs']} teacher outputs kept")

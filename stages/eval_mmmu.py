@@ -13,14 +13,13 @@ Works on any problem dataset: subjects outside MMMU's 30 count per subject and o
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
 
-from r1v3 import config, data, mmmu, models, plots
-from r1v3.artifacts import Artifact, Store, check_name, write_atomic
+from r1v3 import config, data, jsonl, mmmu, models, plots
+from r1v3.artifacts import Artifact, Store, check_name
 from r1v3.config import Settings, setting, to_dict
 from r1v3.errors import UserError
 
@@ -122,24 +121,13 @@ def _has_progress(work: Path) -> bool:
     return bool(_read_partial(work / PARTIAL))
 
 
+def _is_response_record(rec) -> bool:
+    return (isinstance(rec, dict) and isinstance(rec.get("id"), str) and isinstance(rec.get("samples"), list)
+            and all(isinstance(x, dict) and isinstance(x.get("response"), str) for x in rec["samples"]))
+
+
 def _read_partial(path: Path) -> dict[str, dict]:
-    done = {}
-    if not path.exists():
-        return done
-    with open(path, "rb") as f:
-        for line in f:
-            try:
-                rec = json.loads(line)
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                break  # the line a crash cut short; everything after it is unwritten
-            if not isinstance(rec, dict):
-                break
-            samples = rec.get("samples")
-            if (not isinstance(rec.get("id"), str) or not isinstance(samples, list)
-                    or not all(isinstance(x, dict) and isinstance(x.get("response"), str) for x in samples)):
-                break
-            done[rec["id"]] = rec
-    return done
+    return {rec["id"]: rec for rec in jsonl.read(path, _is_response_record)}
 
 
 def resolve_backend(name: str) -> str:
@@ -180,8 +168,7 @@ def generate(cfg: Config, work, model: Artifact, rows: list[dict], requests: lis
             cfg.backend, model.path, batch_size=cfg.batch_size, trust_remote_code=cfg.trust_remote_code, **vllm_kwargs
         )
         data.check_images(rows, getattr(backend, "processor", None), where)
-    # only what was read back: a record a crash cut short would otherwise end every later read there
-    write_atomic(partial, "".join(json.dumps(done[i]) + "\n" for i in done))
+    jsonl.rewrite(partial, done.values())
     start, new_tokens = time.perf_counter(), 0
     if backend is not None:
         with open(partial, "a") as out:
@@ -193,9 +180,7 @@ def generate(cfg: Config, work, model: Artifact, rows: list[dict], requests: lis
                 new_tokens += sum(c.n_tokens for c in completions)
                 rec = {"id": request_id, "samples": samples}
                 done[request_id] = rec
-                out.write(json.dumps(rec) + "\n")
-                out.flush()
-                os.fsync(out.fileno())
+                jsonl.append(out, [rec])
     timing = {"generation_seconds": round(time.perf_counter() - start, 2), "generated_tokens": new_tokens,
               "items_generated": len(todo), "items_resumed": len(requests) - len(todo)}
     return done, timing
@@ -254,9 +239,7 @@ def publish(cfg: Config, store: Store, predictions: list[dict], samples: int, ti
     if not cfg.name:
         return None, scores
     with store.publish(cfg.name, "eval", stage="eval-mmmu", config=to_dict(cfg), inputs=inputs) as draft:
-        with open(draft.path / "predictions.jsonl", "w") as f:
-            for p in predictions:
-                f.write(json.dumps(p) + "\n")
+        (draft.path / "predictions.jsonl").write_text(jsonl.lines(predictions))
         (draft.path / "scores.json").write_text(json.dumps(scores, indent=2) + "\n")
         chart(scores, draft.path / "chart.png", f"{cfg.name}: {cfg.style}, {samples} sample(s), n={scores['overall']['n']}")
         draft.metrics.update(

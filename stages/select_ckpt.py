@@ -38,8 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
 
-from r1v3 import data, entropy, mmmu, models, plots, rewards
-from r1v3.artifacts import Artifact, Store, check_name, write_atomic
+from r1v3 import data, entropy, jsonl, mmmu, models, plots, rewards
+from r1v3.artifacts import Artifact, Store, check_name
 from r1v3.config import Settings, setting, to_dict
 from r1v3.errors import UserError
 
@@ -345,7 +345,7 @@ def run(cfg: Config, store: Store) -> tuple[Artifact, Artifact]:
             else:
                 start = time.perf_counter()
                 recs = _score_checkpoint(cfg, c, rows, requests, f"{probe.ref} split {cfg.split}")
-                write_atomic(done, "".join(json.dumps(r) + "\n" for r in recs))
+                jsonl.rewrite(done, recs)
                 timing["checkpoints_scored"] += 1
                 timing["seconds"] += time.perf_counter() - start
             table.append(figures(c.step, c.label, recs, weights))
@@ -363,9 +363,7 @@ def publish(cfg: Config, store: Store, run_art: Artifact, ckpts: list[Checkpoint
     with store.publish(cfg.name, "selection", stage="select-ckpt", config=to_dict(cfg), inputs=inputs) as draft:
         (draft.path / "figures.json").write_text(json.dumps(table, indent=2) + "\n")
         (draft.path / "selection.json").write_text(json.dumps(summary, indent=2) + "\n")
-        with open(draft.path / "probe.jsonl", "w") as f:
-            for r in records:
-                f.write(json.dumps(r) + "\n")
+        (draft.path / "probe.jsonl").write_text(jsonl.lines(records))
         plot(table, choice["step"], draft.path / "entropy-vs-accuracy.png", f"{cfg.name}: {run_art.ref}")
         draft.metrics.update(step=choice["step"], by=cfg.by, enough_evidence=choice["enough_evidence"],
                              reason=choice["reason"], checkpoints=len(table), spearman=spearman, table=table, **timing)
