@@ -50,7 +50,7 @@ timed() {  # timed LABEL ARTIFACT[,ARTIFACT] command...: run it and record its w
     local label=$1 artifact=$2 t0=$SECONDS
     shift 2
     echo "== $label"
-    "$@"
+    "$@" || return  # explicit: set -e does not apply inside an `if` condition
     printf '%s\t%s\t%s\n' "$label" "$artifact" "$((SECONDS - t0))" >> "$TIMES"
 }
 

@@ -39,7 +39,7 @@ stage() {  # stage LABEL ARTIFACT[,ARTIFACT] r1v3-args...: run one stage with th
     local label=$1 artifact=$2 t0=$SECONDS
     shift 2
     echo "== $label"
-    $R1V3 "$@" --config "$RECIPE"
+    $R1V3 "$@" --config "$RECIPE" || return  # explicit: set -e does not apply inside an `if` condition
     printf '%s\t%s\t%s\n' "$label" "$artifact" "$((SECONDS - t0))" >> "$TIMES"
 }
 
