@@ -36,6 +36,7 @@ PRESETS_DIR = Path(__file__).parent / "presets"
 MAX_YAML_BYTES = 1 << 20  # recipes are a few hundred bytes; this bounds what a parser ever sees
 MAX_YAML_NODES = 100_000  # nodes after alias expansion: an anchor bomb stops here, in milliseconds
 EXCERPT = 60  # characters of a value shown in an error
+RUN_PANEL = "Run"  # the --help panel of TrainingSettings
 
 # YAML 1.1 (PyYAML) reads 2e-4, 1E-5 and 3e+2 as strings; YAML 1.2 and every user read them as floats
 NUMBER = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)(?:[eE][-+]?[0-9]+)?$")
@@ -126,6 +127,23 @@ class Settings:
         """How an error names a setting: its flag and its key, e.g. '--lr (learning_rate)'."""
         f = fields_by_name(self)[key]
         return f"{flag_of(f)} ({key})"
+
+
+@dataclasses.dataclass
+class TrainingSettings(Settings):
+    """The settings of the training stages (sft, rl) that mean the same in each. A dataclass lists
+    a base's fields first, so they get a help panel of their own rather than leading the options."""
+
+    gradient_checkpointing: bool = setting(False, panel=RUN_PANEL,
+                                           help="Recompute activations in the backward pass to save memory.")
+    bf16: bool | None = setting(None, shown="on when CUDA supports it", panel=RUN_PANEL,
+                                help="Train in bfloat16 mixed precision.")
+    dtype: Literal["float32", "bfloat16"] | None = setting(None, shown="the checkpoint's", panel=RUN_PANEL,
+                                                           help="Weights dtype at load.")
+    seed: int = setting(0, panel=RUN_PANEL, help="Random seed (data order and every other random draw of the run).")
+    resume: bool = setting(False, panel=RUN_PANEL,
+                           help="Continue an interrupted run of the same name from its last complete checkpoint.")
+    trust_remote_code: bool = setting(False, panel=RUN_PANEL, help="Allow the model's own Python code.")
 
 
 def fields_by_name(cls_or_obj) -> dict[str, dataclasses.Field]:

@@ -34,7 +34,7 @@ from typing import Literal, Optional
 
 from r1v3 import config, curriculum, data, families, mmmu, models, plots, rewards, training
 from r1v3.artifacts import Artifact, Store, check_name
-from r1v3.config import Settings, setting, to_dict
+from r1v3.config import TrainingSettings, setting, to_dict
 from r1v3.errors import UserError
 
 PRESETS: dict[str, dict] = config.presets("rl")
@@ -51,7 +51,7 @@ def _world_size() -> int:
 
 
 @dataclass
-class Config(Settings):
+class Config(TrainingSettings):
     STAGE = "rl"
 
     model: str = setting(help="Model artifact to train (a vision-language model, e.g. after cold-start SFT).")
@@ -112,12 +112,6 @@ class Config(Settings):
     vllm_tensor_parallel_size: int = setting(1, ge=1, panel=_VLLM, help="GPUs per vLLM engine (colocate).")
     vllm_server_host: str = setting("0.0.0.0", panel=_VLLM, help="vLLM server host (server mode).")
     vllm_server_port: int = setting(8000, ge=1, le=65535, panel=_VLLM, help="vLLM server port (server mode).")
-    gradient_checkpointing: bool = setting(False, help="Recompute activations in the backward pass to save memory.")
-    bf16: Optional[bool] = setting(None, shown="on when CUDA supports it", help="Train in bfloat16 mixed precision.")
-    dtype: Optional[Literal["float32", "bfloat16"]] = setting(None, shown="the checkpoint's", help="Weights dtype at load.")
-    seed: int = setting(0, help="Random seed.")
-    resume: bool = setting(False, help="Continue an interrupted run of the same name from its last complete checkpoint.")
-    trust_remote_code: bool = setting(False, help="Allow the model's own Python code.")
 
     def check(self) -> None:
         check_name(self.name)

@@ -38,7 +38,7 @@ from typing import Literal, Optional
 
 from r1v3 import config, data, families, models, training
 from r1v3.artifacts import Artifact, Store, check_name
-from r1v3.config import Settings, setting, to_dict
+from r1v3.config import TrainingSettings, setting, to_dict
 from r1v3.errors import UserError
 
 # Shipped presets, r1v3/presets/sft/<name>.yaml: what each sets; anything given explicitly wins.
@@ -51,7 +51,7 @@ _TRAIN, _SCHEDULE, _SAVE = "Training", "Schedule", "Checkpoints and evaluation"
 
 
 @dataclass
-class Config(Settings):
+class Config(TrainingSettings):
     STAGE = "sft"
 
     model: str = setting(help="Model artifact to fine-tune (a vision-language model).")
@@ -96,12 +96,6 @@ class Config(Settings):
     early_stopping_patience: int = setting(0, ge=0, panel=_SAVE, help=(
         "Stop after N evaluations without a lower validation loss and publish the best checkpoint; 0 = off."))
     logging_steps: int = setting(1, ge=1, panel=_SAVE, help="Log the loss every N optimizer steps.")
-    gradient_checkpointing: bool = setting(False, help="Recompute activations in the backward pass to save memory.")
-    bf16: Optional[bool] = setting(None, shown="on when CUDA supports it", help="Train in bfloat16 mixed precision.")
-    dtype: Optional[Literal["float32", "bfloat16"]] = setting(None, shown="the checkpoint's", help="Weights dtype at load.")
-    seed: int = setting(0, help="Random seed (data order, initialisation).")
-    resume: bool = setting(False, help="Continue an interrupted run of the same name from its last complete checkpoint.")
-    trust_remote_code: bool = setting(False, help="Allow the model's own Python code.")
 
     def check(self) -> None:
         check_name(self.name)
