@@ -475,6 +475,16 @@ def list_splits(directory):
     return sorted(f.stem for f in Path(directory).glob("*.parquet"))
 
 
+def load_split(dataset, split, option="--split (key split)"):
+    """The rows of `split` of a dataset artifact; a split it lacks is one line naming the
+    artifact, the splits it has and `option`, the setting that chose the split."""
+    splits = list_splits(dataset.path)
+    if split not in splits:
+        raise UserError(f"{dataset.ref}: no split {split!r} (has {', '.join(splits) or 'none'}); "
+                        f"choose one with {option}")
+    return read_split(dataset.path, split)
+
+
 # -----------------------------------------------------------------------------
 # writing
 

@@ -22,6 +22,7 @@ from r1v3 import data, jsonl, mmmu, rewards
 from r1v3.artifacts import Artifact, Store, check_name
 from r1v3.config import Settings, setting, to_dict
 from r1v3.errors import UserError
+from stages.eval_mmmu import open_backend, resolve_backend
 
 PARTIAL = "responses.partial.jsonl"
 
@@ -90,7 +91,7 @@ def _settings(cfg: Config, backend: str) -> dict:
 
 def generate(cfg: Config, work, model: Artifact, rows: list[dict], where: str) -> tuple[dict, dict]:
     """Samples by row id (an interrupted run's included on resume) and timing."""
-    from r1v3.generation import Sampling, make_backend
+    from r1v3.generation import Sampling
 
     partial = work.path / PARTIAL
     done = _read_partial(partial) if work.resumed else {}
@@ -100,10 +101,7 @@ def generate(cfg: Config, work, model: Artifact, rows: list[dict], where: str) -
                         n=cfg.samples, seed=cfg.seed)
     start, tokens = time.perf_counter(), 0
     if todo:
-        vllm = {"tensor_parallel_size": cfg.tensor_parallel_size} if cfg.tensor_parallel_size > 1 else {}
-        backend = make_backend(cfg.backend, model.path, batch_size=cfg.batch_size,
-                               trust_remote_code=cfg.trust_remote_code, **vllm)
-        data.check_images(rows, getattr(backend, "processor", None), where)
+        backend = open_backend(cfg, model, rows, where)
         with open(partial, "a") as out:
             for rid, completions in backend.generate(todo, sampling):
                 samples = [{"text": c.text, "n_tokens": c.n_tokens} for c in completions]
@@ -124,17 +122,6 @@ def judge(row: dict, samples: list[dict]) -> list[bool]:
     return [s == 1.0 for s in scores]
 
 
-def _backend_name(name: str) -> str:
-    """`auto` resolved, so a resumed run is keyed on the backend that sampled (they differ per seed)."""
-    if name != "auto":
-        return name
-    import torch
-
-    from r1v3.generation import vllm_available
-
-    return "vllm" if torch.cuda.is_available() and vllm_available() else "transformers"
-
-
 def run(cfg: Config, store: Store) -> Artifact:
     model = store.resolve(cfg.model, kind="model")
     dataset = store.resolve(cfg.data, kind="dataset")
@@ -142,7 +129,7 @@ def run(cfg: Config, store: Store) -> Artifact:
     rows = [r for s in measured for r in splits[s]]
     for r in rows:
         mmmu.request(r, "reasoning")  # every prompt checked before any work
-    with store.work(cfg.name, "difficulty", settings=_settings(cfg, _backend_name(cfg.backend)),
+    with store.work(cfg.name, "difficulty", settings=_settings(cfg, resolve_backend(cfg.backend)),
                     inputs={"model": model, "data": dataset}, resume=cfg.resume, has_progress=_has_progress) as work:
         done, timing = generate(cfg, work, model, rows, f"{dataset.ref} splits {', '.join(measured)}")
         return publish(cfg, store, splits, measured, done, timing, [model, dataset])

@@ -249,10 +249,7 @@ def assistant_turn(reasoning: str, row: dict) -> str:
 
 
 def load_rows(cfg: Config, dataset: Artifact) -> list[dict]:
-    splits = data.list_splits(dataset.path)
-    if cfg.split not in splits:
-        raise UserError(f"{dataset.ref}: no split {cfg.split!r} (has {', '.join(splits)})")
-    rows = data.read_split(dataset.path, cfg.split)[: cfg.limit]
+    rows = data.load_split(dataset, cfg.split)[: cfg.limit]
     if not rows:
         raise UserError(f"{dataset.ref} [{cfg.split}]: no rows to distill")
     for i, row in enumerate(rows):

@@ -84,10 +84,7 @@ class Config(Settings):
 
 
 def load_rows(cfg: Config, dataset: Artifact) -> list[dict]:
-    splits = data.list_splits(dataset.path)
-    if cfg.split not in splits:
-        raise UserError(f"{dataset.ref}: no split {cfg.split!r} (has {', '.join(splits)})")
-    rows = data.read_split(dataset.path, cfg.split)
+    rows = data.load_split(dataset, cfg.split)
     if cfg.subjects:
         present = {r["subject"] for r in rows}
         wanted = set()
@@ -131,6 +128,7 @@ def _read_partial(path: Path) -> dict[str, dict]:
 
 
 def resolve_backend(name: str) -> str:
+    """`auto` resolved, so a resumed run is keyed on the backend that sampled (they differ per seed)."""
     if name != "auto":
         return name
     import torch
@@ -138,6 +136,18 @@ def resolve_backend(name: str) -> str:
     from r1v3.generation import vllm_available
 
     return "vllm" if torch.cuda.is_available() and vllm_available() else "transformers"
+
+
+def open_backend(cfg, model: Artifact, rows: list[dict], where: str):
+    """The generation backend of eval's (or difficulty's) settings on `model`, once every row's
+    images are checked against its processor."""
+    from r1v3.generation import make_backend
+
+    vllm = {"tensor_parallel_size": cfg.tensor_parallel_size} if cfg.tensor_parallel_size > 1 else {}
+    backend = make_backend(cfg.backend, model.path, batch_size=cfg.batch_size,
+                           trust_remote_code=cfg.trust_remote_code, **vllm)
+    data.check_images(rows, getattr(backend, "processor", None), where)
+    return backend
 
 
 def _inputs(cfg: Config, store: Store) -> tuple[Artifact, Artifact, list[dict], list]:
@@ -153,7 +163,7 @@ def generate(cfg: Config, work, model: Artifact, rows: list[dict], requests: lis
              where: str) -> tuple[dict[str, dict], dict]:
     """Responses by request id, the interrupted run's included when `work` resumed it; and timing.
     `where` names the rows in errors (dataset and split)."""
-    from r1v3.generation import Sampling, make_backend
+    from r1v3.generation import Sampling
 
     partial = work.path / PARTIAL
     done = _read_partial(partial) if work.resumed else {}
@@ -161,13 +171,7 @@ def generate(cfg: Config, work, model: Artifact, rows: list[dict], requests: lis
     sampling = Sampling(
         max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, n=cfg.samples, seed=cfg.seed
     )
-    backend = None
-    if todo:
-        vllm_kwargs = {"tensor_parallel_size": cfg.tensor_parallel_size} if cfg.tensor_parallel_size > 1 else {}
-        backend = make_backend(
-            cfg.backend, model.path, batch_size=cfg.batch_size, trust_remote_code=cfg.trust_remote_code, **vllm_kwargs
-        )
-        data.check_images(rows, getattr(backend, "processor", None), where)
+    backend = open_backend(cfg, model, rows, where) if todo else None
     jsonl.rewrite(partial, done.values())
     start, new_tokens = time.perf_counter(), 0
     if backend is not None:

@@ -191,10 +191,7 @@ def to_dataset(examples: list[dict]):
 
 
 def load_rows(cfg: Config, dataset: Artifact) -> list[dict]:
-    splits = data.list_splits(dataset.path)
-    if cfg.split not in splits:
-        raise UserError(f"{dataset.ref}: no split {cfg.split!r} (has {', '.join(splits)})")
-    rows = data.read_split(dataset.path, cfg.split)
+    rows = data.load_split(dataset, cfg.split)
     if not rows:
         raise UserError(f"{dataset.ref} [{cfg.split}]: no rows to train on")
     return rows

@@ -131,10 +131,7 @@ def checkpoints(store: Store, run: Artifact, base: bool) -> list[Checkpoint]:
 
 
 def probe_rows(cfg: Config, probe: Artifact) -> list[dict]:
-    splits = data.list_splits(probe.path)
-    if cfg.split not in splits:
-        raise UserError(f"{probe.ref}: no split {cfg.split!r} (has {', '.join(splits)}); choose one with --split")
-    rows = data.read_split(probe.path, cfg.split)[: cfg.limit]
+    rows = data.load_split(probe, cfg.split)[: cfg.limit]
     if not rows:
         raise UserError(f"{probe.ref} split {cfg.split}: no rows to probe")
     for i, r in enumerate(rows):

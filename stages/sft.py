@@ -178,10 +178,8 @@ def conversation(row: dict, cfg: Config, where: str) -> dict:
 
 
 def load_examples(dataset: Artifact, split: str, cfg: Config) -> list[dict]:
-    splits = data.list_splits(dataset.path)
-    if split not in splits:
-        raise UserError(f"{dataset.ref}: no split {split!r} (has {', '.join(splits)})")
-    rows = data.read_split(dataset.path, split)
+    option = "--split (key split)" if split == cfg.split else "--eval-split (key eval_split)"
+    rows = data.load_split(dataset, split, option)
     where = f"{dataset.ref} [{split}]"
     if cfg.format == "chat":
         if not any(r["messages"] for r in rows):

@@ -586,3 +586,18 @@ def test_synth_reflect_style_from_the_cli(tmp_path):
     for bad in (["--messages", "brief", "--reflect-share", "0.2"], ["--messages", "reflect", "--reflect-share", "2"]):
         assert main(["--store", str(store), "data", "synth", "--name", "bad", "--n", "20", *bad]) == 2
     assert not (store / "bad").exists()
+
+
+def test_load_split_names_the_artifact_its_splits_and_the_option(tmp_path, splits):
+    from r1v3.artifacts import Store
+
+    store = Store(tmp_path / "store")
+    with store.publish("ds", "dataset", stage="test") as draft:
+        data.write_splits(draft.path, {"train": splits["train"][:3], "validation": splits["validation"][:2]})
+    ds = store.resolve("ds", kind="dataset")
+    same_rows(splits["validation"][:2], data.load_split(ds, "validation"))
+    with pytest.raises(UserError, match=r"^ds@v1: no split 'test' \(has train, validation\); choose one with "
+                                        r"--split \(key split\)$"):
+        data.load_split(ds, "test")
+    with pytest.raises(UserError, match=r"choose one with --splits \(key splits\)$"):
+        data.load_split(ds, "dev", "--splits (key splits)")
