@@ -8,8 +8,8 @@
 #
 # Usage: START=smol-reflect DATA=rl-problems bash recipes/smol-rl-signal.sh
 #   (after a cold-start SFT; R1V3_STORE picks the store; see README "Does RL help?")
-# Scaled to a 2-core CPU: group 4, 2 prompts a step, 48 new tokens (`rl --preset cpu-smol`), 30 steps,
-# a learning rate above the paper's (2e-5, because 30 steps is all there is).
+# Scaled to a 2-core CPU: group 4, 2 prompts a step, 48 new tokens (`rl --preset cpu-smol`), 20 steps,
+# a learning rate above the paper's (2e-5, because 20 steps is all there is); select-ckpt probes 100 test rows.
 set -euo pipefail
 export R1V3_STORE=$(realpath -m "${R1V3_STORE:-$(dirname "$0")/../artifacts}")
 cd "$(dirname "$0")/.."
@@ -19,8 +19,8 @@ PYTHON=${PYTHON:-.venv/bin/python}
 export HF_HUB_OFFLINE=1
 START=${START:-smol-reflect}
 DATA=${DATA:-rl-problems}
-STEPS=${STEPS:-30}
-SAVE=${SAVE:-6}
+STEPS=${STEPS:-20}
+SAVE=${SAVE:-4}
 LR=${LR:-2e-5}
 TIMES="$R1V3_STORE/smol-rl-signal-times.tsv"
 : > "$TIMES"
@@ -48,7 +48,7 @@ for mode in none hard; do
     evaluate "rl-$mode-final" "rl-$mode-eval"
 done
 timed "select-ckpt" $R1V3 select-ckpt --run rl-none --probe "$DATA" --split test --base --temperature 1.0 \
-    --max-new-tokens 48 --name rl-none-selected --reuse --resume
+    --max-new-tokens 48 --limit 100 --name rl-none-selected --reuse --resume
 evaluate rl-none-selected-model rl-selected-eval
 
 "$PYTHON" - "$R1V3_STORE" "$TIMES" <<'EOF'
