@@ -278,6 +278,26 @@ def seconds_per_step(ends: list[float]) -> float | None:
     return round(statistics.median(steps), 3) if steps else None
 
 
+def run_arguments(cfg) -> dict:
+    """The TrainingArguments every trainer stage sets the same way from its TrainingSettings."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    return dict(
+        activation_checkpointing=cfg.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
+        bf16=cfg.bf16 if cfg.bf16 is not None else bool(cuda and torch.cuda.is_bf16_supported()),
+        use_cpu=not cuda,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        logging_steps=cfg.logging_steps,
+        save_strategy="steps",
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+
+
 def train(trainer, resume_from: str | None = None) -> TrainingRun:
     """trainer.train with the shared callbacks, then the frozen-tensor check."""
     from transformers.trainer_callback import PrinterCallback

@@ -209,10 +209,8 @@ def _settings(cfg: Config, schedule) -> dict:
 
 def _arguments(cfg: Config, output_dir: Path, max_steps: int = 1):
     """TRL's GRPOConfig, built before the model loads (ZeRO-3 partitions the weights at load)."""
-    import torch
     from trl import GRPOConfig
 
-    cuda = torch.cuda.is_available()
     vllm = dict(use_vllm=True, vllm_mode=cfg.vllm, vllm_gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
                 vllm_tensor_parallel_size=cfg.vllm_tensor_parallel_size, vllm_server_host=cfg.vllm_server_host,
                 vllm_server_port=cfg.vllm_server_port) if cfg.vllm else {}
@@ -238,19 +236,9 @@ def _arguments(cfg: Config, output_dir: Path, max_steps: int = 1):
         reward_weights=reward_weights(cfg),
         shuffle_dataset=False,  # the dataset is the curriculum's order
         ignore_data_skip=False,
-        activation_checkpointing=cfg.gradient_checkpointing,
-        activation_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
-        bf16=cfg.bf16 if cfg.bf16 is not None else bool(cuda and torch.cuda.is_bf16_supported()),
-        use_cpu=not cuda,
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        logging_steps=cfg.logging_steps,
-        save_strategy="steps",
         save_steps=cfg.save_steps,
         save_total_limit=2,  # full checkpoints with optimizer state; the product copies are kept apart
-        report_to="none",
-        disable_tqdm=True,
-        dataloader_num_workers=0,
+        **training.run_arguments(cfg),
         **vllm,
     )
 

@@ -271,10 +271,8 @@ def _arguments(cfg: Config, output_dir: Path):
     """TRL's SFTConfig. Built before the model is loaded: under DeepSpeed ZeRO-3 this makes
     from_pretrained partition the weights at load instead of materialising the whole model in
     every process."""
-    import torch
     from trl import SFTConfig
 
-    cuda = torch.cuda.is_available()
     validate, stop_early = bool(cfg.eval_split), bool(cfg.early_stopping_patience)
     return SFTConfig(
         output_dir=str(output_dir),
@@ -290,14 +288,6 @@ def _arguments(cfg: Config, output_dir: Path):
         max_length=None,  # never truncate: rows are measured and dropped instead
         assistant_only_loss=True,  # turned off in _setup when r1v3.chat marks the assistant tokens instead
         remove_unused_columns=False,  # keeps the assistant_masks column; the rows carry nothing else unused
-        activation_checkpointing=cfg.gradient_checkpointing,
-        activation_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
-        bf16=cfg.bf16 if cfg.bf16 is not None else bool(cuda and torch.cuda.is_bf16_supported()),
-        use_cpu=not cuda,
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        logging_steps=cfg.logging_steps,
-        save_strategy="steps",
         save_steps=cfg.save_steps,
         save_total_limit=cfg.save_total_limit,
         eval_strategy="steps" if validate else "no",
@@ -308,9 +298,7 @@ def _arguments(cfg: Config, output_dir: Path):
         prediction_loss_only=True,  # validation needs the loss only, not a second forward for the logits
         restore_callback_states_from_checkpoint=True,  # early-stopping patience survives a resume
         include_num_input_tokens_seen="non_padding",  # image tokens count, padding does not
-        report_to="none",
-        disable_tqdm=True,
-        dataloader_num_workers=0,
+        **training.run_arguments(cfg),
     )
 
 
