@@ -187,7 +187,7 @@ def test_think_tags_survive_decoding_even_when_special(internvl):
     ids = tok("<think> Wait </think> ok", add_special_tokens=False)["input_ids"] + [tok.convert_tokens_to_ids("<img>")]
     ids += [tok.eos_token_id, tok.pad_token_id]
     assert not think_tags_are_special(tok)
-    assert b._completion(torch.tensor(ids)) == Completion("<think> Wait </think> ok", len(ids) - 1, "stop")
+    assert b._completion(torch.tensor(ids)) == Completion("<think> Wait </think> ok", len(ids) - 1, "stop", tuple(ids[:-1]))
 
     # a reasoning tokenizer that registers the think tags as special tokens
     tok.add_tokens([AddedToken(t, special=True, normalized=False) for t in ("<think>", "</think>")], special_tokens=True)
