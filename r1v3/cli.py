@@ -185,7 +185,7 @@ def _stage_command(group: typer.Typer, name: str, module, *, doc: str, fixed: di
                                         "Dotted key=value overrides of any setting (the keys of --config), "
                                         f"e.g. {_override_example(cls, fields)}."))))
     params.append(inspect.Parameter("reuse", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[bool],
-                                    default=typer.Option(None, "--reuse/--no-reuse", help=(
+                                    default=typer.Option(None, "--reuse/--no-reuse", metavar="", help=(
                                         "Skip the stage when the latest artifact of --name came from the same "
                                         "settings and inputs (default: on when R1V3_REUSE=1)."))))
     params.extend(extra)
