@@ -141,10 +141,31 @@ def vision_chat_template(tokenizer, image_placeholder: str) -> tuple[str, str]:
     chatml = models.chat_template(image_placeholder, default_system=m.group(1) if m else None)
     if _renderings(tokenizer, chatml) == reference:
         return chatml, "chatml"
+    training = _training_version(tokenizer, reference)
+    if training is not None:
+        wrapped = _accept_image_parts(training, image_placeholder)
+        # prompts (the first three probes) render as the LLM's own template does; only trained turns keep more
+        if _renderings(tokenizer, wrapped) == _renderings(tokenizer, training) and \
+                _renderings(tokenizer, wrapped)[:3] == reference[:3]:
+            return wrapped, "llm-training"
     wrapped = _accept_image_parts(template, image_placeholder)
     if _renderings(tokenizer, wrapped) != reference:
         raise UserError("the LLM's chat template renders text chats differently once adapted to image parts")
     return wrapped, "llm"
+
+
+def _training_version(tokenizer, reference: list[str]) -> str | None:
+    """TRL's training version of a template that drops the reasoning of assistant turns (the shipped
+    DeepSeek-R1-distill template strips everything up to </think> from every turn, the last one too, so
+    SFT on reasoning traces would learn none of it); None for any other template."""
+    from trl.chat_template_utils import get_training_chat_template
+
+    if "Wait, PROBE" in reference[3] and "Hmm." in reference[3]:
+        return None  # the template keeps the reasoning it is shown
+    try:
+        return get_training_chat_template(tokenizer)
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def _image_token_ids(config) -> dict[str, int]:

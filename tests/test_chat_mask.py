@@ -186,3 +186,29 @@ def test_sft_refuses_a_template_that_drops_the_reasoning(cli, tmp_path):
     )], err
     assert "tuned" not in [a.name for a in cli.store.list()]
     assert not (cli.store.root / ".work" / "tuned").exists()
+
+
+def test_compose_swaps_the_shipped_r1_template_for_its_training_version(cli, tmp_path):
+    # the DeepSeek-R1-distill template as TRL ships it (byte for byte) strips the reasoning from every
+    # assistant turn; compose keeps its prompts but takes TRL's training version, so cold-start SFT trains
+    from trl.chat_template_utils import deepseek_r1_distill_chat_template
+
+    assert cli("init", "tiny", "--name", "vlm", "--family", "internvl")[0] == 0
+    tok = models.tiny_tokenizer([BOS, EOS, USER, ASSISTANT], chat_template=deepseek_r1_distill_chat_template,
+                                bos_token=BOS, eos_token=EOS, pad_token=None)
+    llm, _ = r1_llm()
+    llm.save_pretrained(tmp_path / "r1")
+    tok.save_pretrained(tmp_path / "r1")
+    assert cli("import-model", tmp_path / "r1", "--name", "r1")[0] == 0
+    code, _, err = cli("compose", "--vlm", "vlm", "--llm", "r1", "--name", "vr1")
+    assert code == 0, err
+    assert cli.store.resolve("vr1").metrics["chat_template"] == "llm-training"
+    publish_dataset(cli.store, "think", {"train": think_rows(4)})
+    code, _, err = cli("sft", "--model", "vr1", "--data", "think", "--preset", "cold-start", "--batch-size", "2",
+                       "--max-steps", "1", "--lr", "1e-3", "--name", "tuned")
+    assert code == 0, err
+    # inference prompts are the LLM's own
+    _, processor = models.load_model(cli.store.resolve("vr1").path)
+    prompt = [{"role": "user", "content": "How many?"}]
+    assert processor.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True) == \
+        tok.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
