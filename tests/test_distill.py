@@ -391,8 +391,12 @@ def test_tiny_local_teacher(problems, tmp_path, monkeypatch):
     assert problems("import-model", tmp_path / "llm", "--name", "textlm")[0] == 0
     args = ["distill", "--teacher", "textlm", "--data", "probs", "--name", "loc", "--samples", "2",
             "--max-new-tokens", "12", "--batch-size", "4"]
+    before = torch.get_num_threads()
     torch.set_num_threads(1)
-    code, _, err = problems(*args)
+    try:
+        code, _, err = problems(*args)
+    finally:
+        torch.set_num_threads(before)  # later tests compare in-process runs with subprocesses
     assert code == 2 and "no trace of 22 teacher outputs passed" in err, err
     work = problems.store.root / ".work" / "loc" / "distill" / "attempts.jsonl"
     done = distill.read_attempts(work)
