@@ -218,10 +218,11 @@ def write_atomic(path: Path, text: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    _fsync_path(path.parent)  # the rename itself must outlive a power cut
+    fsync_path(path.parent)  # the rename itself must outlive a power cut
 
 
-def _fsync_path(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """Flush a file's or a directory's entries to disk (a directory: the names in it, so renames last)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -596,7 +597,7 @@ class Store:
             raise RuntimeError(f"refusing to publish empty artifact {draft.name}")
         _normalize_modes(draft.path)
         for rel in files:
-            _fsync_path(draft.path / rel)
+            fsync_path(draft.path / rel)
         manifest = {
             "kind": draft.kind,
             "name": draft.name,
@@ -612,7 +613,7 @@ class Store:
         }
         parent = self.root / draft.name
         parent.mkdir(parents=True, exist_ok=True)
-        _fsync_path(self.root)  # the name directory must outlive a power cut as much as its version
+        fsync_path(self.root)  # the name directory must outlive a power cut as much as its version
         version = (self.versions(draft.name) or [0])[-1] + 1
         while True:
             manifest["version"] = version
@@ -625,8 +626,8 @@ class Store:
             # an imported directory would otherwise be overwritten at its source
             mpath.unlink(missing_ok=True)
             mpath.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
-            _fsync_path(mpath)
-            _fsync_path(draft.path)
+            fsync_path(mpath)
+            fsync_path(draft.path)
             target = parent / f"v{version}"
             try:
                 os.rename(draft.path, target)
@@ -636,7 +637,7 @@ class Store:
                     version += 1
                     continue
                 raise
-            _fsync_path(parent)
+            fsync_path(parent)
             return Artifact(draft.name, version, target, manifest)
 
     # ---- work directories of resumable runs (STORE/.work/<name>/<stage>/) -----------------

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from r1v3 import models, plots
+from r1v3.artifacts import fsync_path
 from r1v3.errors import UserError
 
 CHECKPOINT = re.compile(r"^checkpoint-([0-9]+)$")
@@ -172,15 +173,6 @@ def _diverged(args, step: int, what: str, value: float) -> None:
     )
 
 
-def fsync(path: Path) -> None:
-    """Flush a file's or a directory's entries to disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 # ---- callbacks --------------------------------------------------------------------------------
 
 
@@ -215,7 +207,7 @@ def _callbacks(trainer, report: dict) -> list:
                 ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
                 for p in sorted(ckpt.rglob("*")) + [ckpt]:
                     if p.exists():
-                        fsync(p)
+                        fsync_path(p)
 
     class OptimizerCheck(TrainerCallback):
         # Trainer builds the optimizer from requires_grad parameters; check that it did

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Literal, Optional
 
 from r1v3 import config, curriculum, data, families, mmmu, models, plots, rewards, training
-from r1v3.artifacts import Artifact, Store, check_name
+from r1v3.artifacts import Artifact, Store, check_name, fsync_path
 from r1v3.config import TrainingSettings, setting, to_dict
 from r1v3.errors import UserError
 
@@ -366,10 +366,10 @@ def save_product(checkpoint: Path, product: Path, processor_dir: Path, log: list
     metrics.update(step=step, phase=schedule.phase_at(step))
     (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
     for f in tmp.iterdir():
-        training.fsync(f)
+        fsync_path(f)
     shutil.rmtree(target, ignore_errors=True)
     os.rename(tmp, target)
-    training.fsync(product)
+    fsync_path(product)
     return target
 
 

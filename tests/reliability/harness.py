@@ -31,7 +31,7 @@ KILLER = Path(__file__).with_name("killer.py")
 REPO = Path(__file__).resolve().parents[2]
 
 # kill points shared by every stage: inside Store._commit
-FSYNC = ("publish: fsync of files", ["--kill", "r1v3.artifacts:_fsync_path@1~.staging"])
+FSYNC = ("publish: fsync of files", ["--kill", "r1v3.artifacts:fsync_path@1~.staging"])
 RENAME = ("publish: before rename", ["--kill", "os:rename@1~.staging"])
 AFTER_RENAME = ("publish: after rename", ["--kill", "os:rename@1+after~.staging"])
 
