@@ -47,7 +47,7 @@ stage() {  # stage LABEL ARTIFACT[,ARTIFACT] r1v3-args...: run one stage with th
 #    problems with one-sentence think-template traces (the re-tune data, and the cold start's fallback).
 stage "init smol" smol                      init smol --name smol
 stage "data synth (captions)" smol-captions data synth --name smol-captions --n "$N" --messages caption
-stage "data synth (problems)" smol-problems data synth --name smol-problems --n "$N" --messages brief
+stage "data synth (problems)" smol-problems data synth --name smol-problems --n "$N" --messages reflect
 # 2. Connector alignment (R1V): connector only, vision tower and LLM frozen; lr 5e-3 for a fresh connector.
 stage "sft connector-align" smol-aligned sft --preset connector-align --model smol --data smol-captions \
     --name smol-aligned --lr 5e-3 --max-steps "$ALIGN_STEPS" --resume
