@@ -6,10 +6,16 @@
 # bootstrap 95% interval over items. Then select-ckpt picks a checkpoint of the `none` run by
 # critical-token entropy on the test split and that checkpoint is evaluated too.
 #
-# Usage: START=smol-reflect DATA=rl-problems bash recipes/smol-rl-signal.sh
-#   (after a cold-start SFT; R1V3_STORE picks the store; see README "Does RL help?")
-# Scaled to a 2-core CPU: group 4, 2 prompts a step, 48 new tokens (`rl --preset cpu-smol`), 20 steps,
-# a learning rate above the paper's (2e-5, because 20 steps is all there is); select-ckpt probes 100 test rows.
+# Usage: START=smol-cold bash recipes/smol-rl-signal.sh
+#   (after a cold-start SFT, e.g. the one of recipes/smol/run.sh in the same store; R1V3_STORE picks the
+#   store; DATA names the held-out problems, synthesized here when missing: 2500 colour and counting
+#   problems of both levels with reflective traces, seed 1, of which the 250 of the validation split are
+#   evaluated; TRAIN names the RL rows (default DATA; e.g. smol-rated, the recipe's `difficulty` output, with
+#   DROP_UNSOLVED=1 to train only on problems the start model solved at least once); SELECT=0 skips
+#   select-ckpt; see README "Does RL help?")
+# Scaled to a 2-core CPU: group 4, 2 prompts a step (`rl --preset cpu-smol`), 64 new tokens (the longest
+# reflective trace is 62), 40 steps, a learning rate above the paper's (2e-5, because tens of steps is
+# all there is); select-ckpt probes 100 test rows.
 set -euo pipefail
 export R1V3_STORE=$(realpath -m "${R1V3_STORE:-$(dirname "$0")/../artifacts}")
 cd "$(dirname "$0")/.."
@@ -19,9 +25,13 @@ PYTHON=${PYTHON:-.venv/bin/python}
 export HF_HUB_OFFLINE=1
 START=${START:-smol-reflect}
 DATA=${DATA:-rl-problems}
-STEPS=${STEPS:-20}
-SAVE=${SAVE:-4}
+STEPS=${STEPS:-40}
+SAVE=${SAVE:-8}
 LR=${LR:-2e-5}
+MAX_NEW=${MAX_NEW:-64}
+TRAIN=${TRAIN:-$DATA}
+DROP_UNSOLVED=${DROP_UNSOLVED:-0}
+SELECT=${SELECT:-1}
 TIMES="$R1V3_STORE/smol-rl-signal-times.tsv"
 : > "$TIMES"
 
@@ -31,25 +41,29 @@ timed() {
     "$@"
     printf '%s\t%s\n' "$label" "$((SECONDS - t0))" >> "$TIMES"
 }
-evaluate() {  # evaluate MODEL NAME [extra]: validation split, reasoning prompt, greedy, 48 tokens
+evaluate() {  # evaluate MODEL NAME [extra]: validation split, reasoning prompt, greedy, MAX_NEW tokens
     local model=$1 name=$2
     shift 2
     timed "eval $name" $R1V3 eval mmmu --model "$model" --data "$DATA" --split validation --style reasoning \
-        --temperature 0 --max-new-tokens 48 --batch-size 16 --name "$name" --reuse "$@"
+        --temperature 0 --max-new-tokens "$MAX_NEW" --batch-size 16 --name "$name" --reuse "$@"
 }
 
+$R1V3 data synth --name "$DATA" --problems 2500 --seed 1 --tasks color,counting --messages reflect --reuse
 evaluate "$START" rl-start
 for mode in none hard; do
     extra=()
     [ "$mode" = hard ] && extra=(--curriculum-unit steps --curriculum-lengths "$((STEPS / 2)),$((STEPS - STEPS / 2))")
-    timed "rl $mode" $R1V3 rl --preset cpu-smol --model "$START" --data "$DATA" --curriculum "$mode" "${extra[@]}" \
-        --max-steps "$STEPS" --save-steps "$SAVE" --lr "$LR" --name "rl-$mode" --reuse --resume
+    [ "$DROP_UNSOLVED" = 1 ] && extra+=(--drop-unsolved)
+    timed "rl $mode" $R1V3 rl --preset cpu-smol --model "$START" --data "$TRAIN" --curriculum "$mode" "${extra[@]}" \
+        --max-steps "$STEPS" --save-steps "$SAVE" --lr "$LR" --max-new-tokens "$MAX_NEW" --name "rl-$mode" --reuse --resume
     timed "export $mode" $R1V3 rl export "rl-$mode" --name "rl-$mode-final" --reuse
     evaluate "rl-$mode-final" "rl-$mode-eval"
 done
-timed "select-ckpt" $R1V3 select-ckpt --run rl-none --probe "$DATA" --split test --base --temperature 1.0 \
-    --max-new-tokens 48 --limit 100 --name rl-none-selected --reuse --resume
-evaluate rl-none-selected-model rl-selected-eval
+if [ "$SELECT" = 1 ]; then
+    timed "select-ckpt" $R1V3 select-ckpt --run rl-none --probe "$DATA" --split test --base --temperature 1.0 \
+        --max-new-tokens "$MAX_NEW" --limit 100 --name rl-none-selected --reuse --resume
+    evaluate rl-none-selected-model rl-selected-eval
+fi
 
 "$PYTHON" - "$R1V3_STORE" "$TIMES" <<'EOF'
 import json, random, sys
@@ -78,6 +92,8 @@ rng = random.Random(0)
 ids = sorted(start)
 for label, name in [("start (cold-start SFT)", "rl-start"), ("rl --curriculum none", "rl-none-eval"),
                     ("rl --curriculum hard", "rl-hard-eval"), ("select-ckpt choice (none run)", "rl-selected-eval")]:
+    if not store.versions(name):
+        continue
     got = judged(name)
     acc = lambda keep: 100 * sum(got[i][0] for i in ids if keep(i)) / max(1, sum(1 for i in ids if keep(i)))  # noqa: E731
     diffs = [got[i][0] - start[i][0] for i in ids]
@@ -93,7 +109,8 @@ for mode in ("none", "hard"):
     k = max(1, len(rewards) // 3)
     print(f"rl-{mode}: mean reward, first {k} steps {sum(rewards[:k]) / k:.3f} -> last {k} steps "
           f"{sum(rewards[-k:]) / k:.3f}; {run.metrics['seconds_per_step']} s/step; phases {run.metrics['phases']}")
-sel = json.loads(store.resolve("rl-none-selected", kind="selection").file("selection.json").read_text())
-print("select-ckpt:", json.dumps(sel.get("choice"), default=str)[:400])
+if store.versions("rl-none-selected"):
+    sel = json.loads(store.resolve("rl-none-selected", kind="selection").file("selection.json").read_text())
+    print("select-ckpt:", json.dumps(sel.get("choice"), default=str)[:400])
 print("wall time:", ", ".join(f"{k} {v}s" for k, v in times))
 EOF

@@ -5,11 +5,13 @@
 # on held-out problems (both levels), blind too; then a table of what each stage made and took.
 #
 # Usage: bash recipes/smol/run.sh   (after ./setup.sh; R1V3_STORE picks the store, default: the repository's artifacts/)
-# Scale knobs (defaults aim at about an hour on 2 idle cores; measured per-step times of smol-signal.sh):
+# Scale knobs (the defaults are the run in the README's results, about 70 minutes on this 2-core machine):
 #   N=600 problems (80% train, 10% validation: select-ckpt's probe, 10% test: the evals), ALIGN_STEPS=150,
-#   DISTILL_N=40 problems asked of the teacher (2 outputs each), SFT_STEPS=150, RL_NORMAL=20 and RL_HARD=10 GRPO steps,
-#   RETUNE_STEPS=40; COLD_START_DATA=synthetic trains the cold start on the template traces of
-#   `data synth --messages brief` instead of the teacher's (a 135M teacher keeps few traces).
+#   DISTILL_N=40 problems asked of the teacher (2 outputs each), SFT_STEPS=100, RL_NORMAL=20 and RL_HARD=20 GRPO
+#   steps, RETUNE_STEPS=30; COLD_START_DATA: synthetic (default) trains the cold start on the generator's
+#   reflective traces (`data synth --messages reflect`), distill on the teacher's verified traces. The 135M
+#   teacher kept 1 of 80 outputs when measured (it rarely ends in \boxed{}), so distill is for a stronger
+#   teacher: set `distill.teacher` in recipe.yaml to a model artifact or an http(s) endpoint.
 #
 # Re-running skips each stage whose artifact is up to date (same settings and inputs: R1V3_REUSE=1) and
 # resumes an interrupted one (--resume): kill it anywhere, run it again, and it finishes.
@@ -25,11 +27,11 @@ export R1V3_REUSE=${R1V3_REUSE:-1}  # a stage whose artifact is up to date print
 N=${N:-600}
 ALIGN_STEPS=${ALIGN_STEPS:-150}     # batch 8, ~4 s a step (connector only)
 DISTILL_N=${DISTILL_N:-40}
-SFT_STEPS=${SFT_STEPS:-150}         # batch 8, ~9 s a step (the LLM trains too)
+SFT_STEPS=${SFT_STEPS:-100}         # batch 8, ~10 s a step (the LLM trains too)
 RL_NORMAL=${RL_NORMAL:-20}
-RL_HARD=${RL_HARD:-10}
-RETUNE_STEPS=${RETUNE_STEPS:-40}
-COLD_START_DATA=${COLD_START_DATA:-distill}
+RL_HARD=${RL_HARD:-20}
+RETUNE_STEPS=${RETUNE_STEPS:-30}
+COLD_START_DATA=${COLD_START_DATA:-synthetic}
 RECIPE=recipes/smol/recipe.yaml     # each stage's settings: its section of this file
 TIMES="$R1V3_STORE/smol-times.tsv"
 mkdir -p "$R1V3_STORE"
@@ -44,7 +46,8 @@ stage() {  # stage LABEL ARTIFACT[,ARTIFACT] r1v3-args...: run one stage with th
 }
 
 # 1. The smol VLM, and the same problems twice: image -> short caption pairs for alignment, and the
-#    problems with one-sentence think-template traces (the re-tune data, and the cold start's fallback).
+#    problems with short think-template traces, half of which correct themselves after "Wait," or weigh an
+#    alternative (the cold start's data by default, and the re-tune data).
 stage "init smol" smol                      init smol --name smol
 stage "data synth (captions)" smol-captions data synth --name smol-captions --n "$N" --messages caption
 stage "data synth (problems)" smol-problems data synth --name smol-problems --n "$N" --messages reflect
@@ -53,7 +56,7 @@ stage "sft connector-align" smol-aligned sft --preset connector-align --model sm
     --name smol-aligned --lr 5e-3 --max-steps "$ALIGN_STEPS" --resume
 # 3. Cold start: the text-only teacher reads each problem's caption; traces whose answer verifies are kept.
 #    A 135M teacher rarely ends with a verifiable \boxed{} answer: when it keeps none, distill publishes
-#    nothing and the cold start trains on the synthetic brief traces instead (said below, and in the table).
+#    nothing and the cold start trains on the synthetic traces instead (said below, and in the table).
 cold_data=smol-traces
 distill_log="$R1V3_STORE/smol-distill.log"
 if stage "distill (teacher smol)" smol-traces distill --data smol-problems --name smol-traces \
@@ -62,12 +65,12 @@ if stage "distill (teacher smol)" smol-traces distill --data smol-problems --nam
 else
     cat "$distill_log" >&2
     grep -q "^error: no trace of" "$distill_log" || exit 2
-    echo "note: the smol teacher kept no trace; the cold start trains on the synthetic brief traces of smol-problems"
+    echo "note: the smol teacher kept no trace; the cold start trains on the synthetic traces of smol-problems"
     cold_data=smol-problems
 fi
 if [ "$COLD_START_DATA" = synthetic ]; then
     cold_data=smol-problems
-    echo "note: COLD_START_DATA=synthetic: the cold start trains on the synthetic brief traces, not the teacher's"
+    echo "note: COLD_START_DATA=synthetic: the cold start trains on the synthetic traces of smol-problems, not the teacher's"
 fi
 stage "sft cold-start" smol-cold sft --preset cold-start --model smol-aligned --data "$cold_data" \
     --name smol-cold --lr 1e-4 --max-steps "$SFT_STEPS" --resume
