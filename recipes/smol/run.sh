@@ -84,8 +84,8 @@ stage "select-ckpt" smol-selected,smol-selected-model select-ckpt --run smol-rl 
     --name smol-selected --model-name smol-selected-model --resume
 # 6. Connector-only re-tune after RL, early stopping on the validation loss.
 stage "sft connector-retune" smol-retuned sft --preset connector-retune --model smol-selected-model \
-    --data smol-problems --name smol-retuned --lr 5e-4 --max-steps "$RETUNE_STEPS" --eval-steps 10 --resume
-# 7. Every stage's model on the held-out test split (both levels), greedy, 48 tokens; the last one blind.
+    --data smol-problems --name smol-retuned --lr 5e-4 --max-steps "$RETUNE_STEPS" --eval-steps 10 --save-steps 10 --resume
+# 7. Every stage's model on the held-out test split (both levels), greedy, 64 tokens; the last one blind.
 for model in smol smol-aligned smol-cold smol-rl-final smol-selected-model smol-retuned; do
     stage "eval $model" "eval-$model" eval mmmu --model "$model" --data smol-problems --name "eval-$model" --resume
 done
