@@ -28,6 +28,7 @@ import os
 import re
 import shutil
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
@@ -463,6 +464,8 @@ def _train(cfg: Config, work, setup: dict):
 
 def run(cfg: Config, store: Store) -> Artifact:
     start = time.perf_counter()
+    # TRL reads transformers' deprecated alias once per generation batch: the same line every step, nothing to act on
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
     for note in cfg.notes:
         if note.startswith("warning"):
             print(note)
