@@ -128,6 +128,31 @@ def test_hard_curriculum_end_to_end_checkpoints_metrics_and_export(ready, tmp_pa
     assert code == 2 and "no checkpoint at step 3 (has 2, 4, 6)" in err
 
 
+def test_rollouts_and_the_policy_loss_see_each_rows_image(ready, monkeypatch):
+    """A VLM trained blind would learn answer priors, not vision: the rollouts (no grad) and the
+    policy-loss passes (grad) both encode the images of their own rows (2 rows a batch, 2 drawings)."""
+    import functools
+
+    from transformers.models.internvl import modeling_internvl
+
+    cls = modeling_internvl.InternVLModel
+    seen = {False: [], True: []}  # grad enabled -> pixel values encoded
+    original = cls.get_image_features
+
+    @functools.wraps(original)
+    def get_image_features(self, pixel_values, *args, **kwargs):
+        seen[torch.is_grad_enabled()].append(pixel_values.detach().clone())
+        return original(self, pixel_values, *args, **kwargs)
+
+    monkeypatch.setattr(cls, "get_image_features", get_image_features)
+    code, _, err = ready("rl", *SMALL, "--data", "probs", "--curriculum", "none", "--max-steps", "2",
+                         "--save-steps", "2", "--name", "seeing")
+    assert code == 0, err
+    for grad in (False, True):
+        assert seen[grad], f"no image encoded {'in the loss' if grad else 'in rollouts'}"
+        assert all(p.shape[0] >= 2 and not torch.equal(p[0], p[-1]) for p in seen[grad]), grad
+
+
 def test_pass_rate_order_and_dropped_rows_reach_the_reward(ready, tmp_path):
     code, out, err = ready("rl", *SMALL, "--data", "rated", "--curriculum", "pass-rate", "--drop-solved",
                            "--drop-unsolved", "--save-steps", "1", "--name", "pr")
