@@ -133,14 +133,19 @@ def test_collator_labels_follow_the_masks(r1):
         collate(examples)
 
 
-def test_compose_then_sft_trains_only_assistant_tokens(cli, tmp_path):
+def compose_with_r1(cli, tmp_path, tok=None):
+    """A tiny InternVL composed with the tiny R1-style LLM (carrying `tok`, default its own tokenizer) as 'vr1'."""
     assert cli("init", "tiny", "--name", "vlm", "--family", "internvl")[0] == 0
-    llm, tok = r1_llm()
+    llm, own = r1_llm()
     llm.save_pretrained(tmp_path / "r1")
-    tok.save_pretrained(tmp_path / "r1")
+    (tok or own).save_pretrained(tmp_path / "r1")
     assert cli("import-model", tmp_path / "r1", "--name", "r1")[0] == 0
     code, _, err = cli("compose", "--vlm", "vlm", "--llm", "r1", "--name", "vr1")
     assert code == 0, err
+
+
+def test_compose_then_sft_trains_only_assistant_tokens(cli, tmp_path):
+    compose_with_r1(cli, tmp_path)
     rows = think_rows(4)
     rows[1]["messages"] = [*rows[1]["messages"], {"role": "user", "content": "Are you sure?"},
                            {"role": "assistant", "content": "<think>Yes, I counted twice.</think>\n\\boxed{3}"}]
@@ -193,15 +198,9 @@ def test_compose_swaps_the_shipped_r1_template_for_its_training_version(cli, tmp
     # assistant turn; compose keeps its prompts but takes TRL's training version, so cold-start SFT trains
     from trl.chat_template_utils import deepseek_r1_distill_chat_template
 
-    assert cli("init", "tiny", "--name", "vlm", "--family", "internvl")[0] == 0
     tok = models.tiny_tokenizer([BOS, EOS, USER, ASSISTANT], chat_template=deepseek_r1_distill_chat_template,
                                 bos_token=BOS, eos_token=EOS, pad_token=None)
-    llm, _ = r1_llm()
-    llm.save_pretrained(tmp_path / "r1")
-    tok.save_pretrained(tmp_path / "r1")
-    assert cli("import-model", tmp_path / "r1", "--name", "r1")[0] == 0
-    code, _, err = cli("compose", "--vlm", "vlm", "--llm", "r1", "--name", "vr1")
-    assert code == 0, err
+    compose_with_r1(cli, tmp_path, tok)
     assert cli.store.resolve("vr1").metrics["chat_template"] == "llm-training"
     publish_dataset(cli.store, "think", {"train": think_rows(4)})
     code, _, err = cli("sft", "--model", "vr1", "--data", "think", "--preset", "cold-start", "--batch-size", "2",
