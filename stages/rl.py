@@ -464,8 +464,13 @@ def _train(cfg: Config, work, setup: dict):
 
 def run(cfg: Config, store: Store) -> Artifact:
     start = time.perf_counter()
-    # TRL reads transformers' deprecated alias once per generation batch: the same line every step, nothing to act on
-    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+    with warnings.catch_warnings():  # the filter ends with the run, not with the process
+        # TRL reads transformers' deprecated alias once per generation batch: the same line every step, nothing to act on
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        return _run(cfg, store, start)
+
+
+def _run(cfg: Config, store: Store, start: float) -> Artifact:
     for note in cfg.notes:
         if note.startswith("warning"):
             print(note)
