@@ -4,7 +4,7 @@ TRL marks the tokens to train on through {% generation %} blocks in the chat tem
 paper composes with (the DeepSeek-R1-distilled Qwen models) ship templates without them, in a shape
 TRL cannot patch once compose has taught it image parts. For those, `assistant_mask` finds the tokens
 itself by rendering the conversation prefix by prefix, with the processor, exactly as the collator
-renders it (image tokens expanded):
+renders it (image tokens expanded; a text-only LLM, such as a distill teacher, through its tokenizer):
 
     for an assistant turn k:  prompt   = messages[:k] + the generation prompt
                               rendered = messages[:k+1]
@@ -31,9 +31,18 @@ from r1v3.errors import UserError
 PROCESSOR_KWARGS = {"padding": False, "truncation": False, "add_special_tokens": False}
 
 
+def is_text_only(processor) -> bool:
+    """A text-only LLM's tokenizer rather than a VLM's processor: its turns are plain strings."""
+    return not hasattr(processor, "image_processor")
+
+
 def _render(processor, messages: list[dict], images: list, template: str | None, prompt: bool, tokenize: bool):
     from trl.data_utils import prepare_multimodal_messages
 
+    if is_text_only(processor):
+        out = processor.apply_chat_template(messages, chat_template=template, add_generation_prompt=prompt,
+                                            tokenize=tokenize, return_dict=tokenize)
+        return [int(i) for i in out["input_ids"]] if tokenize else out
     out = processor.apply_chat_template(
         [prepare_multimodal_messages(messages, images=images)],
         chat_template=template,
@@ -74,7 +83,7 @@ def _turn_span(processor, messages, images, template, k: int, rendered: list[int
             "generation prompt or the turn follows them, so its tokens cannot be told apart"
         )
     start, end = max(_common(prompt, rendered), len(plain)), len(rendered)
-    eos = processor.tokenizer.eos_token_id
+    eos = getattr(processor, "tokenizer", processor).eos_token_id
     if eos is not None and eos in rendered[start:end]:
         # what a template writes after the end-of-sequence token (a newline) is never generated
         end = max(i for i in range(start, end) if rendered[i] == eos) + 1
@@ -90,10 +99,16 @@ def _turn_span(processor, messages, images, template, k: int, rendered: list[int
     return start, end
 
 
+def token_ids(processor, messages: list[dict], images: list, template: str | None = None) -> list[int]:
+    """The whole conversation's tokens as training renders it (no generation prompt)."""
+    return _render(processor, messages, images, template, False, True)
+
+
 def assistant_mask(processor, messages: list[dict], images: list, template: str | None, where: str) -> tuple[list[int], int]:
     """(mask over the full rendering's tokens, assistant turns left as context because later turns rewrite them).
 
-    `messages` are in TRL's multimodal layout (content: parts with image placeholders), `images` in order.
+    `messages` are in TRL's multimodal layout (content: parts with image placeholders), `images` in order;
+    for a text-only LLM (`processor` is its tokenizer) plain-string turns and no images.
     """
     full = _render(processor, messages, images, template, False, True)
     mask, context_only = [0] * len(full), 0

@@ -44,6 +44,21 @@ def load_smol_llm():
     return model, tokenizer
 
 
+def smol_llm_to_save():
+    """(model, tokenizer): SmolLM2 as a plain float32 model that save_pretrained writes as safetensors
+    (transformers refuses to save a model loaded from GGUF, although its weights are dequantized)."""
+    from transformers import AutoModelForCausalLM
+
+    loaded, tokenizer = load_smol_llm()
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    model.generation_config = loaded.generation_config
+    return model.eval(), tokenizer
+
+
 def _smol_vision(seed: int = 0):
     """(model, processor): an InternVL VLM with the smol vision tower (random) and a placeholder
     one-layer text model, for `compose` to put SmolLM2 behind."""

@@ -1,4 +1,4 @@
-"""`r1v3 init`: build an embedded default model (tiny or smol) and publish it."""
+"""`r1v3 init`: build an embedded default model (tiny, smol, or the text-only smol-llm) and publish it."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ class Config(Settings):
     STAGE = "init"
 
     name: str = setting(help="Artifact name for the model.")
-    model: Literal["tiny", "smol"] = setting("tiny", help="Which embedded model: the command (init tiny, init smol).")
+    model: Literal["tiny", "smol", "smol-llm"] = setting(
+        "tiny", help="Which embedded model: the command (init tiny, init smol, init smol-llm).")
     family: str = setting("internvl", help=(
         "Family of the tiny model: internvl, qwen2_vl, qwen2_5_vl, qwen3_vl, llava, idefics3 "
         "(smol is InternVL around SmolLM2-135M-Instruct)."))
@@ -29,15 +30,16 @@ class Config(Settings):
 def run(cfg: Config, store: Store) -> Artifact:
     check_name(cfg.name)
     start = time.perf_counter()
-    if cfg.model == "tiny":
-        model, processor = models.build_tiny(cfg.family, seed=cfg.seed)
+    if cfg.model == "smol-llm":  # text-only: a teacher for distill, trainable by sft on text renderings
+        model, processor = smol.smol_llm_to_save()
+        kind = {"model_class": "causal-lm", "model_type": model.config.model_type}
     else:
-        model, processor = smol.build_smol(seed=cfg.seed)
-    family = families.family_of(model)
+        model, processor = models.build_tiny(cfg.family, seed=cfg.seed) if cfg.model == "tiny" else smol.build_smol(seed=cfg.seed)
+        kind = {"family": families.family_of(model).name}
     with store.publish(cfg.name, "model", stage="init", config=to_dict(cfg)) as draft:
         models.save_model(model, processor, draft.path)
         draft.metrics.update(
-            family=family.name,
+            **kind,
             parameters=sum(p.numel() for p in model.parameters()),
             build_seconds=round(time.perf_counter() - start, 2),
         )

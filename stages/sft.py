@@ -10,6 +10,9 @@ recipes/sft/*.yaml):
                       early stopping on validation loss
 
 Data is problem rows with `messages` (format "chat") or image + caption rows (format "caption").
+A text-only LLM trains too, with format "text-rendering": distill's teacher prompt (the image's
+caption, the question, the options) -> the row's assistant turn, so a text model learns to reason
+over descriptions of images and becomes a stronger teacher for `r1v3 distill`.
 Every row is measured with the model's own processor, image tokens included; rows longer than
 max_length are dropped and counted, so nothing is ever truncated (a truncated image breaks the
 image-token/feature match). The loss is on assistant tokens only: those inside {% generation %} in the
@@ -40,6 +43,7 @@ from r1v3 import config, data, families, models, training
 from r1v3.artifacts import Artifact, Store, check_name
 from r1v3.config import TrainingSettings, setting, to_dict
 from r1v3.errors import UserError
+from stages import distill
 
 # Shipped presets, r1v3/presets/sft/<name>.yaml: what each sets; anything given explicitly wins.
 PRESETS: dict[str, dict] = config.presets("sft")
@@ -54,7 +58,8 @@ _TRAIN, _SCHEDULE, _SAVE = "Training", "Schedule", "Checkpoints and evaluation"
 class Config(TrainingSettings):
     STAGE = "sft"
 
-    model: str = setting(help="Model artifact to fine-tune (a vision-language model).")
+    model: str = setting(help="Model artifact to fine-tune: a vision-language model, or a text-only LLM "
+                              "(a distill teacher, with --format text-rendering).")
     data: str = setting(help="Dataset artifact: rows with `messages`, or image + caption rows with --format caption.")
     name: str = setting(help="Artifact name for the trained model.")
     preset: Optional[str] = setting(
@@ -70,8 +75,13 @@ class Config(TrainingSettings):
     )
     split: str = setting("train", help="Training split.")
     eval_split: Optional[str] = setting(None, help="Validation split: its loss every eval_steps (connector-retune: validation).")
-    format: Literal["chat", "caption"] = setting(
-        "chat", help="chat: each row's messages; caption: the row's images + caption_prompt -> its caption.")
+    format: Literal["chat", "caption", "text-rendering"] = setting(
+        "chat", help="chat: each row's messages; caption: the row's images + caption_prompt -> its caption; "
+        "text-rendering (text-only LLMs: a distill teacher): distill's teacher prompt over the row's caption -> "
+        "the row's last assistant turn.")
+    template: str = setting(distill.DEFAULT_TEMPLATE, shown="distill's teacher prompt", help=(
+        "--format text-rendering: the user turn, with distill's placeholders {caption}, {question}, {options}, "
+        "{instruction}; give distill the same --template."))
     caption_prompt: str = setting("Describe the image in detail.", help="The user turn of --format caption.")
     require_think: bool = setting(False, help="Every assistant turn must be <think>...</think> then an answer.")
     learning_rate: float = setting(2e-5, flag="--lr", aliases=("--learning-rate",), gt=0, panel=_TRAIN,
@@ -138,14 +148,20 @@ def _text(s: str) -> dict:
 IMAGE_PART = {"type": "image", "text": ""}
 
 
-def conversation(row: dict, cfg: Config, where: str) -> dict:
+def conversation(row: dict, cfg: Config, where: str, text_only: bool = False) -> dict:
     """One row as {"messages": [{role, content: parts}], "images": [...]} in TRL's multimodal layout.
 
     Each first `<image N>` in a system/user turn becomes that image's part, in place; images no
     turn mentions go first in the first user turn (as TRL does for plain-string messages).
     """
     images = row["images"]
-    if cfg.format == "caption":
+    if cfg.format == "text-rendering":
+        if not row["caption"].strip():
+            raise UserError(f"{where}: text-rendering SFT needs the image's text rendering, the row's caption is empty")
+        answer = [m["content"] for m in row["messages"] if m["role"] == "assistant"]
+        messages, images = [{"role": "user", "content": distill.teacher_prompt(row, cfg.template)}], []
+        messages += [{"role": "assistant", "content": answer[-1]}] if answer else []
+    elif cfg.format == "caption":
         if not images:
             raise UserError(f"{where}: caption SFT needs an image, the row has none")
         if not row["caption"].strip():
@@ -165,6 +181,11 @@ def conversation(row: dict, cfg: Config, where: str) -> dict:
                     f"{where}: assistant turn is not in the think template ({why} '<think>reasoning</think>' "
                     f"then the answer; it starts {m['content'][:40]!r})"
                 )
+    if text_only:  # a tokenizer's template takes plain-string turns
+        if images:
+            raise UserError(f"{where}: the row has {len(images)} image(s) and {cfg.model} is a text-only LLM; "
+                            "train it on the images' text renderings with --format text-rendering")
+        return {"messages": [{"role": m["role"], "content": m["content"]} for m in messages], "images": []}
     # images go where a system/user turn mentions them, else first in the first user turn
     shown = [i for i, m in enumerate(messages) if m["role"] != "assistant"]
     lead = next(j for j, i in enumerate(shown) if messages[i]["role"] == "user") if images else 0
@@ -177,11 +198,11 @@ def conversation(row: dict, cfg: Config, where: str) -> dict:
     return {"messages": out, "images": [images[i] for i in order]}
 
 
-def load_examples(dataset: Artifact, split: str, cfg: Config) -> list[dict]:
+def load_examples(dataset: Artifact, split: str, cfg: Config, text_only: bool = False) -> list[dict]:
     option = "--split (key split)" if split == cfg.split else "--eval-split (key eval_split)"
     rows = data.load_split(dataset, split, option)
     where = f"{dataset.ref} [{split}]"
-    if cfg.format == "chat":
+    if cfg.format != "caption":
         if not any(r["messages"] for r in rows):
             raise UserError(
                 f"{where}: no row has `messages`; chat SFT needs conversations (assistant turn in the think "
@@ -190,7 +211,7 @@ def load_examples(dataset: Artifact, split: str, cfg: Config) -> list[dict]:
         missing = next((r for r in rows if not r["messages"]), None)
         if missing is not None:
             raise UserError(f"{where} row {missing['id']}: no `messages` (every row of a chat SFT needs them)")
-    return [conversation(r, cfg, f"{where} row {r['id']}") | {"id": r["id"]} for r in rows]
+    return [conversation(r, cfg, f"{where} row {r['id']}", text_only) | {"id": r["id"]} for r in rows]
 
 
 def training_template(processor, ref: str) -> tuple[str | None, bool]:
@@ -226,6 +247,8 @@ def measure(processor, examples: list[dict], template: str | None, where: str, o
         if own_mask:
             mask, context_only = chat.assistant_mask(processor, ex["messages"], ex["images"], template, at)
             ex["assistant_masks"] = mask
+            if chat.is_text_only(processor):  # the trainer takes these tokens as they are
+                ex["input_ids"] = chat.token_ids(processor, ex["messages"], [], template)
         else:
             enc = processor.apply_chat_template(
                 [prepare_multimodal_messages(ex["messages"], images=ex["images"])],
@@ -244,6 +267,11 @@ def measure(processor, examples: list[dict], template: str | None, where: str, o
 
 def to_dataset(examples: list[dict]):
     import datasets
+
+    if examples and "input_ids" in examples[0]:  # a text-only LLM: tokenized here, labels only on its turns
+        return datasets.Dataset.from_list([
+            {"input_ids": e["input_ids"], "labels": [t if m else -100 for t, m in zip(e["input_ids"], e["assistant_masks"])]}
+            for e in examples])
 
     columns = {
         "messages": datasets.List({
@@ -319,8 +347,11 @@ def _metrics(cfg: Config, trainer, params: dict, examples: dict, dropped: dict, 
     """The sft-specific metrics; publish_trained_model adds the training ones."""
     state, log, args = trainer.state, trainer.state.log_history, trainer.args
     by_part = {part: {"parameters": n, "trainable": part in params["parts"]} for part, n in params["by_part"].items()}
+    text_only = not models.is_vlm_config(trainer.model.config)
+    kind = ({"model_class": "causal-lm", "model_type": trainer.model.config.model_type} if text_only
+            else {"family": families.family_of(trainer.model).name})
     return dict(
-        family=families.family_of(trainer.model).name,
+        **kind,
         preset=cfg.preset,
         trainable=params["parts"],
         parameters={"total": params["total"], "trainable": params["trainable"], "by_part": by_part},
@@ -354,7 +385,7 @@ def _train_and_publish(cfg: Config, store: Store, work, setup: dict, start: floa
         processing_class=setup["processor"],
         callbacks=[EarlyStoppingCallback(cfg.early_stopping_patience)] if cfg.early_stopping_patience else [],
     )
-    if setup["own_mask"]:  # TRL's collator (built with its pad-token setup) renders; our masks pick the labels
+    if setup["own_mask"] and not setup["text_only"]:  # TRL's collator (built with its pad-token setup) renders; our masks pick the labels
         trainer.data_collator = chat.OwnMaskCollator(trainer.data_collator)
     trained = training.train(trainer, resume_from)
     # the published model's own validation loss: after early stopping, that of the best checkpoint
@@ -368,21 +399,52 @@ def _train_and_publish(cfg: Config, store: Store, work, setup: dict, start: floa
     )
 
 
+def _text_only(cfg: Config, art: Artifact) -> bool:
+    """Whether the model is a text-only causal LM (checked before any weights load), else a VLM of a
+    supported family."""
+    config = models.read_config(art.path, trust_remote_code=cfg.trust_remote_code)
+    if models.is_vlm_config(config):
+        models.vlm_config(art.path, art.ref, "sft")
+        return False
+    if not models.is_causal_lm_config(config):
+        raise UserError(f"{art.ref}: a {config.model_type!r} model is neither a vision-language model nor a causal "
+                        "LM; sft trains those")
+    if cfg.format != "text-rendering":
+        raise UserError(f"{art.ref} is a text-only LLM ({config.model_type}): it cannot see images, so train it on "
+                        f"their text renderings with --format text-rendering (format is {cfg.format}), or compose "
+                        "a vision-language model with `r1v3 compose` first")
+    return True
+
+
+def _train_whole_llm(model, cfg: Config) -> dict:
+    parts = families.parse_parts(cfg.trainable)
+    if "llm" not in parts:
+        raise UserError(f"{cfg.label('trainable')}: {cfg.model} is a text-only LLM, its only part is llm "
+                        f"(got {cfg.trainable})")
+    n = sum(p.numel() for p in model.parameters())
+    model.requires_grad_(True)
+    return {"parts": ["llm"], "by_part": {"llm": n}, "total": n, "trainable": n}
+
+
 def _setup(cfg: Config, store: Store):
     """Every input read and checked, the model loaded; nothing in the store touched yet."""
     model_art = store.resolve(cfg.model, kind="model")
     data_art = store.resolve(cfg.data, kind="dataset")
-    models.vlm_config(model_art.path, model_art.ref, "sft")
-    examples = {cfg.split: load_examples(data_art, cfg.split, cfg)}
+    text_only = _text_only(cfg, model_art)
+    examples = {cfg.split: load_examples(data_art, cfg.split, cfg, text_only)}
     if cfg.eval_split:
-        examples[cfg.eval_split] = load_examples(data_art, cfg.eval_split, cfg)
+        examples[cfg.eval_split] = load_examples(data_art, cfg.eval_split, cfg, text_only)
     work = store.work(cfg.name, "sft", settings=_settings(cfg), inputs={"model": model_art, "data": data_art},
                       resume=cfg.resume, has_progress=training.has_checkpoint)
     args = _arguments(cfg, work.path)
-    model, processor = models.load_model(model_art.path, trust_remote_code=cfg.trust_remote_code, dtype=cfg.dtype)
-    params = families.set_trainable(model, cfg.trainable)
+    if text_only:
+        model, processor = models.load_llm(model_art.path, trust_remote_code=cfg.trust_remote_code, dtype=cfg.dtype)
+        params = _train_whole_llm(model, cfg)
+    else:
+        model, processor = models.load_model(model_art.path, trust_remote_code=cfg.trust_remote_code, dtype=cfg.dtype)
+        params = families.set_trainable(model, cfg.trainable)
     tokenizer_state = training.tokenizer_settings(processor)  # as loaded, before any collator pads with it
-    route = training_template(processor, model_art.ref)
+    route = (None, True) if text_only else training_template(processor, model_art.ref)
     args.assistant_only_loss = not route[1]  # TRL would refuse a template it cannot mark
     dropped, context_only = {}, {}
     for split in examples:
@@ -398,7 +460,7 @@ def _setup(cfg: Config, store: Store):
                   + ", ".join(f"{k} {v}" for k, v in context_only.items()))
     return work, dict(args=args, model=model, processor=processor, params=params, examples=examples,
                       dropped=dropped, tokenizer_state=tokenizer_state, inputs=[model_art, data_art],
-                      own_mask=route[1])
+                      own_mask=route[1], text_only=text_only)
 
 
 def run(cfg: Config, store: Store) -> Artifact:

@@ -316,7 +316,8 @@ def test_bad_inputs_one_line_exit_2_nothing_written(ready, tmp_path):
         (["--data", "nothink", "--preset", "cold-start"], "row r1: assistant turn is not in the think template"),
         (["--preset", "cold-start", "--max-length", "10"], "all 8 rows are longer than max_length=10"),
         (["--trainable", "connector+eyes"], "unknown trainable part 'eyes'"),
-        (["--model", "llm", "--trainable", "connector"], "llm@v1: is a text-only model (qwen2)"),
+        (["--model", "llm", "--trainable", "connector"], "llm@v1 is a text-only LLM (qwen2): it cannot see images"),
+        (["--model", "llm", "--trainable", "connector", "--format", "text-rendering"], "its only part is llm"),
         (["--model", "alien", "--trainable", "connector"], "unsupported model family 'paligemma'"),
         ([], "say what to train"),
         (["--preset", "cold-start", "--split", "test"], "no split 'test'"),
@@ -331,3 +332,43 @@ def test_bad_inputs_one_line_exit_2_nothing_written(ready, tmp_path):
         lines = [line for line in err.replace("\r", "\n").splitlines() if line.strip() and "it/s]" not in line]
         assert len(lines) == 1 and lines[0].startswith("error: "), err
         assert snapshot(store) == before, extra
+
+
+def test_text_only_llm_learns_from_text_renderings(cli, tmp_path):
+    """A distill teacher: a text-only LLM (Llama 3 template, no {% generation %} markers) trains on
+    distill's teacher prompt over each row's caption -> the row's assistant turn, loss on that turn only,
+    and the result is a text-only model artifact that distill takes as --teacher."""
+    from test_compose import tiny_llm
+
+    from r1v3 import chat
+    from stages import distill
+
+    model, tok = tiny_llm("llama")
+    model.save_pretrained(tmp_path / "llm")
+    tok.save_pretrained(tmp_path / "llm")
+    assert cli("import-model", tmp_path / "llm", "--name", "textlm")[0] == 0
+    rows = think_rows(6)
+    publish_dataset(cli.store, "probs", {"train": rows})
+    cfg = sft.Config(model="textlm", data="probs", name="t", trainable="llm", format="text-rendering")
+    ex = sft.conversation(rows[0], cfg, "row r0", text_only=True)
+    assert ex["images"] == [] and ex["messages"][0]["content"] == distill.teacher_prompt(rows[0], distill.DEFAULT_TEMPLATE)
+    assert rows[0]["caption"] in ex["messages"][0]["content"]
+    mask, _ = chat.assistant_mask(tok, ex["messages"], [], None, "row r0")
+    ids = chat.token_ids(tok, ex["messages"], [])
+    # hand-written: the assistant turn's text and the end-of-turn token, not its header, not the prompt
+    assert tok.decode([i for i, m in zip(ids, mask) if m]) == rows[0]["messages"][1]["content"] + "<|eot_id|>"
+    before = {n: p.clone() for n, p in model.named_parameters()}
+
+    code, out, err = cli("sft", "--model", "textlm", "--data", "probs", "--format", "text-rendering",
+                         "--trainable", "llm", "--max-steps", "2", "--batch-size", "3", "--lr", "1e-3", "--name", "teacher")
+    assert code == 0, err
+    art = cli.store.resolve("teacher", kind="model")
+    assert art.metrics["model_class"] == "causal-lm" and "family" not in art.metrics
+    assert art.metrics["parameters"]["trainable"] == art.metrics["parameters"]["total"] > 0
+    assert art.metrics["tokens_seen"] > 0 and art.metrics["steps"] == 2
+    trained, _ = models.load_llm(art.path)
+    assert all(not torch.equal(before[n], p) for n, p in trained.named_parameters())
+    distill.resolve_teacher(distill.Config(teacher="teacher", data="probs", name="d"), cli.store)  # a valid teacher
+    # rows with images cannot train a text model as chat
+    code, _, err = cli("sft", "--model", "textlm", "--data", "probs", "--trainable", "llm", "--name", "bad")
+    assert code == 2 and "textlm@v1 is a text-only LLM (llama)" in err and not cli.store.versions("bad")
