@@ -5,10 +5,11 @@
 Builds a tiny random-weight InternVL model offline and synthetic probe rows (reflect traces), then
 times, in one run and on the same model:
   (a) generation alone: TransformersBackend.generate over the probe prompts, sampled with a seed;
-  (b) scoring: stages.select_ckpt.score, the same generation plus one teacher-forced pass per
-      completion (entropies), the critical positions, and the accuracy and format judgments.
+  (b) scoring: stages.select_ckpt.score, the same generation recording each token's entropy as it
+      goes (no second forward pass since 2026-11-30; a teacher-forced pass per completion before,
+      1.34-1.41x), the critical positions, and the accuracy and format judgments.
 Both draw identical completions (the seeded sampler), which is checked. The target is (b)/(a)
-within 1.25x. Each is timed twice, alternating, and the faster of each kept.
+within 1.25x. Each is timed three times, alternating, and the fastest of each kept.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def main() -> None:
         return select_ckpt.score(cfg, model, processor, rows, requests, step=1, progress=False)
 
     times = {"generate": [], "score": []}
-    for _ in range(2):
+    for _ in range(3):
         for name, fn in (("generate", generate_alone), ("score", score)):
             start = time.perf_counter()
             out = fn()

@@ -6,8 +6,10 @@ next-token distribution that produced such a word is broad. We measure, per gene
 1. critical positions: where the decoded completion begins a critical word (`find_critical`);
 2. the Shannon entropy, in nats at temperature 1, of the distribution that emitted each generated
    token: one teacher-forced forward pass over prompt + completion, logits at t-1 predicting
-   token t (`teacher_forced_entropies`), or the raw per-step logits of `generate(...,
-   output_logits=True)` (`step_entropies`). Both agree to float rounding; neither resamples.
+   token t (`teacher_forced_entropies`), the raw per-step logits of `generate(...,
+   output_logits=True)` (`step_entropies`), or recorded while generating
+   (`TransformersBackend(entropies=True)`, which select-ckpt uses: no second pass). All agree to
+   float rounding; none resamples.
 
 Matching rules (`find_critical`):
 - words match whole, at word boundaries of the decoded text: "Waiting", "await", "Hmmm" do not
@@ -60,33 +62,16 @@ import torch
 
 from r1v3 import jsonio
 from r1v3.errors import UserError
-from r1v3.generation import THINK_TAGS, Request, _rgb
+from r1v3.generation import THINK_TAGS, Request, _rgb, entropy
 
 DEFAULT_WORDS = ("Wait", "Alternatively", "Hmm")
 HIGH_ENTROPY = 0.672
 RECORD_VERSION = 1
 EXACT_SPEARMAN_MAX_N = 8  # 8! = 40320 permutations: exact p-values stay instant
-_CHUNK_ROWS = 512  # float32 rows of V logits converted at a time
 
 
 # ---------------------------------------------------------------------------------------------
 # entropy
-
-
-def entropy(logits: torch.Tensor) -> torch.Tensor:
-    """Shannon entropy in nats over the last dimension, computed in float32 from raw logits.
-
-    -inf logits (masked tokens) contribute 0, not NaN.
-    """
-    out = []
-    flat = logits.reshape(-1, logits.shape[-1])
-    for s in range(0, flat.shape[0], _CHUNK_ROWS):
-        logp = torch.log_softmax(flat[s : s + _CHUNK_ROWS].float(), dim=-1)
-        p = logp.exp()
-        out.append(-torch.where(p > 0, p * logp, 0.0).sum(-1))
-    if not out:
-        return torch.zeros(logits.shape[:-1], dtype=torch.float32)
-    return torch.cat(out).reshape(logits.shape[:-1])
 
 
 def step_entropies(step_logits, row: int = 0) -> list[float]:
@@ -263,6 +248,11 @@ def _inputs(processor, text: str, images: list, completion: list[int]) -> tuple[
             value = torch.cat([value, fill.to(value.dtype)], dim=1)
         inputs[key] = value
     return inputs, n_prompt
+
+
+def prompt_tokens(processor, text: str, images=()) -> int:
+    """The prompt's token count once the processor has expanded its images (a record's prompt_tokens)."""
+    return _inputs(processor, text, list(images), [])[1]
 
 
 def teacher_forced_entropies(model, processor, text: str, generated_ids, images=()) -> tuple[int, list[float]]:

@@ -69,6 +69,9 @@ class Completion:
     # the generated ids up to and including the stop token, special tokens kept (local backends;
     # empty from an HTTP endpoint): what a teacher-forced pass over the completion needs
     token_ids: tuple[int, ...] = ()
+    # with TransformersBackend(entropies=True): the entropy (nats, temperature 1) of the distribution
+    # that emitted each of token_ids
+    entropies: tuple[float, ...] = ()
 
 
 OnResult = Callable[[str, list[Completion]], None]
@@ -226,6 +229,44 @@ def row_seed(seed: int, request_id: str, sample: int) -> int:
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
+_CHUNK_ROWS = 512  # float32 rows of V logits converted at a time
+
+
+def entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Shannon entropy in nats over the last dimension, computed in float32 from raw logits.
+
+    -inf logits (masked tokens) contribute 0, not NaN.
+    """
+    out = []
+    flat = logits.reshape(-1, logits.shape[-1])
+    for s in range(0, flat.shape[0], _CHUNK_ROWS):
+        logp = torch.log_softmax(flat[s : s + _CHUNK_ROWS].float(), dim=-1)
+        p = logp.exp()
+        out.append(-torch.where(p > 0, p * logp, 0.0).sum(-1))
+    if not out:
+        return torch.zeros(logits.shape[:-1], dtype=torch.float32)
+    return torch.cat(out).reshape(logits.shape[:-1])
+
+
+class StepEntropies:
+    """A logits processor that records the entropy (nats) of each row's scores at every step and passes
+    them on unchanged. First among the backend's processors it sees the model's logits at temperature
+    1 (before them transformers applies only processors the generation config asks for, such as a
+    repetition penalty), so the entropy of the distribution that emitted each token comes with the
+    generation, without a second forward pass."""
+
+    def __init__(self):
+        self.steps: list[torch.Tensor] = []
+
+    def __call__(self, input_ids, scores):
+        self.steps.append(entropy(scores).cpu())
+        return scores
+
+    def per_row(self) -> torch.Tensor:
+        """(rows, steps): the entropies of every generated position."""
+        return torch.stack(self.steps, dim=1)
+
+
 class SeededSampler:
     """A logits processor that samples row i with its own torch.Generator(seeds[i]).
 
@@ -275,7 +316,7 @@ class TransformersBackend(Backend):
     or library versions outputs may differ.
     """
 
-    def __init__(self, model, processor, batch_size: int = 8, progress: bool = True):
+    def __init__(self, model, processor, batch_size: int = 8, progress: bool = True, entropies: bool = False):
         if batch_size < 1:
             raise UserError(f"generation batch_size must be >= 1, got {batch_size}")
         self.model = model
@@ -283,6 +324,7 @@ class TransformersBackend(Backend):
         self.tokenizer = getattr(processor, "tokenizer", processor)
         self.batch_size = batch_size
         self.progress = progress
+        self.entropies = entropies  # record each generated token's entropy (Completion.entropies)
         if self.tokenizer.pad_token is None:
             # many base LLM tokenizers ship without one; any id works since padding is masked out
             self.tokenizer.pad_token = self.tokenizer.eos_token
@@ -334,7 +376,7 @@ class TransformersBackend(Backend):
 
     # -- decoding
 
-    def _completion(self, ids) -> Completion:
+    def _completion(self, ids, entropies=None) -> Completion:
         ids = ids.tolist()
         stop = next((k for k, t in enumerate(ids) if t in self.eos_ids), None)
         if stop is None:
@@ -344,7 +386,9 @@ class TransformersBackend(Backend):
             body, n_tokens, reason = ids[:stop], stop + 1, "stop"
         body = [t for t in body if t not in self.drop_ids]
         text = self.tokenizer.decode(body, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-        return Completion(text=text, n_tokens=n_tokens, finish_reason=reason, token_ids=tuple(ids[:n_tokens]))
+        measured = () if entropies is None else tuple(entropies[:n_tokens].tolist())
+        return Completion(text=text, n_tokens=n_tokens, finish_reason=reason, token_ids=tuple(ids[:n_tokens]),
+                          entropies=measured)
 
     # -- generation
 
@@ -377,19 +421,20 @@ class TransformersBackend(Backend):
         try:
             for batch in self.batches(requests, sampling):
                 inputs = self.encode([text for _, text in batch], [_rgb(r.images) for r, _ in batch])
-                extra = {}
+                recorder = StepEntropies() if self.entropies else None
+                processors = [recorder] if recorder else []
                 if not sampling.greedy:
                     # generate expands each request to n consecutive rows: request i sample j is row i*n + j
                     seeds = [row_seed(sampling.seed, r.id, sampling.first + j) for r, _ in batch for j in range(n_rows)]
-                    extra["logits_processor"] = LogitsProcessorList(
-                        [SeededSampler(seeds, sampling.temperature, sampling.top_p)]
-                    )
+                    processors.append(SeededSampler(seeds, sampling.temperature, sampling.top_p))
+                extra = {"logits_processor": LogitsProcessorList(processors)} if processors else {}
                 with torch.inference_mode():
                     out = self.model.generate(**inputs, **kwargs, **extra)
                 new = out[:, inputs["input_ids"].shape[1] :]
+                per_row = recorder.per_row() if recorder else [None] * new.shape[0]
                 tokens = 0
                 for i, (request, _) in enumerate(batch):
-                    rows = [self._completion(new[i * n_rows + j]) for j in range(n_rows)]
+                    rows = [self._completion(new[i * n_rows + j], per_row[i * n_rows + j]) for j in range(n_rows)]
                     completions = rows * sampling.n if sampling.greedy else rows
                     tokens += sum(c.n_tokens for c in rows)
                     if on_result is not None:

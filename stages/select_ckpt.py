@@ -3,9 +3,9 @@
 
 For every `checkpoints/step-K/` model of a run artifact (and, with --base, the run's starting
 model as step 0), the stage generates reasoning for a held-out probe split with fixed sampling
-settings and seed, through the batched transformers backend. One teacher-forced pass per
-generation gives the entropy of each generated token's distribution (r1v3/entropy.py), read at
-the critical words ("Wait", "Alternatively", "Hmm" by default). The same generations give probe
+settings and seed, through the batched transformers backend, which records the entropy of
+each generated token's distribution as it generates (generation.StepEntropies; probe.jsonl lets
+anyone re-check a number with one teacher-forced pass, r1v3/entropy.py), read at the critical words ("Wait", "Alternatively", "Hmm" by default). The same generations give probe
 accuracy (answers.extract + verify, the reward's rule), format rate (rewards.well_formed) and the
 reward (accuracy and format weighted as the run's accuracy_weight and format_weight, else the paper's 0.8/0.2).
 
@@ -191,19 +191,21 @@ def reward_weights(run: Artifact) -> dict:
 
 def score(cfg: Config, model, processor, rows: list[dict], requests: list, step: int, batch_size: int | None = None,
           progress: bool = True) -> list[dict]:
-    """Generate for every request, then the teacher-forced passes (batched like generation): the probe
-    records (entropy.py's format) with the checkpoint's step and each generation's judgments."""
+    """Generate for every request, the entropies recorded on the way: the probe records (entropy.py's
+    format) with the checkpoint's step and each generation's judgments."""
     from r1v3.generation import Sampling, TransformersBackend
 
     batch_size = batch_size or cfg.batch_size
-    backend = TransformersBackend(model, processor, batch_size=batch_size, progress=progress)
+    backend = TransformersBackend(model, processor, batch_size=batch_size, progress=progress, entropies=True)
     sampling = Sampling(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                         n=cfg.samples, seed=cfg.seed)
     found = dict(backend.generate(requests, sampling))
     gens = [(q, r, j, c) for q, r in zip(requests, rows) for j, c in enumerate(found[q.id])]  # request order
     texts = {q.id: entropy.prompt_text(processor, q) for q in requests}
-    measured = entropy.batch_entropies(model, processor, [(texts[q.id], q.images, c.token_ids) for q, _, _, c in gens],
-                                       batch_size=batch_size)
+    prompt_tokens = {q.id: entropy.prompt_tokens(processor, texts[q.id], q.images) for q in requests}
+    measured = [(prompt_tokens[q.id], list(c.entropies)) for q, _, _, c in gens]
+    if any(len(e) != len(c.token_ids) for (_, e), (_, _, _, c) in zip(measured, gens)):
+        raise RuntimeError("the generation backend returned completions without their entropies")
     records = []
     for (request, row, j, c), m in zip(gens, measured):
         record = entropy.make_record(model, processor, request, c.token_ids, sample=j, words=cfg.words,

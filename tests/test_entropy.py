@@ -7,6 +7,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from r1v3 import entropy as E
+from r1v3 import generation
 from r1v3.errors import UserError
 from r1v3.generation import Request
 from r1v3.models import build_tiny, chat_template, tiny_tokenizer
@@ -39,9 +40,9 @@ def test_entropy_uniform_is_log_v_and_two_point_by_hand():
 
 def test_entropy_is_float32_from_bf16_logits_and_chunked():
     torch.manual_seed(0)
-    logits = (torch.randn(3, E._CHUNK_ROWS + 5, 300) * 4).to(torch.bfloat16)
+    logits = (torch.randn(3, generation._CHUNK_ROWS + 5, 300) * 4).to(torch.bfloat16)
     h = E.entropy(logits)
-    assert h.dtype == torch.float32 and h.shape == (3, E._CHUNK_ROWS + 5)
+    assert h.dtype == torch.float32 and h.shape == (3, generation._CHUNK_ROWS + 5)
     p = torch.softmax(logits.double(), -1)
     reference = -(p * p.log()).sum(-1)
     assert torch.allclose(h.double(), reference, atol=1e-5)
@@ -370,3 +371,26 @@ def test_spearman_t_approximation_for_larger_n():
         E.spearman([1, 2], [1])
     with pytest.raises(UserError, match="finite"):
         E.spearman([1, 2, float("nan")], [1, 2, 3])
+
+
+@pytest.mark.parametrize("family", ["internvl", "qwen2_vl", "text"])
+def test_entropies_recorded_while_generating_match_teacher_forced(family):
+    """What select-ckpt reads: TransformersBackend(entropies=True) records each generated token's entropy
+    as it samples (batched, left-padded, seeded), equal to one teacher-forced pass per completion."""
+    from r1v3.generation import Sampling, TransformersBackend
+
+    model, processor = sharpened(tiny_text_lm() if family == "text" else build_tiny(family))
+    images = [] if family == "text" else [image()]
+    questions = ["How many shapes? Wait, think.", "Which colour?", "Count the circles, then the squares."]
+    requests = [Request(f"q{i}", [{"role": "user", "content": [{"type": "image"}] * len(images)
+                                   + [{"type": "text", "text": q}]}], images) for i, q in enumerate(questions)]
+    backend = TransformersBackend(model, processor, batch_size=4, progress=False, entropies=True)
+    found = dict(backend.generate(requests, Sampling(max_new_tokens=10, temperature=1.0, n=2, seed=0)))
+    plain = dict(TransformersBackend(model, processor, batch_size=4, progress=False).generate(
+        requests, Sampling(max_new_tokens=10, temperature=1.0, n=2, seed=0)))
+    for q in requests:
+        assert [c.token_ids for c in found[q.id]] == [c.token_ids for c in plain[q.id]]  # recording changes nothing
+        for c in found[q.id]:
+            _, forced = E.teacher_forced_entropies(model, processor, E.prompt_text(processor, q), c.token_ids, images)
+            assert len(c.entropies) == len(c.token_ids) == c.n_tokens
+            assert max(abs(a - b) for a, b in zip(forced, c.entropies)) < 1e-4
