@@ -25,7 +25,7 @@ PYTHON=${PYTHON:-.venv/bin/python}
 export HF_HUB_OFFLINE=1
 LIMIT=${LIMIT:-100}                 # problems the packaged teacher tries (it rambles to its budget: slow)
 SAMPLES=${SAMPLES:-2}               # teacher outputs per problem
-TEACHER_STEPS=${TEACHER_STEPS:-100} # text-only SFT of the taught teacher, batch 8
+TEACHER_STEPS=${TEACHER_STEPS:-60}  # text-only SFT of the taught teacher, batch 8 (480 rows)
 SFT_STEPS=${SFT_STEPS:-150}         # as smol-signal.sh's SFT
 TIMES="$R1V3_STORE/smol-distill-signal-times.tsv"
 : > "$TIMES"
