@@ -435,8 +435,8 @@ STAGES["select-ckpt"] = Stage(
     ["select-ckpt", "--run", "rlrun", "--probe", "probs", "--name", "sel", "--limit", "3", "--max-new-tokens", "6",
      "--min-positions", "1", "--batch-size", "3"],
     [
-        ("scoring step-4 (step-2 finished)", ["--kill", "r1v3.entropy:batch_entropies@2"], True),
-        ("scoring, killed twice (step-2, then step-4 finished)", [["--kill", "r1v3.entropy:batch_entropies@2"]] * 2,
+        ("scoring step-4 (step-2 finished)", ["--kill", "r1v3.entropy:make_record@4"], True),
+        ("scoring, killed twice (step-2, then step-4 finished)", [["--kill", "r1v3.entropy:make_record@4"]] * 2,
          False),
         ("step-6's records half written", ["--kill-open", "step-6.jsonl@1"], False),
         (*FSYNC, False), (*RENAME, False), (*AFTER_RENAME, False),
