@@ -250,11 +250,6 @@ def _inputs(processor, text: str, images: list, completion: list[int]) -> tuple[
     return inputs, n_prompt
 
 
-def prompt_tokens(processor, text: str, images=()) -> int:
-    """The prompt's token count once the processor has expanded its images (a record's prompt_tokens)."""
-    return _inputs(processor, text, list(images), [])[1]
-
-
 def teacher_forced_entropies(model, processor, text: str, generated_ids, images=()) -> tuple[int, list[float]]:
     """(prompt token count, entropy of the distribution that emitted each generated token).
 

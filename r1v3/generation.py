@@ -72,6 +72,8 @@ class Completion:
     # with TransformersBackend(entropies=True): the entropy (nats, temperature 1) of the distribution
     # that emitted each of token_ids
     entropies: tuple[float, ...] = ()
+    # the prompt's tokens once the processor expanded its images (local backends; 0 when not known)
+    prompt_tokens: int = 0
 
 
 OnResult = Callable[[str, list[Completion]], None]
@@ -376,7 +378,7 @@ class TransformersBackend(Backend):
 
     # -- decoding
 
-    def _completion(self, ids, entropies=None) -> Completion:
+    def _completion(self, ids, entropies=None, prompt_tokens: int = 0) -> Completion:
         ids = ids.tolist()
         stop = next((k for k, t in enumerate(ids) if t in self.eos_ids), None)
         if stop is None:
@@ -388,7 +390,7 @@ class TransformersBackend(Backend):
         text = self.tokenizer.decode(body, skip_special_tokens=False, clean_up_tokenization_spaces=False)
         measured = () if entropies is None else tuple(entropies[:n_tokens].tolist())
         return Completion(text=text, n_tokens=n_tokens, finish_reason=reason, token_ids=tuple(ids[:n_tokens]),
-                          entropies=measured)
+                          entropies=measured, prompt_tokens=prompt_tokens)
 
     # -- generation
 
@@ -432,9 +434,11 @@ class TransformersBackend(Backend):
                     out = self.model.generate(**inputs, **kwargs, **extra)
                 new = out[:, inputs["input_ids"].shape[1] :]
                 per_row = recorder.per_row() if recorder else [None] * new.shape[0]
+                prompt_lengths = inputs["attention_mask"].sum(1).tolist()  # left-padded: each row's real tokens
                 tokens = 0
                 for i, (request, _) in enumerate(batch):
-                    rows = [self._completion(new[i * n_rows + j], per_row[i * n_rows + j]) for j in range(n_rows)]
+                    rows = [self._completion(new[i * n_rows + j], per_row[i * n_rows + j], int(prompt_lengths[i]))
+                            for j in range(n_rows)]
                     completions = rows * sampling.n if sampling.greedy else rows
                     tokens += sum(c.n_tokens for c in rows)
                     if on_result is not None:

@@ -201,9 +201,7 @@ def score(cfg: Config, model, processor, rows: list[dict], requests: list, step:
                         n=cfg.samples, seed=cfg.seed)
     found = dict(backend.generate(requests, sampling))
     gens = [(q, r, j, c) for q, r in zip(requests, rows) for j, c in enumerate(found[q.id])]  # request order
-    texts = {q.id: entropy.prompt_text(processor, q) for q in requests}
-    prompt_tokens = {q.id: entropy.prompt_tokens(processor, texts[q.id], q.images) for q in requests}
-    measured = [(prompt_tokens[q.id], list(c.entropies)) for q, _, _, c in gens]
+    measured = [(c.prompt_tokens, list(c.entropies)) for _, _, _, c in gens]
     if any(len(e) != len(c.token_ids) for (_, e), (_, _, _, c) in zip(measured, gens)):
         raise RuntimeError("the generation backend returned completions without their entropies")
     records = []

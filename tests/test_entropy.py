@@ -391,6 +391,6 @@ def test_entropies_recorded_while_generating_match_teacher_forced(family):
     for q in requests:
         assert [c.token_ids for c in found[q.id]] == [c.token_ids for c in plain[q.id]]  # recording changes nothing
         for c in found[q.id]:
-            _, forced = E.teacher_forced_entropies(model, processor, E.prompt_text(processor, q), c.token_ids, images)
-            assert len(c.entropies) == len(c.token_ids) == c.n_tokens
+            n_prompt, forced = E.teacher_forced_entropies(model, processor, E.prompt_text(processor, q), c.token_ids, images)
+            assert len(c.entropies) == len(c.token_ids) == c.n_tokens and c.prompt_tokens == n_prompt
             assert max(abs(a - b) for a, b in zip(forced, c.entropies)) < 1e-4

@@ -167,8 +167,8 @@ def scripted(monkeypatch, traces):
             text = traces[q.id]
             ids = self.tokenizer(text, add_special_tokens=False)["input_ids"] + [self.eos_ids[0]]
             # what the real backend records while generating: the entropies of the model's distributions
-            ents = entropy.teacher_forced_entropies(self.model, self.processor, self.prompt_text(q), ids, q.images)[1]
-            yield q.id, [Completion(text, len(ids), "stop", tuple(ids), tuple(ents) if self.entropies else ())] * sampling.n
+            n, ents = entropy.teacher_forced_entropies(self.model, self.processor, self.prompt_text(q), ids, q.images)
+            yield q.id, [Completion(text, len(ids), "stop", tuple(ids), tuple(ents) if self.entropies else (), n)] * sampling.n
 
     monkeypatch.setattr(TransformersBackend, "generate", generate)
 
