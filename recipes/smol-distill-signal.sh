@@ -25,6 +25,7 @@ PYTHON=${PYTHON:-.venv/bin/python}
 export HF_HUB_OFFLINE=1
 LIMIT=${LIMIT:-100}                 # problems the packaged teacher tries (it rambles to its budget: slow)
 SAMPLES=${SAMPLES:-2}               # teacher outputs per problem
+TAUGHT_LIMIT=${TAUGHT_LIMIT:-}      # problems the taught teacher tries (default: all 800)
 TEACHER_STEPS=${TEACHER_STEPS:-60}  # text-only SFT of the taught teacher, batch 8 (480 rows)
 SFT_STEPS=${SFT_STEPS:-150}         # as smol-signal.sh's SFT
 TIMES="$R1V3_STORE/smol-distill-signal-times.tsv"
@@ -57,7 +58,7 @@ timed "init smol-llm" $R1V3 init smol-llm --name smol-llm --reuse
 timed "sft text teacher" $R1V3 sft --model smol-llm --data teacher-problems --format text-rendering --trainable llm \
     --lr 1e-4 --max-steps "$TEACHER_STEPS" --batch-size 8 --name text-teacher --reuse
 timed "distill (taught teacher)" $R1V3 distill --teacher text-teacher --data signal-problems --samples "$SAMPLES" \
-    --max-new-tokens 64 --batch-size 16 --name traces-taught --reuse
+    ${TAUGHT_LIMIT:+--limit "$TAUGHT_LIMIT"} --max-new-tokens 64 --batch-size 16 --name traces-taught --reuse --resume
 # 3. cold start on the verified traces: the SFT of smol-signal.sh with the data swapped
 timed "sft on distilled traces" $R1V3 sft --model smol-aligned --data traces-taught --name smol-distilled \
     --trainable connector+llm --lr 1e-4 --max-steps "$SFT_STEPS" --batch-size 8 --reuse
