@@ -5,7 +5,9 @@ Every row of the chosen splits gets `samples` answers from the model (batched ba
 temperature 1.0 by default, the eval's reasoning prompt), each judged by the answer rules the
 GRPO accuracy reward uses (`rewards.accuracy`: `answers.extract` + `answers.verify`). The
 dataset is published again, every split, with `pass_rate` = the fraction of right answers beside
-the row's `difficulty` label (kept as it was); `--drop-solved` / `--drop-unsolved` leave out rows
+the row's `difficulty` label (kept as it was); `--limit N` measures only the first N rows of each
+measured split and publishes those alone (the rows RL will train on: the rest would cost a
+generation pass for nothing); `--drop-solved` / `--drop-unsolved` leave out rows
 every / no sample solved (they give GRPO no signal), and pass_rates.jsonl lists each row's
 verdicts. Responses are appended (fsynced) to the run's work directory as batches finish, so
 `--resume` continues an interrupted run without redoing finished rows.
@@ -16,7 +18,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Optional
 
 from r1v3 import data, jsonl, mmmu, rewards
 from r1v3.artifacts import Artifact, Store, check_name
@@ -40,6 +42,9 @@ class Config(Settings):
     temperature: float = setting(1.0, gt=0, help="Sampling temperature (rl's rollout temperature).")
     top_p: float = setting(1.0, gt=0, le=1, help="Nucleus sampling.")
     seed: int = setting(0, help="Random seed.")
+    limit: Optional[int] = setting(None, ge=1, shown="all", help=(
+        "Measure only the first N rows of each measured split and publish those alone (size it to the rows RL "
+        "will train on)."))
     drop_solved: bool = setting(False, help="Leave out rows every sample answered right.")
     drop_unsolved: bool = setting(False, help="Leave out rows no sample answered right.")
     backend: Literal["auto", "transformers", "vllm"] = setting(
@@ -61,6 +66,8 @@ def _rows(cfg: Config, dataset: Artifact) -> tuple[dict[str, list[dict]], list[s
             raise UserError(f"{dataset.ref}: no split {split!r} (has {', '.join(splits)}) (--splits, key splits)")
     rows = {s: data.read_split(dataset.path, s) for s in splits}
     measured = cfg.splits or splits
+    for split in measured:
+        rows[split] = rows[split][: cfg.limit]
     for split in measured:
         for r in rows[split]:
             if not str(r.get("answer") or "").strip():
@@ -165,7 +172,7 @@ def publish(cfg: Config, store: Store, splits: dict, measured: list[str], done: 
         (draft.path / "pass_rates.jsonl").write_text(jsonl.lines(verdicts))
         draft.metrics.update(
             measured_splits=measured, rows_measured=len(verdicts), samples=cfg.samples,
-            mean_pass_rate=round(sum(rates) / len(rates), 6),
+            mean_pass_rate=round(sum(rates) / len(rates), 6), limit=cfg.limit,
             solved=sum(r >= 1.0 for r in rates), unsolved=sum(r <= 0.0 for r in rates), dropped=dropped,
             by_difficulty=_by_label(verdicts), rows={s: len(r) for s, r in out.items()}, **timing)
     return draft.artifact

@@ -44,6 +44,16 @@ def test_pass_rates_beside_labels_for_every_measured_row(ready):
     assert art.manifest["inputs"][0]["ref"].startswith("tiny@")
 
 
+def test_limit_measures_and_publishes_the_first_rows_only(ready):
+    code, _, err = ready("difficulty", *ARGS, "--splits", "train", "--limit", "4", "--name", "capped")
+    assert code == 0, err
+    art = ready.store.resolve("capped", kind="dataset")
+    source = data.read_split(ready.store.resolve("probs").path, "train")
+    assert [r["id"] for r in data.read_split(art.path, "train")] == [r["id"] for r in source[:4]]
+    assert len(data.read_split(art.path, "validation")) == 2  # not measured: published whole
+    assert art.metrics["rows_measured"] == art.metrics["rows_generated"] == 4 and art.metrics["limit"] == 4
+
+
 def test_judge_uses_the_reward_rules():
     row = {"answer": "B", "question_type": "multiple-choice", "options": ["red", "blue", "green"]}
     texts = ["<think>hm</think>\\boxed{B}", "<think>hm</think>\\boxed{A}", "The answer is blue", "nothing"]

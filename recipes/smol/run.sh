@@ -5,13 +5,15 @@
 # on held-out problems (both levels), blind too; then a table of what each stage made and took.
 #
 # Usage: bash recipes/smol/run.sh   (after ./setup.sh; R1V3_STORE picks the store, default: the repository's artifacts/)
-# Scale knobs (the defaults are the run in the README's results, about 70 minutes on this 2-core machine):
-#   N=600 problems (80% train, 10% validation: select-ckpt's probe, 10% test: the evals), ALIGN_STEPS=150,
-#   DISTILL_N=40 problems asked of the teacher (2 outputs each), SFT_STEPS=100, RL_NORMAL=20 and RL_HARD=20 GRPO
-#   steps, RETUNE_STEPS=30; COLD_START_DATA: synthetic (default) trains the cold start on the generator's
-#   reflective traces (`data synth --messages reflect`), distill on the teacher's verified traces. The 135M
-#   teacher kept 1 of 80 outputs when measured (it rarely ends in \boxed{}), so distill is for a stronger
-#   teacher: set `distill.teacher` in recipe.yaml to a model artifact or an http(s) endpoint.
+# Scale knobs (the defaults are the run in the README's results):
+#   N=1000 problems (80% train, 10% validation: select-ckpt's probe, 10% test: the evals), ALIGN_STEPS=150,
+#   DISTILL_N=40 problems asked of the teacher (2 outputs each), SFT_STEPS=150, RL_NORMAL=20 and RL_HARD=20 GRPO
+#   steps, DIFFICULTY_N pass rates measured (default: the 2 x 40 rows RL draws), RETUNE_STEPS=20;
+#   COLD_START_DATA: synthetic (default) trains the cold start on the generator's brief traces, a quarter
+#   of which correct themselves after "Wait," or weigh an alternative (`data synth --messages reflect`),
+#   distill on the teacher's verified traces. The 135M teacher kept 1 of 80 outputs when measured (it
+#   rarely ends in \boxed{}), so distill is for a stronger teacher: set `distill.teacher` in recipe.yaml to
+#   a model artifact or an http(s) endpoint (recipes/smol-distill-signal.sh teaches one on captions).
 #
 # Re-running skips each stage whose artifact is up to date (same settings and inputs: R1V3_REUSE=1) and
 # resumes an interrupted one (--resume): kill it anywhere, run it again, and it finishes.
@@ -24,13 +26,14 @@ PYTHON=${PYTHON:-.venv/bin/python}  # prints the summary at the end: checked now
 "$PYTHON" -c "import r1v3" 2>/dev/null || { echo "error: $PYTHON cannot import r1v3 (run ./setup.sh, or set PYTHON)" >&2; exit 2; }
 export HF_HUB_OFFLINE=1
 export R1V3_REUSE=${R1V3_REUSE:-1}  # a stage whose artifact is up to date prints "up to date: NAME@vN (reused)"
-N=${N:-600}
+N=${N:-1000}
 ALIGN_STEPS=${ALIGN_STEPS:-150}     # batch 8, ~4 s a step (connector only)
 DISTILL_N=${DISTILL_N:-40}
-SFT_STEPS=${SFT_STEPS:-100}         # batch 8, ~10 s a step (the LLM trains too)
+SFT_STEPS=${SFT_STEPS:-150}         # batch 8, ~9 s a step (the LLM trains too)
 RL_NORMAL=${RL_NORMAL:-20}
 RL_HARD=${RL_HARD:-20}
-RETUNE_STEPS=${RETUNE_STEPS:-30}
+DIFFICULTY_N=${DIFFICULTY_N:-$((2 * (RL_NORMAL + RL_HARD)))}  # rl's preset draws 2 prompts a step
+RETUNE_STEPS=${RETUNE_STEPS:-20}
 COLD_START_DATA=${COLD_START_DATA:-synthetic}
 RECIPE=recipes/smol/recipe.yaml     # each stage's settings: its section of this file
 TIMES="$R1V3_STORE/smol-times.tsv"
@@ -46,11 +49,13 @@ stage() {  # stage LABEL ARTIFACT[,ARTIFACT] r1v3-args...: run one stage with th
 }
 
 # 1. The smol VLM, and the same problems twice: image -> short caption pairs for alignment, and the
-#    problems with short think-template traces, half of which correct themselves after "Wait," or weigh an
-#    alternative (the cold start's data by default, and the re-tune data).
+#    problems with one-sentence think traces, a quarter of which correct themselves after "Wait," or weigh
+#    an alternative (the cold start's data by default, the re-tune data; select-ckpt reads those words).
 stage "init smol" smol                      init smol --name smol
 stage "data synth (captions)" smol-captions data synth --name smol-captions --n "$N" --messages caption
-stage "data synth (problems)" smol-problems data synth --name smol-problems --n "$N" --messages reflect
+# a quarter: enough "Wait," for select-ckpt; at half (each first misreading the image) the cold start reached 27%
+stage "data synth (problems)" smol-problems data synth --name smol-problems --n "$N" --messages reflect \
+    --reflect-share 0.25
 # 2. Connector alignment (R1V): connector only, vision tower and LLM frozen; lr 5e-3 for a fresh connector.
 stage "sft connector-align" smol-aligned sft --preset connector-align --model smol --data smol-captions \
     --name smol-aligned --lr 5e-3 --max-steps "$ALIGN_STEPS" --resume
@@ -74,8 +79,10 @@ if [ "$COLD_START_DATA" = synthetic ]; then
 fi
 stage "sft cold-start" smol-cold sft --preset cold-start --model smol-aligned --data "$cold_data" \
     --name smol-cold --lr 1e-4 --max-steps "$SFT_STEPS" --resume
-# 4. Pass rates of the cold-start policy, then GRPO: normal problems, then hard ones.
-stage "difficulty" smol-rated difficulty --model smol-cold --data smol-problems --name smol-rated --resume
+# 4. Pass rates of the cold-start policy on the rows RL will draw (the first DIFFICULTY_N training rows, both
+#    levels interleaved), then GRPO on them: normal problems, then hard ones.
+stage "difficulty" smol-rated difficulty --model smol-cold --data smol-problems --name smol-rated \
+    --limit "$DIFFICULTY_N" --resume
 stage "rl --curriculum hard" smol-rl rl --model smol-cold --data smol-rated --name smol-rl \
     --curriculum-lengths "$RL_NORMAL,$RL_HARD" --resume
 stage "rl export (final step)" smol-rl-final rl export smol-rl --name smol-rl-final
