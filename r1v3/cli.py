@@ -64,7 +64,7 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Make, import and inspect problem datasets.", no_args_is_help=True, cls=_Group)
 artifacts_app = typer.Typer(help="List, inspect, verify and trace artifacts.", no_args_is_help=True)
-init_app = typer.Typer(help="Build the embedded default models (tiny, smol, smol-llm) offline.", no_args_is_help=True, cls=_Group)
+init_app = typer.Typer(help="Build the embedded default models (tiny, smol, tiny-llm, smol-llm) offline.", no_args_is_help=True, cls=_Group)
 app.add_typer(init_app, name="init")
 app.add_typer(data_app, name="data")
 app.add_typer(artifacts_app, name="artifacts")
@@ -298,6 +298,8 @@ stage_command("init", "tiny", "stages.init_model", fixed={"model": "tiny"},
               doc="A random-weight model of a supported family with an offline tokenizer (about a second).")
 stage_command("init", "smol", "stages.init_model", fixed={"model": "smol"}, hide=("family",),
               doc="A real small VLM: SmolLM2-135M-Instruct + a small vision tower + a fresh connector (InternVL family).")
+stage_command("init", "tiny-llm", "stages.init_model", fixed={"model": "tiny-llm"}, hide=("family",),
+              doc="A random-weight text-only LLM (Qwen2, the tiny ChatML tokenizer): to compose with, or a distill teacher.")
 stage_command("init", "smol-llm", "stages.init_model", fixed={"model": "smol-llm"}, hide=("family", "seed"),
               doc="SmolLM2-135M-Instruct alone, a text-only LLM: a distill teacher, trainable by sft --format text-rendering.")
 stage_command("", "import-model", "stages.import_model",

@@ -308,3 +308,19 @@ def build_tiny(family: str, seed: int = 0):
     )
     model.eval()
     return model, processor
+
+
+def build_tiny_llm(seed: int = 0):
+    """(model, tokenizer): a random-weight text-only Qwen2 LM with the tiny ChatML tokenizer, sized like the
+    tiny VLMs' LLM: what `compose` swaps in and `distill` asks, in tests and the tiny recipe."""
+    from transformers import AutoModelForCausalLM, GenerationConfig, Qwen2Config
+
+    tok = tiny_tokenizer(chat_template=chat_template(""))
+    config = Qwen2Config(**TINY_TEXT, vocab_size=len(tok), bos_token_id=None, eos_token_id=tok.eos_token_id,
+                         pad_token_id=tok.pad_token_id, tie_word_embeddings=False)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.generation_config = GenerationConfig(
+        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=None, do_sample=False
+    )
+    return model.eval(), tok

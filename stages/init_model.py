@@ -1,4 +1,4 @@
-"""`r1v3 init`: build an embedded default model (tiny, smol, or the text-only smol-llm) and publish it."""
+"""`r1v3 init`: build an embedded default model (tiny, smol, or the text-only tiny-llm and smol-llm) and publish it."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ class Config(Settings):
     STAGE = "init"
 
     name: str = setting(help="Artifact name for the model.")
-    model: Literal["tiny", "smol", "smol-llm"] = setting(
-        "tiny", help="Which embedded model: the command (init tiny, init smol, init smol-llm).")
+    model: Literal["tiny", "smol", "tiny-llm", "smol-llm"] = setting(
+        "tiny", help="Which embedded model: the command (init tiny, init smol, init tiny-llm, init smol-llm).")
     family: str = setting("internvl", help=(
         "Family of the tiny model: internvl, qwen2_vl, qwen2_5_vl, qwen3_vl, llava, idefics3 "
         "(smol is InternVL around SmolLM2-135M-Instruct)."))
@@ -30,8 +30,8 @@ class Config(Settings):
 def run(cfg: Config, store: Store) -> Artifact:
     check_name(cfg.name)
     start = time.perf_counter()
-    if cfg.model == "smol-llm":  # text-only: a teacher for distill, trainable by sft on text renderings
-        model, processor = smol.smol_llm_to_save()
+    if cfg.model.endswith("-llm"):  # text-only: to compose with, a distill teacher, trainable by sft on text
+        model, processor = smol.smol_llm_to_save() if cfg.model == "smol-llm" else models.build_tiny_llm(seed=cfg.seed)
         kind = {"model_class": "causal-lm", "model_type": model.config.model_type}
     else:
         model, processor = models.build_tiny(cfg.family, seed=cfg.seed) if cfg.model == "tiny" else smol.build_smol(seed=cfg.seed)

@@ -63,6 +63,19 @@ def test_init_tiny_and_import_model_roundtrip(cli, tmp_path):
     assert weights and all(imported.manifest["files"][f]["sha256"] == art.manifest["files"][f]["sha256"] for f in weights)
 
 
+def test_init_tiny_llm_composes_with_a_tiny_vlm(cli):
+    code, _, err = cli("init", "tiny-llm", "--name", "llm", "--seed", "2")
+    assert code == 0, err
+    llm = cli.store.resolve("llm", kind="model", verify=True)
+    assert llm.metrics["model_class"] == "causal-lm" and llm.metrics["model_type"] == "qwen2"
+    assert "family" not in llm.metrics and llm.manifest["config"]["seed"] == 2
+    assert cli("init", "tiny", "--name", "vlm")[0] == 0
+    code, _, err = cli("compose", "--vlm", "vlm", "--llm", "llm", "--name", "composed")
+    assert code == 0, err
+    composed = cli.store.resolve("composed", kind="model", verify=True)
+    assert [i["ref"] for i in composed.manifest["inputs"]] == ["vlm@v1", "llm@v1"]
+
+
 def _bad_inputs(tmp):
     """(argv, expected message fragment) for user mistakes; files they need are made here."""
     (tmp / "malformed.yaml").write_text("n: [1, 2\n")

@@ -54,7 +54,10 @@ def test_tiny_recipe_every_stage_then_a_rerun_reuses_all(tmp_path):
     first = time.perf_counter() - start
     stages = recorded(store_dir, "tiny-times.tsv")
     labels = [label for label, _ in stages]
-    for expected in ("init tiny", "data synth", "sft connector-align", "sft cold-start", "difficulty",
+    # the random teacher keeps no trace: then the script says the cold start trains on synthetic ones
+    assert "distill (teacher tiny-llm)" in labels or "the tiny teacher kept no trace" in out
+    for expected in ("init tiny", "init tiny-llm", "compose", "data synth", "sft connector-align", "sft cold-start",
+                     "difficulty",
                      "rl --curriculum hard", "rl export (final step)", "select-ckpt", "sft connector-retune",
                      "eval tiny-retuned", "eval tiny-retuned, blind"):
         assert expected in labels, (expected, labels)
@@ -64,6 +67,7 @@ def test_tiny_recipe_every_stage_then_a_rerun_reuses_all(tmp_path):
         art, problems = store.verify(name)
         assert art is not None and not problems, (name, problems)
         assert art.version == 1
+    assert store.resolve("tiny-aligned").manifest["inputs"][0]["ref"] == "tiny-composed@v1"
     assert store.resolve("tiny-rl").metrics["curriculum"] == "hard"
     assert {c["phase"] for c in store.resolve("tiny-rl").metrics["checkpoints"]} == {"normal", "hard"}
     assert store.resolve("tiny-retuned").manifest["inputs"][0]["ref"] == "tiny-selected-model@v1"

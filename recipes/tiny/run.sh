@@ -1,18 +1,17 @@
 #!/usr/bin/env bash
-# Every stage of the recipe on a random-weight tiny InternVL (`r1v3 init tiny`) and a small synthetic
-# dataset: about a minute or two on 2 CPU cores. It proves that the stages chain through the store and
-# that each one publishes an artifact that verifies; nothing here learns (see recipes/smol/run.sh).
+# Every stage of the recipe on a random-weight tiny InternVL (`r1v3 init tiny`) composed with a random
+# tiny text LLM (`r1v3 init tiny-llm`) and a small synthetic dataset: a few minutes on 2 CPU cores. It
+# proves that the stages chain through the store and that each one publishes an artifact that verifies;
+# nothing here learns (see recipes/smol/run.sh).
 #
 # Usage: bash recipes/tiny/run.sh   (after ./setup.sh; R1V3_STORE picks the store, default: the repository's artifacts/)
 #
 # Re-running it skips each stage whose artifact is up to date (same settings, same inputs: R1V3_REUSE=1)
 # and resumes an interrupted one (--resume): kill it anywhere, run it again, and it finishes.
 #
-# Two stages of the paper's recipe are left out here:
-# - compose (R1V: swap in a text reasoning LLM) and distill (traces from a text-only teacher) both need a
-#   text LLM, and the CLI builds no tiny one (init tiny makes VLMs); the smol LLM would make this recipe
-#   the smol one. recipes/smol/run.sh distills with the smol teacher. So the cold start here trains on the
-#   template traces of `data synth --messages reflect` instead of distilled ones.
+# The random teacher keeps no trace (it never ends in a \boxed{} answer): distill then publishes nothing
+# and the cold start trains on the template traces of `data synth --messages reflect`, as the smol recipe
+# does when its teacher keeps none.
 set -euo pipefail
 # a relative store counts from where you are, not from the repository
 export R1V3_STORE=$(realpath -m "${R1V3_STORE:-$(dirname "$0")/../../artifacts}")
@@ -34,16 +33,31 @@ stage() {  # stage LABEL ARTIFACT[,ARTIFACT] r1v3-args...: run one stage with th
     printf '%s\t%s\t%s\n' "$label" "$artifact" "$((SECONDS - t0))" >> "$TIMES"
 }
 
-# 1. A random-weight tiny InternVL, and problems (colour and counting, normal and hard) with captions and
+# 1. A random-weight tiny InternVL and a tiny text LLM; compose (R1V) keeps the VLM's vision tower and
+#    connector around the text LLM. Problems (colour and counting, normal and hard) with captions and
 #    think-template traces.
 stage "init tiny" tiny                 init tiny --name tiny
+stage "init tiny-llm" tiny-llm         init tiny-llm --name tiny-llm
+stage "compose" tiny-composed          compose --vlm tiny --llm tiny-llm --name tiny-composed
 stage "data synth" tiny-problems       data synth --name tiny-problems
 # 2. Connector alignment (R1V): connector only, on image -> caption pairs made from each row's caption.
 stage "sft connector-align" tiny-aligned \
-    sft --preset connector-align --format caption --model tiny --data tiny-problems --name tiny-aligned --resume
-# 3. Cold-start SFT (connector + LLM) on think-template traces (here synthetic: see the header).
+    sft --preset connector-align --format caption --model tiny-composed --data tiny-problems --name tiny-aligned --resume
+# 3. Cold start: the text LLM reads each problem's caption; traces whose answer verifies are kept. When it
+#    keeps none, distill publishes nothing and the cold start trains on the synthetic traces.
+cold_data=tiny-traces
+distill_log="$R1V3_STORE/tiny-distill.log"
+if stage "distill (teacher tiny-llm)" tiny-traces \
+        distill --teacher tiny-llm --data tiny-problems --name tiny-traces --resume 2> "$distill_log"; then
+    cat "$distill_log" >&2
+else
+    cat "$distill_log" >&2
+    grep -q "^error: no trace of" "$distill_log" || exit 2
+    echo "note: the tiny teacher kept no trace; the cold start trains on the synthetic traces of tiny-problems"
+    cold_data=tiny-problems
+fi
 stage "sft cold-start" tiny-cold \
-    sft --preset cold-start --model tiny-aligned --data tiny-problems --name tiny-cold --resume
+    sft --preset cold-start --model tiny-aligned --data "$cold_data" --name tiny-cold --resume
 # 4. Pass rates of the cold-start model on the training problems (the policy RL starts from).
 stage "difficulty" tiny-rated \
     difficulty --model tiny-cold --data tiny-problems --name tiny-rated --resume
@@ -60,9 +74,9 @@ stage "select-ckpt" tiny-selected,tiny-selected-model \
 stage "sft connector-retune" tiny-retuned \
     sft --preset connector-retune --model tiny-selected-model --data tiny-problems --name tiny-retuned --resume
 # 8. The untrained and the final model on the held-out test split, and the final one blind (images
-#    blanked). EVAL_MODELS="tiny tiny-aligned tiny-cold tiny-rl-final tiny-selected-model tiny-retuned"
+#    blanked). EVAL_MODELS="tiny-composed tiny-aligned tiny-cold tiny-rl-final tiny-selected-model tiny-retuned"
 #    scores every stage's model, as recipes/smol/run.sh does (each eval costs a model load).
-for model in ${EVAL_MODELS:-tiny tiny-retuned}; do
+for model in ${EVAL_MODELS:-tiny-composed tiny-retuned}; do
     stage "eval $model" "eval-$model" eval mmmu --model "$model" --data tiny-problems --name "eval-$model" --resume
 done
 stage "eval tiny-retuned, blind" eval-tiny-retuned-blind \
