@@ -10,8 +10,10 @@
 #   PROBLEMS=/data/problems.jsonl PROBE=/data/probe.jsonl ALIGN=/data/captions.jsonl RETUNE=/data/retune.jsonl \
 #   MMMU=/data/MMMU \
 #   TEACHER=http://teacher-host:8000/v1 R1V3_STORE=/shared/r1v3 bash recipes/r1v3-38b/run.sh
-# More nodes: NODES=2 MASTER_ADDR=node0 HOSTFILE=/job/hostfile (DeepSpeed's "host slots=8" lines); training
+# More nodes: NODES=4 MASTER_ADDR=node0 HOSTFILE=/job/hostfile (DeepSpeed's "host slots=8" lines); training
 # then runs over every node through pdsh (recipes/r1v3-38b/zero3-multinode.yaml), the rest on this one.
+# One node holds alignment, re-tune and every vLLM stage, but not the cold start (2 nodes) or GRPO (4 nodes,
+# or optimizer offload): README "On GPUs" has the memory per stage.
 #
 # Re-running skips each stage whose artifact is up to date (R1V3_REUSE=1) and resumes an interrupted one.
 set -euo pipefail
