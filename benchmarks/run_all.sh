@@ -91,7 +91,7 @@ what_for() {
         distill)    echo "local teacher: batched vs one request at a time (outputs/s)" ;;
         grpo)       echo "r1v3 rl vs bare TRL GRPOTrainer (s/step); difficulty batched vs one at a time (rows/s)" ;;
         select)     echo "select-ckpt scoring vs generation alone (time)" ;;
-        compose)    echo "compose: peak RSS vs the composed model's weight bytes" ;;
+        compose)    echo "compose: peak RSS above what the libraries take on import, vs the composed model's weight bytes (goal 1.3x)" ;;
     esac
 }
 
@@ -114,7 +114,7 @@ headline() {
         grpo)       main=$(grep -oE '^r1v3 rl / bare: [0-9.]+x' "$log" | sed 's/.*: //')
                     [ -n "$main" ] && echo "$main (limit 1.05x); difficulty $(grep -oE '^batched / one at a time: [0-9.]+x' "$log" | sed 's/.*: //')" ;;
         select)     grep -oE '^ratio scoring / generation: .*' "$log" | sed 's/^ratio scoring \/ generation: //' ;;
-        compose)    grep -oE '^compose --llm llm: .*= [0-9.]+x output;' "$log" | grep -oE '[0-9.]+x output' | head -1 ;;
+        compose)    grep -oE '^compose --llm llm: .*' "$log" | grep -oE '[0-9.]+x output' | tail -1 ;;
     esac
 }
 
