@@ -215,7 +215,7 @@ OTHER_STAGES["sft early stop"] = Stage(
 STAGES["compose"] = Stage(
     "compose", "cm", ["compose", "--vlm", "m", "--llm", "llm", "--name", "cm", "--seed", "3"],
     [
-        ("model composed, nothing saved", ["--kill", "r1v3.models:compose+after"], False),
+        ("model composed, nothing saved", ["--kill", "r1v3.compose:compose_sources+after"], False),
         ("save: weights written, processor not", ["--kill", "transformers:ProcessorMixin.save_pretrained"], True),
         (*FSYNC, False), (*RENAME, True), (*AFTER_RENAME, False),
     ],
