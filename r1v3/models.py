@@ -286,7 +286,7 @@ def tiny_family_tokenizer(family: Family):
 
 def build_tiny(family: str, seed: int = 0):
     """(model, processor): a random-weight model of `family` (~200k parameters) built offline."""
-    from transformers import AutoModelForImageTextToText, GenerationConfig
+    from transformers import AutoModelForImageTextToText
 
     if family not in FAMILIES:
         raise UserError(f"unknown tiny model family {family!r}: supported families are {', '.join(FAMILIES)}")
@@ -303,9 +303,7 @@ def build_tiny(family: str, seed: int = 0):
     config, processor = fam.tiny(text, tok)
     torch.manual_seed(seed)
     model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
-    model.generation_config = GenerationConfig(
-        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=None, do_sample=False
-    )
+    model.generation_config = _greedy_generation_config(tok)
     model.eval()
     return model, processor
 
@@ -313,14 +311,20 @@ def build_tiny(family: str, seed: int = 0):
 def build_tiny_llm(seed: int = 0):
     """(model, tokenizer): a random-weight text-only Qwen2 LM with the tiny ChatML tokenizer, sized like the
     tiny VLMs' LLM: what `compose` swaps in and `distill` asks, in tests and the tiny recipe."""
-    from transformers import AutoModelForCausalLM, GenerationConfig, Qwen2Config
+    from transformers import AutoModelForCausalLM, Qwen2Config
 
     tok = tiny_tokenizer(chat_template=chat_template(""))
     config = Qwen2Config(**TINY_TEXT, vocab_size=len(tok), bos_token_id=None, eos_token_id=tok.eos_token_id,
                          pad_token_id=tok.pad_token_id, tie_word_embeddings=False)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.generation_config = GenerationConfig(
-        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=None, do_sample=False
-    )
+    model.generation_config = _greedy_generation_config(tok)
     return model.eval(), tok
+
+
+def _greedy_generation_config(tok):
+    """The tiny models' decoding defaults: greedy, stopping at the tokenizer's end-of-turn, no BOS."""
+    from transformers import GenerationConfig
+
+    return GenerationConfig(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=None,
+                            do_sample=False)

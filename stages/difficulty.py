@@ -68,7 +68,6 @@ def _rows(cfg: Config, dataset: Artifact) -> tuple[dict[str, list[dict]], list[s
     measured = cfg.splits or splits
     for split in measured:
         rows[split] = rows[split][: cfg.limit]
-    for split in measured:
         for r in rows[split]:
             if not str(r.get("answer") or "").strip():
                 raise UserError(f"{dataset.ref} [{split}] row {r['id']}: no answer to judge samples against")

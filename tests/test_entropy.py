@@ -10,7 +10,7 @@ from r1v3 import entropy as E
 from r1v3 import generation
 from r1v3.errors import UserError
 from r1v3.generation import Request
-from r1v3.models import build_tiny, chat_template, tiny_tokenizer
+from r1v3.models import build_tiny, build_tiny_llm, tiny_tokenizer
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -186,15 +186,7 @@ def image():
 
 
 def tiny_text_lm():
-    import transformers as tf
-
-    tok = tiny_tokenizer(chat_template=chat_template("<image>"))
-    config = tf.Qwen2Config(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        vocab_size=len(tok), eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, tie_word_embeddings=False,
-    )  # fmt: skip
-    torch.manual_seed(3)
-    return tf.AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval(), tok
+    return build_tiny_llm(seed=3)
 
 
 def sharpened(model_processor):
