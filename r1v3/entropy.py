@@ -279,62 +279,6 @@ def teacher_forced_entropies(model, processor, text: str, generated_ids, images=
     return n_prompt, entropy(logits[0, -len(ids) :]).tolist()
 
 
-def batch_entropies(model, processor, items: list, batch_size: int = 8) -> list[tuple[int, list[float]]]:
-    """`teacher_forced_entropies` of many (prompt text, images, generated ids) items, a right-padded
-    batch of `batch_size` rows per forward pass: the same numbers up to float rounding, for a fraction
-    of the passes. Pads come after each row's last token, so no real position attends to them, and
-    each row keeps its own positions. Items whose completion holds an image placeholder token go
-    through `teacher_forced_entropies` one at a time (see `_prefill_then_completion`)."""
-    out: list = [None] * len(items)
-    single = _placeholder_ids(model)
-    order = [i for i in sorted(range(len(items)), key=lambda i: len(items[i][2])) if not set(items[i][2][:-1]) & single]
-    for i in set(range(len(items))) - set(order):
-        text, images, ids = items[i]
-        out[i] = teacher_forced_entropies(model, processor, text, ids, images)
-    for s in range(0, len(order), batch_size):
-        chunk = order[s : s + batch_size]
-        for i, measured in zip(chunk, _padded_pass(model, processor, [items[i] for i in chunk])):
-            out[i] = measured
-    return out
-
-
-def _padded_pass(model, processor, items: list) -> list[tuple[int, list[float]]]:
-    vocab = model.get_input_embeddings().num_embeddings
-    completions = [[int(t) for t in ids] for _, _, ids in items]
-    for ids in completions:
-        if not ids or not all(0 <= t < vocab for t in ids):
-            raise UserError(f"generated ids must be a non-empty list in 0..{vocab - 1}, the model's vocabulary")
-    tokenizer = getattr(processor, "tokenizer", processor)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    images = [im for _, ims, _ in items for im in _rgb(list(ims))]
-    enc = processor(text=[t for t, _, _ in items], images=images or None, padding=True, padding_side="right",
-                    add_special_tokens=False, return_tensors="pt")
-    prompts = enc["attention_mask"].sum(1).tolist()
-    width = max(p + len(c) - 1 for p, c in zip(prompts, completions))
-    inputs = {k: v for k, v in enc.items() if not (torch.is_tensor(v) and _per_token(k))}
-    for key, value in enc.items():
-        if torch.is_tensor(value) and _per_token(key):
-            rows = []
-            for r, (p, c) in enumerate(zip(prompts, completions)):
-                tail = {"input_ids": c[:-1], "attention_mask": [1] * (len(c) - 1)}.get(key, [0] * (len(c) - 1))
-                fill = pad if key == "input_ids" else 0
-                rows.append(value[r, :p].tolist() + tail + [fill] * (width - p - len(c) + 1))
-            inputs[key] = torch.tensor(rows, dtype=value.dtype)
-    keep = width - min(prompts) + 1
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            logits = model(**inputs_to(inputs, model), logits_to_keep=keep, use_cache=False).logits
-    finally:
-        model.train(was_training)
-    out = []
-    for r, (p, c) in enumerate(zip(prompts, completions)):
-        first = p - 1 - (width - keep)  # the logits that predict the row's first generated token
-        out.append((p, entropy(logits[r, first : first + len(c)]).tolist()))
-    return out
-
-
 def _placeholder_ids(model) -> set[int]:
     """Token ids a VLM's forward takes for image or video slots (it counts them against the features)."""
     config = getattr(model, "config", None)
@@ -388,7 +332,7 @@ def make_record(
 ) -> dict:
     """The probe record (format in the module docstring) of one generation of `request`.
 
-    `measured`: its (prompt tokens, entropies) from `batch_entropies`, else one pass is run here."""
+    `measured`: its (prompt tokens, entropies) as generation recorded them, else one pass is run here."""
     text = prompt_text(processor, request)
     return _record(model, processor, request.id, sample, text, list(request.images), generated_ids,
                    check_words(words), case_sensitive, high_threshold, measured)

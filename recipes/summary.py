@@ -1,4 +1,5 @@
-"""The table a recipe ends with: each stage, the artifact it published, its key figure and its wall time;
+"""The table a recipe ends with: each stage, the artifact it published, its key figure and its wall time
+(what making the artifact took, and what this run of the recipe spent on the stage);
 then the accuracy of every evaluated model per task and level, next to chance and the blind baseline.
 
 Usage (run.sh calls it): python recipes/summary.py STORE TIMES.tsv PROBLEMS [SPLIT]
@@ -86,17 +87,22 @@ def accuracy_rows(store: Store, evals: list, problems, split: str):
 def main(store_dir: str, times_path: str, problems_ref: str, split: str = "test") -> None:
     store = Store(store_dir)
     times = [line.split("\t") for line in Path(times_path).read_text().splitlines() if line.strip()]
-    print("\n| stage | artifact | key figure | wall time (s) |\n|---|---|---|---:|")
-    evals, total = [], 0
+    # "made in": the wall time the artifact records; "this run": run.sh's clock, a few seconds when reused
+    print("\n| stage | artifact | key figure | made in (s) | this run (s) |\n|---|---|---|---:|---:|")
+    evals, made_total, run_total = [], 0.0, 0
     for label, names, seconds in times:
-        for i, name in enumerate(names.split(",")):
-            art = store.resolve(name)
-            print(f"| {label if i == 0 else ''} | {art.ref} | {key_figure(art)} | {seconds if i == 0 else ''} |")
+        arts = [store.resolve(name) for name in names.split(",")]
+        made = max((a.manifest.get("seconds", 0.0) for a in arts), default=0.0)
+        for i, art in enumerate(arts):
+            first = i == 0
+            print(f"| {label if first else ''} | {art.ref} | {key_figure(art)} | "
+                  f"{(f'{made:.0f}' if made else 'n/a') if first else ''} | {seconds if first else ''} |")
             if art.kind == "eval":
                 blind = " (images blanked)" if art.manifest["config"].get("blank_images") else ""
                 evals.append((art.manifest["config"]["model"] + blind, art))
-        total += int(seconds)
-    print(f"| total | | | {total} |")
+        made_total += made
+        run_total += int(seconds)
+    print(f"| total | | | {made_total:.0f} | {run_total} |")
     problems = store.resolve(problems_ref, kind="dataset")
     tasks, levels, rows = accuracy_rows(store, evals, problems, split)
     n = len(data.read_split(problems.path, split))

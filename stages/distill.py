@@ -54,7 +54,7 @@ from typing import Literal, NamedTuple, Optional
 from r1v3 import answers, data, jsonl, mmmu, models, plots, smol
 from r1v3.artifacts import Artifact, Store, check_name, sha256_file
 from r1v3.config import Settings, setting, to_dict
-from r1v3.errors import UserError
+from r1v3.errors import NothingKept, UserError
 
 SMOL = "smol"
 PLACEHOLDERS = ("caption", "question", "options", "instruction")
@@ -526,7 +526,7 @@ def run(cfg: Config, store: Store) -> Artifact:
         out_rows, attempts = judge_all(cfg, rows, done)
         summary = report(attempts, teacher, timing)
         if not out_rows:
-            raise UserError(f"no trace of {len(attempts)} teacher outputs passed ({_reasons(summary)}): nothing to "
+            raise NothingKept(f"no trace of {len(attempts)} teacher outputs passed ({_reasons(summary)}): nothing to "
                             f"publish; the outputs stay in {work.path} for --resume with a larger --samples")
         extra = [prev] if prev else []
         return publish(cfg, store, out_rows, attempts, summary, settings, [*inputs.values(), *extra])

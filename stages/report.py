@@ -339,8 +339,9 @@ def _artifact_section(i: int, node: dict, art: Optional[Artifact], edges: list) 
     m = art.manifest
     inputs = "".join(f"<li>{esc(inp['ref'])} ({esc(inp['kind'])})</li>" for inp in m.get("inputs", []))
     config = m.get("config") or {}
+    took = f", took {m['seconds']:.0f} s" if "seconds" in m else ""
     return (f'<section id="art-{i}" class="artifact"><h3>{esc(art.ref)} <small>{esc(art.kind)} from '
-            f'{esc(m.get("stage", "?"))}, {esc(m.get("created", "?"))}</small></h3>{used_by}'
+            f'{esc(m.get("stage", "?"))}, {esc(m.get("created", "?"))}{took}</small></h3>{used_by}'
             + (f"<p>inputs:</p><ul>{inputs}</ul>" if inputs else "<p>no inputs: a base model or raw data</p>")
             + images_html(art)
             + (f"<details open><summary>metrics ({len(art.metrics)})</summary>{kv_table(art.metrics)}</details>"

@@ -3,6 +3,7 @@ import multiprocessing as mp
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -30,6 +31,13 @@ def test_publish_versions_and_resolve(store):
     assert m["files"]["data.txt"]["size"] == 3 and len(m["files"]["data.txt"]["sha256"]) == 64
     assert m["config"] == {"text": "two"} and m["metrics"] == {"chars": 3}
     assert m["toolkit_version"]
+
+
+def test_a_store_with_a_clock_records_each_publish_wall_time(tmp_path):
+    assert "seconds" not in publish_text(Store(tmp_path), "x", "one").manifest  # a library user's store: no clock
+    art = publish_text(Store(tmp_path, started=time.monotonic() - 12.5), "y", "two")
+    assert 12.5 <= art.manifest["seconds"] < 60
+    assert Store(tmp_path).resolve("y").manifest["seconds"] == art.manifest["seconds"]  # and it reads back
 
 
 def test_failed_body_publishes_nothing(store):

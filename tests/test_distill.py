@@ -397,11 +397,11 @@ def test_tiny_local_teacher(problems, tmp_path, monkeypatch):
         code, _, err = problems(*args)
     finally:
         torch.set_num_threads(before)  # later tests compare in-process runs with subprocesses
-    assert code == 2 and "no trace of 22 teacher outputs passed" in err, err
+    assert code == 3 and "no trace of 22 teacher outputs passed" in err, err
     work = problems.store.root / ".work" / "loc" / "distill" / "attempts.jsonl"
     done = distill.read_attempts(work)
     assert sorted(done) == sorted(f"p{q}" for q in SCRIPT) and all(sorted(s) == [0, 1] for s in done.values())
     assert all(0 < r["n_tokens"] <= 12 for s in done.values() for r in s.values())
     monkeypatch.setattr(models, "load_llm", lambda *a, **k: pytest.fail("the teacher was loaded again"))
     code, _, err = problems(*args, "--resume", "--min-think-chars", "1")
-    assert code == 2 and "no trace of 22" in err
+    assert code == 3 and "no trace of 22" in err

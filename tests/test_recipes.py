@@ -75,9 +75,13 @@ def test_tiny_recipe_every_stage_then_a_rerun_reuses_all(tmp_path):
     table = [line for line in out.splitlines() if line.startswith("| ")]
     assert any(line.startswith("| chance |") for line in table) and any("(images blanked)" in line for line in table)
     assert (store_dir / "report-tiny.html").stat().st_size > 1000
-    # a second run: every stage up to date, nothing published again
+    assert all(store.resolve(n).manifest["seconds"] >= 0 for n in names)  # a small synth takes 0.0 s
+    made_total = next(line for line in table if line.startswith("| total |")).split("|")[4]
+    # a second run: every stage up to date, nothing published again; the table still shows what each cost
     out = run_recipe("tiny/run.sh", store_dir)
     assert out.count("(reused)") == len(names), out
+    total = next(line for line in out.splitlines() if line.startswith("| total |")).split("|")
+    assert total[4] == made_total, (total, made_total)
     assert "published" not in out
     assert all(store.versions(n) == [1] for n in names)
     print(f"tiny recipe: {first:.0f} s")

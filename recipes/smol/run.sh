@@ -63,16 +63,13 @@ stage "sft connector-align" smol-aligned sft --preset connector-align --model sm
 #    A 135M teacher rarely ends with a verifiable \boxed{} answer: when it keeps none, distill publishes
 #    nothing and the cold start trains on the synthetic traces instead (said below, and in the table).
 cold_data=smol-traces
-distill_log="$R1V3_STORE/smol-distill.log"
-if stage "distill (teacher smol)" smol-traces distill --data smol-problems --name smol-traces \
-        --limit "$DISTILL_N" --resume 2> "$distill_log"; then
-    cat "$distill_log" >&2
-else
-    cat "$distill_log" >&2
-    grep -q "^error: no trace of" "$distill_log" || exit 2
+stage "distill (teacher smol)" smol-traces distill --data smol-problems --name smol-traces \
+    --limit "$DISTILL_N" --resume || {
+    status=$?
+    [ "$status" -eq 3 ] || exit "$status"  # 3: distill ran and kept nothing; anything else is an error
     echo "note: the smol teacher kept no trace; the cold start trains on the synthetic traces of smol-problems"
     cold_data=smol-problems
-fi
+}
 if [ "$COLD_START_DATA" = synthetic ]; then
     cold_data=smol-problems
     echo "note: COLD_START_DATA=synthetic: the cold start trains on the synthetic traces of smol-problems, not the teacher's"

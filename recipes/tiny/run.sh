@@ -46,16 +46,13 @@ stage "sft connector-align" tiny-aligned \
 # 3. Cold start: the text LLM reads each problem's caption; traces whose answer verifies are kept. When it
 #    keeps none, distill publishes nothing and the cold start trains on the synthetic traces.
 cold_data=tiny-traces
-distill_log="$R1V3_STORE/tiny-distill.log"
-if stage "distill (teacher tiny-llm)" tiny-traces \
-        distill --teacher tiny-llm --data tiny-problems --name tiny-traces --resume 2> "$distill_log"; then
-    cat "$distill_log" >&2
-else
-    cat "$distill_log" >&2
-    grep -q "^error: no trace of" "$distill_log" || exit 2
+stage "distill (teacher tiny-llm)" tiny-traces \
+    distill --teacher tiny-llm --data tiny-problems --name tiny-traces --resume || {
+    status=$?
+    [ "$status" -eq 3 ] || exit "$status"  # 3: distill ran and kept nothing; anything else is an error
     echo "note: the tiny teacher kept no trace; the cold start trains on the synthetic traces of tiny-problems"
     cold_data=tiny-problems
-fi
+}
 stage "sft cold-start" tiny-cold \
     sft --preset cold-start --model tiny-aligned --data "$cold_data" --name tiny-cold --resume
 # 4. Pass rates of the cold-start model on the training problems (the policy RL starts from).
