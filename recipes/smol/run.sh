@@ -10,7 +10,8 @@
 #   DISTILL_N=40 problems asked of the teacher (2 outputs each), SFT_STEPS=150, RL_NORMAL=20 and RL_HARD=20 GRPO
 #   steps, DIFFICULTY_N pass rates measured (default: the 2 x 40 rows RL draws), RETUNE_STEPS=20.
 #   Measured: these took 84 min here; ALIGN_STEPS=100 SFT_STEPS=120 RL_NORMAL=16 RL_HARD=16 took 68 min and
-#   the model no longer used its images (final 27%, blind 29%; README "The whole recipe").
+#   the model no longer used its images (final 27%, blind 29%): the shorter alignment did it; 120 cold-start
+#   steps after 150 alignment steps reached 45% (README "The whole recipe").
 #   COLD_START_DATA: synthetic (default) trains the cold start on the generator's brief traces, a quarter
 #   of which correct themselves after "Wait," or weigh an alternative (`data synth --messages reflect`),
 #   distill on the teacher's verified traces. The 135M teacher kept 1 of 80 outputs when measured (it
