@@ -92,15 +92,16 @@ def main(store_dir: str, times_path: str, problems_ref: str, split: str = "test"
     evals, made_total, run_total = [], 0.0, 0
     for label, names, seconds in times:
         arts = [store.resolve(name) for name in names.split(",")]
-        made = max((a.manifest.get("seconds", 0.0) for a in arts), default=0.0)
+        recorded = [a.manifest["seconds"] for a in arts if "seconds" in a.manifest]  # none before the field existed
+        made = max(recorded) if recorded else None
         for i, art in enumerate(arts):
             first = i == 0
             print(f"| {label if first else ''} | {art.ref} | {key_figure(art)} | "
-                  f"{(f'{made:.0f}' if made else 'n/a') if first else ''} | {seconds if first else ''} |")
+                  f"{number(made, '.0f') if first else ''} | {seconds if first else ''} |")
             if art.kind == "eval":
                 blind = " (images blanked)" if art.manifest["config"].get("blank_images") else ""
                 evals.append((art.manifest["config"]["model"] + blind, art))
-        made_total += made
+        made_total += made or 0.0
         run_total += int(seconds)
     print(f"| total | | | {made_total:.0f} | {run_total} |")
     problems = store.resolve(problems_ref, kind="dataset")

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from r1v3 import data, entropy, synthetic
+from r1v3 import data, entropy, mmmu, synthetic
 from r1v3.errors import UserError
 from r1v3.models import build_tiny, save_model
 from stages import select_ckpt as S
@@ -228,3 +228,21 @@ def test_resume_skips_finished_checkpoints(tiny_run, cli, monkeypatch):
     assert cli("select-ckpt", *ARGS, "--name", "cut3")[0] == 130
     code, _, err = cli("select-ckpt", *ARGS, "--name", "cut3", "--resume", "--seed", "1")
     assert code == 2 and "other settings" in err
+
+
+@pytest.mark.parametrize("family", ["internvl", "qwen2_vl"])
+def test_a_generated_image_placeholder_token_is_measured_not_refused(family):
+    """A random model can emit an image placeholder token; the one-pass measure takes it as generation
+    saw it (a plain token after the prompt's images): up to it, the entropies are those of the prefix."""
+    model, processor = build_tiny(family, seed=0)
+    row = synthetic.with_solutions(synthetic.generate(20, 0)["train"][:1], "reflect")[0]
+    tok = processor.tokenizer
+    placeholder = sorted(entropy._placeholder_ids(model))[0]
+    q = mmmu.request(row, "reasoning")
+    ids = tok(row["messages"][1]["content"], add_special_tokens=False)["input_ids"][:12]
+    ids = ids[:5] + [placeholder] + ids[5:] + [tok.eos_token_id]
+    text = entropy.prompt_text(processor, q)
+    n_prompt, ents = entropy.teacher_forced_entropies(model, processor, text, ids, q.images)
+    assert len(ents) == len(ids) and all(math.isfinite(e) for e in ents)
+    prefix_prompt, prefix = entropy.teacher_forced_entropies(model, processor, text, ids[:6], q.images)
+    assert n_prompt == prefix_prompt and ents[:6] == pytest.approx(prefix, abs=1e-5)
