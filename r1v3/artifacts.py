@@ -648,6 +648,50 @@ class Store:
             return Artifact(draft.name, version, target, manifest)
 
     # ---- work directories of resumable runs (STORE/.work/<name>/<stage>/) -----------------
+    def up_to_date(self, cfg) -> list["Artifact"] | None:
+        """What the stage of `cfg` would publish, when the latest artifact of each name it publishes
+        (its `artifact="output"` settings) already holds it: the same stage, the same settings that
+        the result depends on (`config.reuse_settings`: declared roles, and the digests of files read
+        outside the store), and the same content of every artifact it read, as the settings resolve
+        them now (`data` naming a newer version counts as a change). None when anything differs, is
+        undigestible or cannot be read: then the stage runs."""
+        from r1v3 import config
+
+        if config.undigested(cfg):
+            return None
+        settings = json.loads(json.dumps(config.reuse_settings(cfg), default=str))  # as a manifest reads back
+        outputs = list(config.artifact_settings(cfg, "output").values())
+        refs = list(config.artifact_settings(cfg, "input").values())
+        found: list[Artifact] = []
+        try:
+            for name in outputs:
+                if not self.versions(check_name(name)):
+                    return None
+                art = self.resolve(name)
+                recorded = art.manifest.get("config")
+                if art.manifest.get("stage") != cfg.STAGE or not isinstance(recorded, dict) or any(
+                        recorded.get(k, _ABSENT) != v for k, v in settings.items()):
+                    return None
+                if not all(self._same_input(inp, refs, outputs, found) for inp in art.manifest.get("inputs", [])):
+                    return None
+                found.append(art)
+        except UserError:  # damaged or gone: the stage says what is wrong when it runs
+            return None
+        return found or None
+
+    def _same_input(self, inp: dict, refs: list[str], outputs: list[str], found: list["Artifact"]) -> bool:
+        """Whether an input recorded in a manifest is what the settings name now (by artifact name,
+        NAME@vN or directory); an input no setting names (a run's starting model) must still hold the
+        recorded content, and one this same command publishes must be the artifact just matched."""
+        name = inp["ref"].rpartition("@v")[0]
+        if name in outputs:
+            return any(a.ref == inp["ref"] for a in found)
+        for ref in refs:
+            if ref == name or ref.startswith(name + "@v") or (
+                    os.sep in ref and Path(ref).is_dir() and Path(ref).resolve().parent.name == name):
+                return self.resolve(ref).digest == inp["digest"]
+        return self.resolve(inp["ref"]).digest == inp["digest"]
+
     def work(
         self,
         name: str,
@@ -674,6 +718,7 @@ class Store:
         return _hold_lock(self.root / ".work" / check_name(name), name, stage)
 
 
+_ABSENT = object()  # a setting a manifest does not record (written before the setting existed)
 WORK_STATE = "r1v3-run.json"  # a run's key, settings and input digests, beside its progress
 
 

@@ -119,12 +119,12 @@ def _metavar(tp) -> str:
     return {int: "INT", float: "FLOAT", str: "TEXT"}.get(tp, "VALUE")
 
 
-def _parameter(f, tp) -> inspect.Parameter:
+def _parameter(cls, f, tp) -> inspect.Parameter:
     """The typer parameter of a Config field. Values stay text (lists: repeated or comma-separated)
     so the config layer parses them like YAML and override values, with the same one-line errors."""
     m = config.meta(f)
     flag = config.flag_of(f)
-    default = m["default"]
+    default = config.default_of(cls, f)
     shown = m.get("shown") or (None if default is config.REQUIRED or callable(default) or default is None
                                or isinstance(default, bool) else _shown(default))
     base = {a for a in typing.get_args(tp) if a is not type(None)} or {tp}
@@ -147,10 +147,11 @@ def _parameter(f, tp) -> inspect.Parameter:
 
 def _override_example(cls, fields) -> str:
     """Two of the command's own settings with their defaults, as an override would set them."""
-    picks = [f for f in fields if type(config.meta(f)["default"]) in (int, float) and f.name != "seed"][:1]
-    picks += [f for f in fields if f.name == "seed"] or [f for f in fields if f not in picks
-                                                         and type(config.meta(f)["default"]) in (int, float)][:1]
-    return " ".join(f"{f.name}={_shown(config.meta(f)['default'])}" for f in picks) or "key=value"
+    number = lambda f: type(config.default_of(cls, f)) in (int, float)  # noqa: E731
+    picks = [f for f in fields if number(f) and f.name != "seed"][:1]
+    picks += [f for f in fields if f.name == "seed"] or [f for f in fields if f not in picks and number(f)][:1]
+    example = " ".join(f"{f.name}={_shown(config.default_of(cls, f))}" for f in picks) or "key=value"
+    return example + (" trl.epsilon_high=0.28" if any(f.name == "trl" for f in fields) else "")
 
 
 STAGES: list[tuple[str, str, str, dict]] = []  # (group, command, stage module, stage_command options)
@@ -176,8 +177,10 @@ def _stage_command(group: typer.Typer, name: str, module, *, doc: str, fixed: di
     cls = module.Config
     hints = typing.get_type_hints(cls)
     fields = [f for f in dataclasses.fields(cls) if f.name not in (fixed or {}) and f.name not in hide]
-    params = [_parameter(f, hints[f.name]) for f in fields]
-    flags = {f.name: config.flag_of(f) for f in fields}
+    # a mapping (rl's and sft's `trl`) is set by dotted overrides, trl.KEY=VALUE, not by one flag
+    flagged = [f for f in fields if typing.get_origin(hints[f.name]) is not dict]
+    params = [_parameter(cls, f, hints[f.name]) for f in flagged]
+    flags = {f.name: config.flag_of(f) for f in flagged}
     params.append(inspect.Parameter("config_file", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[Path],
                                     default=typer.Option(None, "--config", "-c", metavar="YAML", help=(
                                         f"Recipe YAML: its `{cls.STAGE}:` section, or the whole file."))))
@@ -201,8 +204,12 @@ def _stage_command(group: typer.Typer, name: str, module, *, doc: str, fixed: di
                            overrides=overrides, flags=flags)
         for note in conf.notes:
             err_console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
-        current = _up_to_date(conf, store()) if (reuse if reuse is not None else os.environ.get("R1V3_REUSE") == "1") \
-            else None
+        current = None
+        if reuse if reuse is not None else os.environ.get("R1V3_REUSE") == "1":
+            for setting_, spec in config.undigested(conf):
+                err_console.print(f"note: --reuse cannot tell whether {spec} ({setting_}) changed; running the stage",
+                                  markup=False, highlight=False, soft_wrap=True)
+            current = store().up_to_date(conf)
         if current:
             for art in current:
                 console.print(f"up to date: {art.ref} (reused)", markup=False, highlight=False)
@@ -212,53 +219,6 @@ def _stage_command(group: typer.Typer, name: str, module, *, doc: str, fixed: di
     command.__signature__ = inspect.Signature(params)
     command.__name__ = name.replace("-", "_")
     group.command(name, help=doc)(command)
-
-
-# how an interrupted run continues, not what it computes: a resumed run publishes what an uninterrupted one does
-REUSE_IGNORED = frozenset({"resume"})
-_ABSENT = object()  # a setting the manifest does not record (written before the setting existed)
-
-
-def _up_to_date(conf, s: Store) -> list | None:
-    """What the stage would publish, when the latest artifact of each name it publishes (`name`,
-    and `*_name` such as select-ckpt's model) already holds it: the same stage, the same resolved
-    settings as stored in its manifest, and the same content (digest) of every artifact it read, as
-    the settings resolve them now (`data` naming a newer version counts as a change). None when
-    anything differs or cannot be read: then the stage runs."""
-    settings = json.loads(json.dumps(config.to_dict(conf), default=str))  # as a manifest reads back
-    outputs = [k for k, v in settings.items() if (k == "name" or k.endswith("_name")) and isinstance(v, str)]
-    refs = [v for k, v in settings.items() if isinstance(v, str) and v and k not in outputs]
-    found: list = []
-    try:
-        for key in outputs:
-            if not s.versions(check_name(settings[key])):
-                return None
-            art = s.resolve(settings[key])
-            recorded = art.manifest.get("config")
-            if art.manifest.get("stage") != conf.STAGE or not isinstance(recorded, dict) or any(
-                    recorded.get(k, _ABSENT) != v for k, v in settings.items() if k not in REUSE_IGNORED):
-                return None
-            if not all(_same_input(inp, refs, [settings[k] for k in outputs], found, s)
-                       for inp in art.manifest.get("inputs", [])):
-                return None
-            found.append(art)
-    except UserError:  # damaged or gone: the stage says what is wrong when it runs
-        return None
-    return found or None
-
-
-def _same_input(inp: dict, refs: list[str], outputs: list[str], found: list, s: Store) -> bool:
-    """Whether an input recorded in a manifest is what the settings name now (by artifact name,
-    NAME@vN or directory); an input no setting names (a run's starting model) must still hold the
-    recorded content, and one this same command publishes must be the artifact just matched."""
-    name = inp["ref"].rpartition("@v")[0]
-    if name in outputs:
-        return any(a.ref == inp["ref"] for a in found)
-    for ref in refs:
-        if ref == name or ref.startswith(name + "@v") or (
-                os.sep in ref and Path(ref).is_dir() and Path(ref).resolve().parent.name == name):
-            return s.resolve(ref).digest == inp["digest"]
-    return s.resolve(inp["ref"]).digest == inp["digest"]
 
 
 def _published(art) -> None:

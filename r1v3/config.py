@@ -24,7 +24,7 @@ import reprlib
 import types
 import typing
 from pathlib import Path
-from typing import Any, ClassVar, Literal, TypeVar, get_args, get_origin
+from typing import Any, Callable, ClassVar, Literal, Optional, TypeVar, get_args, get_origin
 
 import yaml
 
@@ -65,15 +65,32 @@ class SettingError(UserError):
 # declaring settings
 
 
+ARTIFACT_ROLES = (None, "input", "output")
+
+
 def setting(default: Any = REQUIRED, help: str = "", *, flag: str | None = None, aliases: tuple[str, ...] = (),
             ge=None, gt=None, le=None, lt=None, shown: str | None = None, metavar: str | None = None,
-            panel: str | None = None, argument: bool = False, missing: str | None = None) -> Any:
+            panel: str | None = None, argument: bool = False, missing: str | None = None,
+            result: bool = True, resumable: bool = False, artifact: str | None = None,
+            reads: Callable[[Any], dict] | None = None) -> Any:
     """A config field. `default` may be a function of the config (for a default that depends on
     other settings; `shown` then says it in the help). `flag` is the command-line name (default
     --key-with-dashes), `aliases` older spellings; ge/gt/le/lt bound a number; `missing` is the
-    error for a required setting left unset."""
+    error for a required setting left unset.
+
+    Its role, from which --resume and --reuse are derived (`resume_settings`, `reuse_settings`):
+    `result=False`: what the stage publishes does not depend on it (logging, ports, batch sizes of
+    batch-independent generation, `resume`): neither key holds it. `resumable=True`: it changes the
+    result but not the work already done (distill's `--samples`: a resumed run asks only for what is
+    missing): --reuse compares it, --resume lets it change. `artifact="input"|"output"`: the value
+    names an artifact the stage reads or publishes. `reads`: the value names files outside the store
+    (a reward file, a directory to import); `reads(value)` maps each to a content digest (None: it
+    cannot be digested, so --reuse never trusts it), and the digests join both keys."""
+    if artifact not in ARTIFACT_ROLES:
+        raise ValueError(f"artifact must be one of {ARTIFACT_ROLES}")
     meta = dict(default=default, help=help, flag=flag, aliases=tuple(aliases), ge=ge, gt=gt, le=le, lt=lt,
-                shown=shown, metavar=metavar, panel=panel, argument=argument, missing=missing)
+                shown=shown, metavar=metavar, panel=panel, argument=argument, missing=missing,
+                result=result, resumable=resumable, artifact=artifact, reads=reads)
     # the field itself defaults to None = "not given", so construction can tell what to fill
     return dataclasses.field(default=None, metadata=meta)
 
@@ -81,6 +98,11 @@ def setting(default: Any = REQUIRED, help: str = "", *, flag: str | None = None,
 def meta(f: dataclasses.Field) -> dict:
     return f.metadata if "help" in f.metadata else {"default": f.default if f.default is not REQUIRED else (
         f.default_factory() if f.default_factory is not REQUIRED else REQUIRED), "help": "", "aliases": ()}
+
+
+def default_of(cls, f: dataclasses.Field) -> Any:
+    """The default of setting `f` in stage config `cls`: the stage's DEFAULTS, else the setting's own."""
+    return getattr(cls, "DEFAULTS", {}).get(f.name, meta(f)["default"])
 
 
 def flag_of(f: dataclasses.Field) -> str:
@@ -93,6 +115,8 @@ class Settings:
 
     STAGE: ClassVar[str] = ""
     SECTIONS: ClassVar[tuple[str, ...]] = ()  # older section names still read from recipe files
+
+    DEFAULTS: ClassVar[dict] = {}  # a stage's own defaults for settings declared in a shared group
 
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(type(self))
@@ -107,7 +131,7 @@ class Settings:
             if value is None and f.name in preset:
                 value = preset[f.name]
             elif value is None:
-                default = meta(f)["default"]
+                default = default_of(type(self), f)
                 if default is REQUIRED:
                     raise UserError(f.metadata.get("missing") or
                                     f"missing required setting '{f.name}' (give {flag_of(f)} or {f.name}=...)")
@@ -115,13 +139,10 @@ class Settings:
             setattr(self, f.name, _coerce(value, hints[f.name], f))
         self.notes: list[str] = []  # what construction changed, for the CLI to say
         self.check()
+        self.reads = _digests(self)  # after check(): a setting may be normalised there
 
     def check(self) -> None:
         """Rules between settings; raise UserError naming the flags and keys."""
-
-    def resolved(self):
-        """Construction already fills and checks everything; kept for callers of the old two-step API."""
-        return self
 
     def label(self, key: str) -> str:
         """How an error names a setting: its flag and its key, e.g. '--lr (learning_rate)'."""
@@ -129,11 +150,43 @@ class Settings:
         return f"{flag_of(f)} ({key})"
 
 
+TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "trackio": "trackio", "mlflow": "mlflow"}  # name: module
+TRAIN_PANEL = "Training"
+
+
 @dataclasses.dataclass
 class TrainingSettings(Settings):
-    """The settings of the training stages (sft, rl) that mean the same in each. A dataclass lists
-    a base's fields first, so they get a help panel of their own rather than leading the options."""
+    """The settings of the training stages (sft, rl) that mean the same in each, mapped to TRL once
+    (r1v3/training.py `trl_arguments`). A stage sets its own defaults in DEFAULTS, as TRL's GRPOConfig
+    re-declares TrainingArguments' learning rate. Any other field of the stage's TRL config
+    (TRL_CONFIG) is reachable as `trl.KEY=VALUE`, or a `trl:` mapping in a recipe section, checked
+    against the installed TRL. A dataclass lists a base's fields first, so they get help panels of
+    their own rather than leading the options."""
 
+    TRL_CONFIG: ClassVar[str] = ""  # the trl class whose fields `trl` may set: SFTConfig, GRPOConfig
+
+    learning_rate: float = setting(1e-5, flag="--lr", aliases=("--learning-rate",), gt=0, panel=TRAIN_PANEL,
+                                   help="Peak learning rate.")
+    lr_scheduler: Literal["constant", "linear", "cosine", "constant_with_warmup"] = setting(
+        "constant", panel=TRAIN_PANEL, help="Learning-rate schedule after warmup.")
+    warmup_ratio: float = setting(0.0, ge=0, lt=1, panel=TRAIN_PANEL, help=(
+        "Fraction of the steps spent warming up from 0; dropped when it would cover every step "
+        "(a one-step run would train at learning rate 0)."))
+    weight_decay: float = setting(0.0, ge=0, panel=TRAIN_PANEL, help="AdamW weight decay.")
+    batch_size: int = setting(8, ge=1, panel=TRAIN_PANEL, help=(
+        "Per device and micro-step: rows (sft) or completions (rl)."))
+    grad_accum: int = setting(1, ge=1, panel=TRAIN_PANEL, help="Micro-steps per optimizer step.")
+    max_steps: Optional[int] = setting(None, ge=1, panel=TRAIN_PANEL, help=(
+        "Optimizer steps (sft: overrides --epochs; rl: the first N of the curriculum, cycling its rows)."))
+    save_steps: int = setting(50, ge=1, panel=RUN_PANEL, help="A checkpoint every N optimizer steps (and the last).")
+    logging_steps: int = setting(1, ge=1, panel=RUN_PANEL, help="Log metrics every N optimizer steps.", result=False)
+    report_to: list[Literal["tensorboard", "wandb", "trackio", "mlflow"]] = setting(
+        [], panel=RUN_PANEL, metavar="NAME,..", shown="none", result=False, help=(
+            "Also log to these trackers (tensorboard, wandb, trackio, mlflow; pip install 'r1v3[tracking]'): "
+            "run name NAME@vN; tensorboard's event files are kept in the published artifact."))
+    trl: dict[str, Any] = setting({}, panel=RUN_PANEL, metavar="KEY=VALUE", shown="none", help=(
+        "Any other field of TRL's trainer config, as trl.KEY=VALUE overrides (trl.epsilon_high=0.28) or a "
+        "`trl:` mapping in a recipe section; checked against the installed TRL, recorded in the manifest."))
     gradient_checkpointing: bool = setting(False, panel=RUN_PANEL,
                                            help="Recompute activations in the backward pass to save memory.")
     bf16: bool | None = setting(None, shown="on when CUDA supports it", panel=RUN_PANEL,
@@ -142,8 +195,41 @@ class TrainingSettings(Settings):
                                                            help="Weights dtype at load.")
     seed: int = setting(0, panel=RUN_PANEL, help="Random seed (data order and every other random draw of the run).")
     resume: bool = setting(False, panel=RUN_PANEL,
-                           help="Continue an interrupted run of the same name from its last complete checkpoint.")
-    trust_remote_code: bool = setting(False, panel=RUN_PANEL, help="Allow the model's own Python code.")
+                           help="Continue an interrupted run of the same name from its last complete checkpoint.", result=False)
+    trust_remote_code: bool = setting(False, panel=RUN_PANEL, help="Allow the model's own Python code.", result=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.trl = _trl_overrides(self.TRL_CONFIG, self.trl)
+        for tracker in self.report_to:
+            import importlib.util
+
+            if importlib.util.find_spec(TRACKERS[tracker]) is None:
+                raise UserError(f"--report-to {tracker} (report_to): the {tracker} package is not installed; "
+                                "pip install 'r1v3[tracking]'")
+
+
+def _trl_overrides(class_name: str, values: dict) -> dict:
+    """`values` checked against the installed TRL's config dataclass: each key a field of it, each value
+    coerced to the field's type. One line naming the key when not."""
+    if not values:
+        return {}
+    import trl
+
+    cls = getattr(trl, class_name)
+    fields = fields_by_name(cls)
+    try:
+        hints = typing.get_type_hints(cls)
+    except Exception:  # noqa: BLE001 - a hint TRL cannot resolve here: the value is checked when TRL builds it
+        hints = {}
+    out = {}
+    for key, value in values.items():
+        if key not in fields:
+            close = sorted(n for n in fields if n.split("_")[0] == str(key).split("_")[0])[:4]
+            raise UserError(f"trl.{excerpt(key).strip(chr(39))} is not a field of TRL {trl.__version__}'s {class_name}"
+                            + (f" (similar: {', '.join(close)})" if close else ""))
+        out[key] = _coerce(value, hints.get(key, Any), None, f"trl.{key}")
+    return out
 
 
 def fields_by_name(cls_or_obj) -> dict[str, dataclasses.Field]:
@@ -451,4 +537,80 @@ def load(
 
 
 def to_dict(cfg) -> dict:
-    return dataclasses.asdict(cfg)
+    """The settings as a manifest records them, with the content digests of the files they read."""
+    out = dataclasses.asdict(cfg)
+    if getattr(cfg, "reads", None):
+        out["reads"] = cfg.reads
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# roles: what --resume and --reuse compare, derived from each setting's declaration
+
+
+def role(f: dataclasses.Field) -> dict:
+    m = meta(f)
+    return {k: m.get(k, d) for k, d in (("result", True), ("resumable", False), ("artifact", None), ("reads", None))}
+
+
+def _digests(cfg) -> dict:
+    """{setting: {path or spec: sha256 or None}} for the settings that read files outside the store."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        reader, value = role(f)["reads"], getattr(cfg, f.name)
+        if reader is not None and value not in (None, "", []):
+            out[f.name] = reader(value)
+    return out
+
+
+def path_digests(value) -> dict:
+    """`reads` for settings naming local files or directories: {path: digest}. A file's digest is its
+    sha256; a directory's covers every file's relative path and sha256, except files over 64 MiB
+    (weights), which count by size and modification time, as `artifacts verify` skips re-hashing
+    them. A path that does not exist digests to None: the stage then says what is wrong."""
+    import hashlib
+
+    from r1v3.artifacts import QUICK_HASH_LIMIT, sha256_file
+
+    def one(path: Path) -> str | None:
+        if path.is_file():
+            return sha256_file(path)
+        if not path.is_dir():
+            return None
+        h = hashlib.sha256()
+        for p in sorted(q for q in path.rglob("*") if q.is_file()):
+            st = p.stat()
+            part = sha256_file(p) if st.st_size <= QUICK_HASH_LIMIT else f"{st.st_size}:{st.st_mtime_ns}"
+            h.update(f"{p.relative_to(path).as_posix()}\0{part}\n".encode())
+        return h.hexdigest()
+
+    values = value if isinstance(value, list) else [value]
+    return {str(v): one(Path(v)) for v in values}
+
+
+def resume_settings(cfg, **extra) -> dict:
+    """What must match for --resume to continue an interrupted run: every setting the result depends
+    on that the run's progress also depends on (not the artifact it will publish under), the digests
+    of the files it reads, and `extra` (what the stage resolves: a backend, a curriculum's order)."""
+    keep = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)
+            if (r := role(f))["result"] and not r["resumable"] and r["artifact"] != "output"}
+    return keep | ({"reads": cfg.reads} if cfg.reads else {}) | extra
+
+
+def reuse_settings(cfg) -> dict:
+    """What must match for --reuse to skip the stage: every setting the result depends on, and the
+    digests of the files it reads, as a manifest records them (`to_dict`)."""
+    recorded = to_dict(cfg)
+    fields = fields_by_name(cfg)
+    return {k: v for k, v in recorded.items() if k not in fields or role(fields[k])["result"]}
+
+
+def undigested(cfg) -> list[tuple[str, str]]:
+    """(setting, path or spec) of what a setting reads but cannot be digested: --reuse never trusts it."""
+    return [(name, spec) for name, found in cfg.reads.items() for spec, digest in found.items() if digest is None]
+
+
+def artifact_settings(cfg, which: str) -> dict[str, str]:
+    """The settings declared `artifact=which` ("input" or "output") that are set."""
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)
+            if role(f)["artifact"] == which and getattr(cfg, f.name)}

@@ -272,6 +272,22 @@ def load_custom(spec: str, *, store_root: str | os.PathLike | None = None, cwd: 
     return CustomReward(fn, spec)
 
 
+def source_digests(specs: Sequence[str]) -> dict[str, str | None]:
+    """For --resume and --reuse (`setting(reads=...)`): each custom reward's source by content. A
+    `file.py:fn` counts by the file's sha256 (not by the files it imports); a `module:fn` by nothing
+    (None): an installed module cannot be digested without importing it, so a run naming one is never
+    reused."""
+    from r1v3.artifacts import sha256_file
+
+    out: dict[str, str | None] = {}
+    for spec in specs:
+        target = str(spec).rpartition(":")[0]
+        path = Path(target)
+        out[str(spec)] = sha256_file(path) if target.endswith(".py") and not path.is_absolute() and path.is_file() \
+            else None
+    return out
+
+
 def _inside(path: Path, root: Path | None) -> bool:
     return root is not None and path.is_absolute() and path.resolve().is_relative_to(root)
 

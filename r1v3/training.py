@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from r1v3 import models, plots
+from r1v3 import config, models, plots
 from r1v3.artifacts import fsync_path
 from r1v3.errors import UserError
 
@@ -270,24 +270,97 @@ def seconds_per_step(ends: list[float]) -> float | None:
     return round(statistics.median(steps), 3) if steps else None
 
 
-def run_arguments(cfg) -> dict:
-    """The TrainingArguments every trainer stage sets the same way from its TrainingSettings."""
+def trl_arguments(cfg, output_dir: Path, **stage) -> object:
+    """The stage's TRL config (cfg.TRL_CONFIG) from its TrainingSettings, mapped here once, the
+    stage's own arguments (`stage`) and the user's `trl.KEY=VALUE` overrides. An override of an
+    argument r1v3 sets names the setting to use instead; a value TRL refuses is one line."""
     import torch
+    import trl
 
     cuda = torch.cuda.is_available()
-    return dict(
+    ours = dict(
+        output_dir=str(output_dir),
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler,
+        warmup_steps=cfg.warmup_ratio,  # transformers 5: a float below 1 is a ratio of the total steps
+        weight_decay=cfg.weight_decay,
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        max_steps=cfg.max_steps or -1,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        logging_steps=cfg.logging_steps,
+        report_to=list(cfg.report_to) or "none",
         activation_checkpointing=cfg.gradient_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
         bf16=cfg.bf16 if cfg.bf16 is not None else bool(cuda and torch.cuda.is_bf16_supported()),
         use_cpu=not cuda,
         seed=cfg.seed,
         data_seed=cfg.seed,
-        logging_steps=cfg.logging_steps,
-        save_strategy="steps",
-        report_to="none",
         disable_tqdm=True,
         dataloader_num_workers=0,
-    )
+    ) | stage
+    flags = {"learning_rate": "--lr", "lr_scheduler_type": "--lr-scheduler", "warmup_steps": "--warmup-ratio",
+             "per_device_train_batch_size": "--batch-size", "gradient_accumulation_steps": "--grad-accum",
+             "report_to": "--report-to", "activation_checkpointing": "--gradient-checkpointing"}
+    for key in cfg.trl:
+        if key in ours:
+            instead = flags.get(key) or ("--" + key.replace("_", "-") if key in config.fields_by_name(cfg) else None)
+            raise UserError(f"trl.{key}: r1v3 sets it" + (f"; give {instead} instead" if instead else
+                                                          " (it follows from other settings)"))
+    try:
+        return getattr(trl, cfg.TRL_CONFIG)(**ours, **cfg.trl)
+    except (ValueError, TypeError) as e:
+        if not cfg.trl:
+            raise
+        named = ", ".join(f"trl.{k}={v!r}" for k, v in cfg.trl.items())
+        raise UserError(f"{named}: TRL's {cfg.TRL_CONFIG} refused it: {str(e).splitlines()[0]}") from None
+
+
+TRACKING_DIR = "tensorboard"  # TensorBoard's event files: in the work directory, then in the published artifact
+
+
+def track(trainer, cfg, work: Path, store, inputs: list) -> None:
+    """Point the trackers of --report-to at this run: its name is NAME@vN, the version it is about to
+    publish; TensorBoard writes into the work directory (so a resumed run goes on in the same files,
+    and the files are published with the artifact); the resolved settings and the input artifacts are
+    logged as the run's config. W&B runs offline unless an API key is set (WANDB_MODE decides)."""
+    if not cfg.report_to:
+        return
+    from transformers import TrainerCallback
+    from transformers.integrations import MLflowCallback, TensorBoardCallback, TrackioCallback, WandbCallback
+
+    if "wandb" in cfg.report_to and "WANDB_API_KEY" not in os.environ:
+        os.environ.setdefault("WANDB_MODE", "offline")
+    trainer.args.run_name = f"{cfg.name}@v{max(store.versions(cfg.name), default=0) + 1}"
+    record = {"settings": json.loads(json.dumps(config.to_dict(cfg), default=str)),
+              "inputs": [{"ref": a.ref, "kind": a.kind, "digest": a.digest} for a in inputs]}
+    callbacks = trainer.callback_handler.callbacks
+    for cb in callbacks:
+        if isinstance(cb, TensorBoardCallback):
+            cb.logging_dir = str(work / TRACKING_DIR)
+
+    class RunConfig(TrainerCallback):
+        # after the trackers' own on_train_begin (they come first in the list), which opens their runs
+        def on_train_begin(self, args, state, control, **kwargs):
+            if not state.is_world_process_zero:
+                return
+            for cb in callbacks:
+                if isinstance(cb, TensorBoardCallback) and cb.tb_writer is not None:
+                    cb.tb_writer.add_text("r1v3", "```\n" + json.dumps(record, indent=1) + "\n```")
+                elif isinstance(cb, (WandbCallback, TrackioCallback)) and getattr(cb, "_initialized", False):
+                    tracker = cb._wandb if isinstance(cb, WandbCallback) else cb._trackio
+                    tracker.config.update({"r1v3": record}, allow_val_change=True)
+                elif isinstance(cb, MLflowCallback) and getattr(cb, "_initialized", False):
+                    cb._ml_flow.log_dict(record, "r1v3.json")
+
+    trainer.add_callback(RunConfig())
+
+
+def publish_tracking(work: Path, draft: Path) -> None:
+    """TensorBoard's event files of the run into the artifact (`tensorboard --logdir ARTIFACT/tensorboard`)."""
+    if (work / TRACKING_DIR).is_dir():
+        shutil.copytree(work / TRACKING_DIR, draft / TRACKING_DIR)
 
 
 def train(trainer, resume_from: str | None = None) -> TrainingRun:
@@ -412,6 +485,7 @@ def publish_trained_model(trainer, run: TrainingRun, store, name: str, *, stage:
         if stray or not any(draft.path.glob("*.safetensors")):
             raise RuntimeError(f"the trained model was not saved as safetensors only: {stray}")
         (draft.path / "log_history.json").write_text(json.dumps(log, indent=1) + "\n")
+        publish_tracking(work, draft.path)
         plot_loss(log, draft.path / "loss.png", title)
         draft.metrics.update(metrics)
         draft.metrics.update(

@@ -32,11 +32,11 @@ SMOL = "smol"  # --llm smol: the packaged SmolLM2 (an artifact named smol is sti
 class Config(Settings):
     STAGE = "compose"
 
-    vlm: str = setting(help="Model artifact whose vision tower and connector are kept.")
-    llm: str = setting(help=f"Text-only causal LM artifact (from import-model), or {SMOL} (SmolLM2-135M-Instruct).")
-    name: str = setting(help="Artifact name for the composed model.")
+    vlm: str = setting(help="Model artifact whose vision tower and connector are kept.", artifact="input")
+    llm: str = setting(help=f"Text-only causal LM artifact (from import-model), or {SMOL} (SmolLM2-135M-Instruct).", artifact="input")
+    name: str = setting(help="Artifact name for the composed model.", artifact="output")
     seed: int = setting(0, help="Random seed (a re-initialised connector).")
-    trust_remote_code: bool = setting(False, help="Allow the models' own Python code.")
+    trust_remote_code: bool = setting(False, help="Allow the models' own Python code.", result=False)
 
     def check(self) -> None:
         check_name(self.name)

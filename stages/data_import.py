@@ -10,7 +10,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Optional
 
-from r1v3 import data
+from r1v3 import config, data
 from r1v3.artifacts import Artifact, Store, check_name
 from r1v3.config import Settings, setting, to_dict
 
@@ -20,8 +20,8 @@ class Config(Settings):
     STAGE = "data-import"
 
     path: str = setting(argument=True, help=(
-        "A .jsonl (image paths relative to it), .parquet, or a local Hugging Face dataset directory."))
-    name: str = setting(help="Artifact name for the dataset.")
+        "A .jsonl (image paths relative to it), .parquet, or a local Hugging Face dataset directory."), reads=config.path_digests)
+    name: str = setting(help="Artifact name for the dataset.", artifact="output")
     split: Optional[str] = setting(None, help=(
         "The split to take from a multi-split source; also the name it is stored under."))
     as_split: str = setting("train", help="The split name for a single-file source.")

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
 
-from r1v3 import data, jsonl, mmmu, rewards
+from r1v3 import config, data, jsonl, mmmu, rewards
 from r1v3.artifacts import Artifact, Store, check_name
 from r1v3.config import Settings, setting, to_dict
 from r1v3.errors import UserError
@@ -33,9 +33,9 @@ PARTIAL = "responses.partial.jsonl"
 class Config(Settings):
     STAGE = "difficulty"
 
-    model: str = setting(help="Model artifact whose pass rates to measure (the policy RL will start from).")
-    data: str = setting(help="Dataset artifact of problem rows.")
-    name: str = setting(help="Name of the dataset artifact published with pass rates.")
+    model: str = setting(help="Model artifact whose pass rates to measure (the policy RL will start from).", artifact="input")
+    data: str = setting(help="Dataset artifact of problem rows.", artifact="input")
+    name: str = setting(help="Name of the dataset artifact published with pass rates.", artifact="output")
     splits: list[str] = setting([], shown="every split", help="Splits to measure; the others are published unmeasured.")
     samples: int = setting(8, ge=1, help="Answers per problem k: pass rate = right answers / k.")
     max_new_tokens: int = setting(4096, ge=1, help="Generation budget per answer (rl's default completion length).")
@@ -45,14 +45,14 @@ class Config(Settings):
     limit: Optional[int] = setting(None, ge=1, shown="all", help=(
         "Measure only the first N rows of each measured split and publish those alone (size it to the rows RL "
         "will train on)."))
-    drop_solved: bool = setting(False, help="Leave out rows every sample answered right.")
-    drop_unsolved: bool = setting(False, help="Leave out rows no sample answered right.")
+    drop_solved: bool = setting(False, help="Leave out rows every sample answered right.", resumable=True)
+    drop_unsolved: bool = setting(False, help="Leave out rows no sample answered right.", resumable=True)
     backend: Literal["auto", "transformers", "vllm"] = setting(
-        "auto", help="auto = vllm when CUDA and vLLM are present, else transformers.")
-    batch_size: int = setting(8, ge=1, help="Sequences per batch, transformers backend.")
+        "auto", help="auto = vllm when CUDA and vLLM are present, else transformers.", result=False)
+    batch_size: int = setting(8, ge=1, help="Sequences per batch, transformers backend.", result=False)
     tensor_parallel_size: int = setting(1, ge=1, help="GPUs per model, vllm backend.")
-    resume: bool = setting(False, help="Continue an interrupted run of the same name without redoing finished rows.")
-    trust_remote_code: bool = setting(False, help="Allow the model's own Python code.")
+    resume: bool = setting(False, help="Continue an interrupted run of the same name without redoing finished rows.", result=False)
+    trust_remote_code: bool = setting(False, help="Allow the model's own Python code.", result=False)
 
     def check(self) -> None:
         check_name(self.name)
@@ -87,12 +87,6 @@ def _read_partial(path: Path) -> dict[str, list[dict]]:
 
 def _has_progress(work: Path) -> bool:
     return bool(_read_partial(work / PARTIAL))
-
-
-def _settings(cfg: Config, backend: str) -> dict:
-    keep = {k: v for k, v in to_dict(cfg).items()
-            if k not in ("resume", "batch_size", "backend", "name", "drop_solved", "drop_unsolved")}
-    return dict(keep, backend=backend)
 
 
 def generate(cfg: Config, work, model: Artifact, rows: list[dict], where: str) -> tuple[dict, dict]:
@@ -135,7 +129,7 @@ def run(cfg: Config, store: Store) -> Artifact:
     rows = [r for s in measured for r in splits[s]]
     for r in rows:
         mmmu.request(r, "reasoning")  # every prompt checked before any work
-    with store.work(cfg.name, "difficulty", settings=_settings(cfg, resolve_backend(cfg.backend)),
+    with store.work(cfg.name, "difficulty", settings=config.resume_settings(cfg, backend=resolve_backend(cfg.backend)),
                     inputs={"model": model, "data": dataset}, resume=cfg.resume, has_progress=_has_progress) as work:
         done, timing = generate(cfg, work, model, rows, f"{dataset.ref} splits {', '.join(measured)}")
         return publish(cfg, store, splits, measured, done, timing, [model, dataset])

@@ -51,7 +51,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, NamedTuple, Optional
 
-from r1v3 import answers, data, jsonl, mmmu, models, plots, smol
+from r1v3 import answers, config, data, jsonl, mmmu, models, plots, smol
 from r1v3.artifacts import Artifact, Store, check_name, sha256_file
 from r1v3.config import Settings, setting, to_dict
 from r1v3.errors import NothingKept, UserError
@@ -66,9 +66,6 @@ DEFAULT_TEMPLATE = (
 )
 _FIELD = re.compile(r"\{\{|\}\}|\{([A-Za-z_]\w*)\}")
 ATTEMPTS = "attempts.jsonl"
-_GENERATION_FREE = ("name", "resume", "samples", "keep", "extend", "limit", "batch_size", "concurrency",
-                    "max_retries", "timeout", "api_key_env", "min_think_chars", "max_think_chars",
-                    "max_compression_ratio", "trust_remote_code", "tensor_parallel_size")
 
 
 @dataclass
@@ -76,14 +73,14 @@ class Config(Settings):
     STAGE = "distill"
 
     teacher: str = setting(help=f"{SMOL} (SmolLM2-135M-Instruct), a text-only model artifact, or an "
-                                "OpenAI-compatible endpoint http(s)://host:port/v1.")
-    data: str = setting(help="Problem dataset artifact; every row needs a caption (the image's text rendering).")
-    name: str = setting(help="Artifact name for the trace dataset.")
+                                "OpenAI-compatible endpoint http(s)://host:port/v1.", artifact="input")
+    data: str = setting(help="Problem dataset artifact; every row needs a caption (the image's text rendering).", artifact="input")
+    name: str = setting(help="Artifact name for the trace dataset.", artifact="output")
     teacher_model: Optional[str] = setting(None, help="Model name at the endpoint (with an http(s) --teacher).")
     split: str = setting("train", help="Dataset split to distill; the traces are published under the same split.")
-    limit: Optional[int] = setting(None, ge=1, shown="all", help="Only the first N problems, for quick checks.")
-    samples: int = setting(4, ge=1, help="Teacher outputs per problem k (rejection sampling).")
-    keep: int = setting(1, ge=1, help="At most this many verified traces per problem, shortest first.")
+    limit: Optional[int] = setting(None, ge=1, shown="all", help="Only the first N problems, for quick checks.", resumable=True)
+    samples: int = setting(4, ge=1, help="Teacher outputs per problem k (rejection sampling).", resumable=True)
+    keep: int = setting(1, ge=1, help="At most this many verified traces per problem, shortest first.", resumable=True)
     template: str = setting(DEFAULT_TEMPLATE, shown="a description-reading prompt", help=(
         "Teacher prompt; placeholders {caption}, {question}, {options} (one '(A) text' line each), "
         "{instruction} (reason, then \\boxed{} answer); {{ and }} are literal braces."))
@@ -91,24 +88,24 @@ class Config(Settings):
     temperature: float = setting(1.0, ge=0, help="Sampling temperature; 0 is greedy (then --samples 1).")
     top_p: float = setting(1.0, gt=0, le=1, help="Nucleus sampling.")
     seed: int = setting(0, help="Random seed.")
-    min_think_chars: int = setting(20, ge=1, help="Shortest reasoning kept, in characters.")
-    max_think_chars: int = setting(32000, ge=1, help="Longest reasoning kept, in characters.")
+    min_think_chars: int = setting(20, ge=1, help="Shortest reasoning kept, in characters.", resumable=True)
+    max_think_chars: int = setting(32000, ge=1, help="Longest reasoning kept, in characters.", resumable=True)
     max_compression_ratio: float = setting(4.0, gt=1, help=(
-        "Runaway-repetition filter: a reasoning whose zlib compression ratio exceeds this is rejected."))
+        "Runaway-repetition filter: a reasoning whose zlib compression ratio exceeds this is rejected."), resumable=True)
     extend: Optional[str] = setting(None, metavar="REF", help=(
         "A previous distill dataset of the same teacher, template, sampling and data: reuse its "
-        "attempts and ask only for missing samples."))
+        "attempts and ask only for missing samples."), artifact="input", resumable=True)
     backend: Literal["auto", "transformers", "vllm"] = setting(
-        "auto", help="Local teachers: auto = vllm when CUDA and vLLM are present, else transformers.")
-    batch_size: int = setting(8, ge=1, help="Sequences per batch, transformers backend.")
-    tensor_parallel_size: int = setting(1, ge=1, help="GPUs per model, vllm backend.")
+        "auto", help="Local teachers: auto = vllm when CUDA and vLLM are present, else transformers.", result=False)
+    batch_size: int = setting(8, ge=1, help="Sequences per batch, transformers backend.", result=False)
+    tensor_parallel_size: int = setting(1, ge=1, help="GPUs per model, vllm backend.", result=False)
     api_key_env: str = setting("OPENAI_API_KEY", help="Environment variable holding the endpoint's API key; "
-                                                      "empty: the endpoint takes no key.")
-    concurrency: int = setting(4, ge=1, help="HTTP teacher: calls in flight at once.")
-    max_retries: int = setting(3, ge=0, help="HTTP teacher: retries of a failed call, with back-off.")
-    timeout: float = setting(600.0, gt=0, help="HTTP teacher: seconds per call (connect and whole answer).")
-    resume: bool = setting(False, help="Continue an interrupted run of the same name without asking again.")
-    trust_remote_code: bool = setting(False, help="Allow the teacher model's own Python code.")
+                                                      "empty: the endpoint takes no key.", result=False)
+    concurrency: int = setting(4, ge=1, help="HTTP teacher: calls in flight at once.", result=False)
+    max_retries: int = setting(3, ge=0, help="HTTP teacher: retries of a failed call, with back-off.", result=False)
+    timeout: float = setting(600.0, gt=0, help="HTTP teacher: seconds per call (connect and whole answer).", result=False)
+    resume: bool = setting(False, help="Continue an interrupted run of the same name without asking again.", result=False)
+    trust_remote_code: bool = setting(False, help="Allow the teacher model's own Python code.", result=False)
 
     def check(self) -> None:
         check_name(self.name)
@@ -280,11 +277,11 @@ def resolve_teacher(cfg: Config, store: Store) -> Teacher:
                        {"file": gguf.name, "sha256": sha256_file(gguf), "backend": "transformers"}, None)
     art = store.resolve(cfg.teacher, kind="model")
     try:
-        config = models.read_config(art.path, trust_remote_code=cfg.trust_remote_code)
+        model_config = models.read_config(art.path, trust_remote_code=cfg.trust_remote_code)
     except UserError as e:
         raise UserError(f"--teacher {cfg.teacher}: {e}") from None
-    if models.is_vlm_config(config) or art.metrics.get("model_class") == "vlm":
-        raise UserError(f"--teacher {cfg.teacher}: {art.ref} is a vision-language model ({config.model_type}); "
+    if models.is_vlm_config(model_config) or art.metrics.get("model_class") == "vlm":
+        raise UserError(f"--teacher {cfg.teacher}: {art.ref} is a vision-language model ({model_config.model_type}); "
                         f"distill takes a text-only LLM (import-model of a causal LM, or {SMOL})")
     from stages.eval_mmmu import resolve_backend
 
@@ -313,7 +310,7 @@ def open_backend(cfg: Config, teacher: Teacher):
 
 def generation_settings(cfg: Config, teacher: Teacher) -> dict:
     """What decides the teacher's outputs: the resume key, and what --extend must match."""
-    return {k: v for k, v in to_dict(cfg).items() if k not in _GENERATION_FREE} | {"teacher_settings": teacher.settings}
+    return config.resume_settings(cfg, teacher_settings=teacher.settings)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -538,8 +535,8 @@ def _reasons(summary: dict) -> str:
 
 def publish(cfg: Config, store: Store, rows: list[dict], attempts: list[dict], summary: dict, settings: dict,
             inputs: list[Artifact]) -> Artifact:
-    config = to_dict(cfg) | {"generation": settings}
-    with store.publish(cfg.name, "dataset", stage="distill", config=config, inputs=inputs) as draft:
+    with store.publish(cfg.name, "dataset", stage="distill", config=to_dict(cfg) | {"generation": settings},
+                       inputs=inputs) as draft:
         data.write_splits(draft.path, {cfg.split: rows})
         (draft.path / ATTEMPTS).write_text(jsonl.lines(attempts))
         (draft.path / "report.json").write_text(json.dumps(summary, indent=2) + "\n")

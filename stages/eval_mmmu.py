@@ -34,11 +34,11 @@ class Config(Settings):
     STAGE = "eval-mmmu"
     SECTIONS = ("eval",)  # the section name of recipes written before it matched the stage name
 
-    model: Optional[str] = setting(None, help="Model artifact to evaluate.")
-    data: Optional[str] = setting(None, help="Dataset artifact (from `r1v3 data mmmu`, or any problem dataset).")
-    name: Optional[str] = setting(None, help="Eval artifact name (optional with --responses: publish only if given).")
+    model: Optional[str] = setting(None, help="Model artifact to evaluate.", artifact="input")
+    data: Optional[str] = setting(None, help="Dataset artifact (from `r1v3 data mmmu`, or any problem dataset).", artifact="input")
+    name: Optional[str] = setting(None, help="Eval artifact name (optional with --responses: publish only if given).", artifact="output")
     responses: Optional[str] = setting(
-        None, metavar="PATH", help="Re-score saved responses: <Subject>/output.json dir or one JSON list.")
+        None, metavar="PATH", help="Re-score saved responses: <Subject>/output.json dir or one JSON list.", reads=config.path_digests)
     split: str = setting("validation", help="Dataset split.")
     subjects: list[str] = setting([], shown="all in the split", help="Only these subjects, comma-separated.")
     limit: Optional[int] = setting(None, ge=1, aliases=("--n",), shown="all",
@@ -56,11 +56,11 @@ class Config(Settings):
     samples: int = setting(1, ge=1, help="Responses per item k; reports mean@k and pass@k (the paper: 5).")
     seed: int = setting(0, help="Random seed.")
     backend: Literal["auto", "transformers", "vllm"] = setting(
-        "auto", help="auto = vllm when CUDA and vLLM are present, else transformers.")
-    batch_size: int = setting(8, ge=1, help="Prompts per batch, transformers backend.")
+        "auto", help="auto = vllm when CUDA and vLLM are present, else transformers.", result=False)
+    batch_size: int = setting(8, ge=1, help="Prompts per batch, transformers backend.", result=False)
     tensor_parallel_size: int = setting(1, ge=1, help="GPUs per model, vllm backend.")
-    resume: bool = setting(False, help="Continue an interrupted eval of the same name without redoing finished items.")
-    trust_remote_code: bool = setting(False, help="Allow the model's own Python code.")
+    resume: bool = setting(False, help="Continue an interrupted eval of the same name without redoing finished items.", result=False)
+    trust_remote_code: bool = setting(False, help="Allow the model's own Python code.", result=False)
     blank_images: bool = setting(False, help=(
         "Replace every image with a white one of its size: the score without looking (a blind baseline), so a "
         "gain can be told apart from learning the answer format and the answer priors."))
@@ -105,13 +105,6 @@ def load_rows(cfg: Config, dataset: Artifact) -> list[dict]:
 
 
 PARTIAL = "predictions.partial.jsonl"  # raw responses, appended as batches finish
-
-
-def _settings(cfg: Config, backend: str) -> dict:
-    """What must match for a resumed run to continue the interrupted one (the backend too:
-    vLLM and transformers sample differently for the same seed)."""
-    keep = {k: v for k, v in to_dict(cfg).items() if k not in ("resume", "batch_size", "backend", "name")}
-    return dict(keep, backend=backend)
 
 
 def _has_progress(work: Path) -> bool:
@@ -230,7 +223,8 @@ def run(cfg: Config, store: Store) -> tuple[Optional[Artifact], dict]:
         return publish(cfg, store, predictions, samples, {}, [])
     model, dataset, rows, requests = _inputs(cfg, store)
     # the store is touched only from here; on success the work directory and its lock go
-    with store.work(cfg.name, "eval", settings=_settings(cfg, resolve_backend(cfg.backend)),
+    with store.work(cfg.name, "eval", settings=config.resume_settings(
+        cfg, backend=resolve_backend(cfg.backend)),  # vLLM and transformers sample differently for one seed
                     inputs={"model": model, "data": dataset}, resume=cfg.resume, has_progress=_has_progress) as work:
         done, timing = generate(cfg, work, model, rows, requests, f"{dataset.ref} split {cfg.split}")
         return publish(cfg, store, judge_all(rows, done, cfg.style), cfg.samples, timing, [model, dataset])

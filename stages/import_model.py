@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from r1v3 import jsonio, models
+from r1v3 import config, jsonio, models
 from r1v3.artifacts import MANIFEST, Artifact, Store, check_name
 from r1v3.config import Settings, setting, to_dict
 from r1v3.errors import UserError
@@ -35,9 +35,9 @@ DTYPE_SIZES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0
 class Config(Settings):
     STAGE = "import-model"
 
-    path: str = setting(argument=True, help="A local Hugging Face model directory (config.json + *.safetensors).")
-    name: str = setting(help="Artifact name.")
-    trust_remote_code: bool = setting(False, help="Allow the model's own Python code (recorded).")
+    path: str = setting(argument=True, help="A local Hugging Face model directory (config.json + *.safetensors).", reads=config.path_digests)
+    name: str = setting(help="Artifact name.", artifact="output")
+    trust_remote_code: bool = setting(False, help="Allow the model's own Python code (recorded).", result=False)
     # Hard links save a 70 GB copy, but the artifact then shares its bytes with the source: a
     # save_pretrained over the source rewrites them in place, unnoticed until a full verify.
     link: bool = setting(False, help=(

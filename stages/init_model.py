@@ -15,7 +15,7 @@ from r1v3.config import Settings, setting, to_dict
 class Config(Settings):
     STAGE = "init"
 
-    name: str = setting(help="Artifact name for the model.")
+    name: str = setting(help="Artifact name for the model.", artifact="output")
     model: Literal["tiny", "smol", "tiny-llm", "smol-llm"] = setting(
         "tiny", help="Which embedded model: the command (init tiny, init smol, init tiny-llm, init smol-llm).")
     family: str = setting("internvl", help=(

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
 
-from r1v3 import data, mmmu
+from r1v3 import config, data, mmmu
 from r1v3.artifacts import Artifact, Store, check_name
 from r1v3.config import Settings, setting, to_dict
 from r1v3.errors import UserError
@@ -18,9 +18,9 @@ HUB_REPO = "MMMU/MMMU"
 class Config(Settings):
     STAGE = "data-mmmu"
 
-    name: str = setting(help="Artifact name for the dataset.")
+    name: str = setting(help="Artifact name for the dataset.", artifact="output")
     path: Optional[str] = setting(None, metavar="DIR", help=(
-        "Local MMMU copy laid out as on the hub (<Subject>/<split>-*.parquet)."))
+        "Local MMMU copy laid out as on the hub (<Subject>/<split>-*.parquet)."), reads=config.path_digests)
     split: Literal["dev", "validation"] = setting("validation", help=(
         "The test split's answers are withheld by the benchmark: nothing to score."))
     subjects: list[str] = setting([], shown="all 30", help="Subject folder names or short names, comma-separated.")

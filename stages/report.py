@@ -45,7 +45,7 @@ KIND_COLOURS = {"model": "#dbeafe", "dataset": "#dcfce7", "run": "#fef3c7", "sel
 class Config(Settings):
     STAGE = "report"
 
-    ref: str = setting(argument=True, help="Artifact to report on (NAME, NAME@vN or a path); a model above all.")
+    ref: str = setting(argument=True, help="Artifact to report on (NAME, NAME@vN or a path); a model above all.", artifact="input")
     out: Optional[str] = setting(None, metavar="PATH", shown="report-<name>-v<N>.html here",
                                  help="Where to write the HTML page (a directory: the default name inside it).")
 

@@ -39,8 +39,6 @@ from r1v3.config import TrainingSettings, setting, to_dict
 from r1v3.errors import UserError
 
 PRESETS: dict[str, dict] = config.presets("rl")
-# settings that may change between a crash and --resume without changing the result
-RESUME_FREE = ("resume", "logging_steps", "vllm_server_host", "vllm_server_port")
 PRODUCT = "checkpoints"  # inside the work directory and the run artifact: checkpoints/step-K/
 COLLAPSE = ("the paper reports that RL with a frozen connector collapsed (Skywork-R1V3 section 3.4: train "
             "connector + LLM)")
@@ -54,10 +52,13 @@ def _world_size() -> int:
 @dataclass
 class Config(TrainingSettings):
     STAGE = "rl"
+    TRL_CONFIG = "GRPOConfig"
+    # the paper's learning rate 1e-5 (1e-6 is the safer choice) and constant schedule are the shared defaults
+    DEFAULTS = {"batch_size": 4, "grad_accum": 32, "save_steps": 20}
 
-    model: str = setting(help="Model artifact to train (a vision-language model, e.g. after cold-start SFT).")
-    data: str = setting(help="Dataset artifact of problem rows with answers.")
-    name: str = setting(help="Run artifact name (checkpoints, metrics, curves).")
+    model: str = setting(help="Model artifact to train (a vision-language model, e.g. after cold-start SFT).", artifact="input")
+    data: str = setting(help="Dataset artifact of problem rows with answers.", artifact="input")
+    name: str = setting(help="Run artifact name (checkpoints, metrics, curves).", artifact="output")
     preset: Optional[str] = setting(
         None, metavar="NAME", help="Start from shipped settings (r1v3/presets/rl/NAME.yaml); any setting given wins. "
         + "; ".join(f"{n}: {config.preset_summary('rl', n)}" for n in PRESETS) + ".")
@@ -75,12 +76,6 @@ class Config(TrainingSettings):
     drop_solved: bool = setting(False, panel=_CURR, help="Leave out rows every difficulty sample solved (no GRPO signal).")
     drop_unsolved: bool = setting(False, panel=_CURR, help="Leave out rows no difficulty sample solved (no GRPO signal).")
     num_generations: int = setting(32, ge=2, panel=_GRPO, help="Group size: completions per prompt (the paper: 32).")
-    learning_rate: float = setting(1e-5, flag="--lr", aliases=("--learning-rate",), gt=0, panel=_GRPO,
-                                   help="Learning rate (the paper: 1e-5; 1e-6 is the safer choice).")
-    lr_scheduler: Literal["constant", "linear", "cosine", "constant_with_warmup"] = setting(
-        "constant", panel=_GRPO, help="Learning-rate schedule.")
-    warmup_ratio: float = setting(0.0, ge=0, lt=1, panel=_GRPO, help="Fraction of the steps spent warming up.")
-    weight_decay: float = setting(0.0, ge=0, panel=_GRPO, help="AdamW weight decay.")
     epsilon: float = setting(0.2, gt=0, lt=1, panel=_GRPO, help="PPO clip range (the paper: 0.2, no clip-higher).")
     beta: float = setting(0.0, ge=0, panel=_GRPO, help="KL coefficient; 0 (the paper) builds no reference model.")
     loss_type: Literal["grpo", "dapo", "dr_grpo", "bnpo"] = setting("grpo", panel=_GRPO, help="TRL's loss_type.")
@@ -91,19 +86,13 @@ class Config(TrainingSettings):
     top_p: float = setting(1.0, gt=0, le=1, panel=_GRPO, help="Rollout nucleus sampling.")
     max_new_tokens: int = setting(4096, ge=1, panel=_LEN, help=(
         "Completion length (the paper: 4096, later 8192)."))
-    batch_size: int = setting(4, ge=1, panel=_LEN, help="Completions per device per micro-step.")
-    grad_accum: int = setting(32, ge=1, panel=_LEN, help="Micro-steps per optimizer step.")
     steps_per_generation: Optional[int] = setting(None, ge=1, panel=_LEN, shown="--grad-accum", help=(
         "Micro-steps one generation batch serves: generation batch = batch size x processes x this."))
     epochs: int = setting(1, ge=1, panel=_LEN, help="Passes over each curriculum phase's rows.")
-    max_steps: Optional[int] = setting(None, ge=1, panel=_LEN, help=(
-        "Optimizer steps: the first N of the curriculum (none/normal/pass-rate: N steps, cycling the rows)."))
-    save_steps: int = setting(20, ge=1, panel=_SAVE, help="A checkpoint in the run every N optimizer steps (and the last).")
-    logging_steps: int = setting(1, ge=1, panel=_SAVE, help="Log metrics every N optimizer steps.")
     accuracy_weight: float = setting(0.8, panel=_REWARD, help="Weight of the accuracy reward (the paper: 0.8).")
     format_weight: float = setting(0.2, panel=_REWARD, help="Weight of the format reward (the paper: 0.2).")
     reward: list[str] = setting([], panel=_REWARD, metavar="MODULE:FN", shown="none", help=(
-        "Custom rewards: package.module:function or path/file.py:function (relative, in the working directory)."))
+        "Custom rewards: package.module:function or path/file.py:function (relative, in the working directory)."), reads=rewards.source_digests)
     reward_weight: list[float] = setting([], panel=_REWARD, shown="1 each", help="Weights of the custom rewards, in order.")
     overlong_buffer: Optional[int] = setting(None, ge=1, panel=_REWARD, shown="off", help=(
         "DAPO overlong penalty over the last N tokens of --max-new-tokens (weight 1)."))
@@ -111,8 +100,8 @@ class Config(TrainingSettings):
         "Roll out with vLLM: colocate (in the training processes) or server (`trl vllm-serve`)."))
     vllm_gpu_memory_utilization: float = setting(0.3, gt=0, le=1, panel=_VLLM, help="GPU memory vLLM may take (colocate).")
     vllm_tensor_parallel_size: int = setting(1, ge=1, panel=_VLLM, help="GPUs per vLLM engine (colocate).")
-    vllm_server_host: str = setting("0.0.0.0", panel=_VLLM, help="vLLM server host (server mode).")
-    vllm_server_port: int = setting(8000, ge=1, le=65535, panel=_VLLM, help="vLLM server port (server mode).")
+    vllm_server_host: str = setting("0.0.0.0", panel=_VLLM, help="vLLM server host (server mode).", result=False)
+    vllm_server_port: int = setting(8000, ge=1, le=65535, panel=_VLLM, help="vLLM server port (server mode).", result=False)
 
     def check(self) -> None:
         check_name(self.name)
@@ -202,23 +191,13 @@ def load_rows(cfg: Config, dataset: Artifact) -> list[dict]:
 # TRL settings, rewards, callbacks
 
 
-def _settings(cfg: Config, schedule) -> dict:
-    """What must match for --resume: the settings and the curriculum's order (its fingerprint)."""
-    keep = {k: v for k, v in to_dict(cfg).items() if k not in RESUME_FREE}
-    return dict(keep, curriculum_fingerprint=schedule.fingerprint())
-
-
 def _arguments(cfg: Config, output_dir: Path, max_steps: int = 1):
     """TRL's GRPOConfig, built before the model loads (ZeRO-3 partitions the weights at load)."""
-    from trl import GRPOConfig
-
     vllm = dict(use_vllm=True, vllm_mode=cfg.vllm, vllm_gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
                 vllm_tensor_parallel_size=cfg.vllm_tensor_parallel_size, vllm_server_host=cfg.vllm_server_host,
                 vllm_server_port=cfg.vllm_server_port) if cfg.vllm else {}
-    return GRPOConfig(
-        output_dir=str(output_dir),
-        per_device_train_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.grad_accum,
+    return training.trl_arguments(
+        cfg, output_dir,
         steps_per_generation=cfg.steps_per_generation,
         num_generations=cfg.num_generations,
         num_iterations=cfg.num_iterations,
@@ -229,17 +208,11 @@ def _arguments(cfg: Config, output_dir: Path, max_steps: int = 1):
         beta=cfg.beta,
         loss_type=cfg.loss_type,
         scale_rewards=cfg.scale_rewards,
-        learning_rate=cfg.learning_rate,
-        lr_scheduler_type=cfg.lr_scheduler,
-        warmup_steps=cfg.warmup_ratio,
-        weight_decay=cfg.weight_decay,
         max_steps=max_steps,
         reward_weights=reward_weights(cfg),
         shuffle_dataset=False,  # the dataset is the curriculum's order
         ignore_data_skip=False,
-        save_steps=cfg.save_steps,
         save_total_limit=2,  # full checkpoints with optimizer state; the product copies are kept apart
-        **training.run_arguments(cfg),
         **vllm,
     )
 
@@ -400,7 +373,7 @@ def _setup(cfg: Config, store: Store):
     probe = _arguments(cfg, store.work_path(cfg.name, "rl"))  # the batch geometry the order is planned for
     schedule = _plan(cfg, probe, rows, data_art)
     total = min(cfg.max_steps or schedule.total_steps, schedule.total_steps)
-    work = store.work(cfg.name, "rl", settings=_settings(cfg, schedule), inputs=inputs,
+    work = store.work(cfg.name, "rl", settings=config.resume_settings(cfg, curriculum_fingerprint=schedule.fingerprint()), inputs=inputs,
                       resume=cfg.resume, has_progress=training.has_checkpoint)
     args = _arguments(cfg, work.path, max_steps=total)
     model, processor = models.load_model(model_art.path, trust_remote_code=cfg.trust_remote_code, dtype=cfg.dtype)
@@ -434,7 +407,7 @@ def _resume_point(cfg: Config, work) -> str | None:
     return found
 
 
-def _train(cfg: Config, work, setup: dict):
+def _train(cfg: Config, store: Store, work, setup: dict):
     from trl import GRPOTrainer
 
     args, schedule = setup["args"], setup["schedule"]
@@ -458,6 +431,7 @@ def _train(cfg: Config, work, setup: dict):
         model=setup["model"], args=args, reward_funcs=funcs, train_dataset=setup["dataset"],
         processing_class=setup["processor"],
         callbacks=_callbacks(schedule, work.path / PRODUCT, processor_dir, setup["total_steps"]))
+    training.track(trainer, cfg, work.path, store, setup["inputs"])
     run = training.train(trainer, resume_from)
     return trainer, run
 
@@ -478,7 +452,7 @@ def _run(cfg: Config, store: Store, start: float) -> Artifact:
     dist = setup["args"].distributed_state
     with work.claim(main=dist.is_main_process):
         dist.wait_for_everyone()
-        trainer, trained = _train(cfg, work, setup)
+        trainer, trained = _train(cfg, store, work, setup)
         art = publish(cfg, store, work, trainer, trained, setup, time.perf_counter() - start) if dist.is_main_process \
             else None
     dist.wait_for_everyone()
@@ -537,6 +511,7 @@ def publish(cfg: Config, store: Store, work, trainer, trained, setup: dict, seco
         # linked, not moved: a publish killed before its commit must leave the copies to --resume
         shutil.copytree(product, draft.path / PRODUCT, copy_function=_link_or_copy)
         (draft.path / "log_history.json").write_text(json.dumps(log, indent=1) + "\n")
+        training.publish_tracking(work.path, draft.path)
         (draft.path / "schedule.json").write_text(json.dumps(
             {"ids": schedule.ids, "phases": [p._asdict() for p in schedule.phases], "dropped": schedule.dropped,
              "fingerprint": schedule.fingerprint()}) + "\n")

@@ -19,8 +19,8 @@ from r1v3.errors import UserError
 class Config(Settings):
     STAGE = "rl-export"
 
-    run: str = setting(argument=True, help="Run artifact of `r1v3 rl` (NAME, NAME@vN or a path).")
-    name: str = setting(help="Name of the model artifact to publish.")
+    run: str = setting(argument=True, help="Run artifact of `r1v3 rl` (NAME, NAME@vN or a path).", artifact="input")
+    name: str = setting(help="Name of the model artifact to publish.", artifact="output")
     step: Optional[int] = setting(None, ge=1, shown="the final checkpoint", help="The checkpoint's optimizer step.")
 
     def check(self) -> None:

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
 
-from r1v3 import data, entropy, jsonl, mmmu, models, plots, rewards
+from r1v3 import config, data, entropy, jsonl, mmmu, models, plots, rewards
 from r1v3.artifacts import Artifact, Store, check_name
 from r1v3.config import Settings, setting, to_dict
 from r1v3.errors import UserError
@@ -53,11 +53,11 @@ CHECKPOINT = re.compile(r"checkpoints/step-([0-9]{1,9})/config\.json")
 class Config(Settings):
     STAGE = "select-ckpt"
 
-    run: str = setting(help="Run artifact (from `r1v3 rl`) whose checkpoints/step-K/ models are compared.")
-    probe: str = setting(help="Dataset artifact of held-out problems with images and answers.")
-    name: str = setting(help="Selection artifact name.")
+    run: str = setting(help="Run artifact (from `r1v3 rl`) whose checkpoints/step-K/ models are compared.", artifact="input")
+    probe: str = setting(help="Dataset artifact of held-out problems with images and answers.", artifact="input")
+    name: str = setting(help="Selection artifact name.", artifact="output")
     model_name: Optional[str] = setting(lambda c: f"{c.name}-model", shown="NAME-model",
-                                        help="Name of the model artifact of the chosen checkpoint.")
+                                        help="Name of the model artifact of the chosen checkpoint.", artifact="output")
     split: str = setting("validation", help="Probe split (held out from the run's training rows).")
     limit: Optional[int] = setting(None, ge=1, aliases=("--n",), shown="all", help="Only the first N probe rows.")
     base: bool = setting(False, help="Also score the run's starting model (its model input) as step 0.")
@@ -78,10 +78,10 @@ class Config(Settings):
     top_p: float = setting(1.0, gt=0, le=1, help="Nucleus sampling.")
     samples: int = setting(1, ge=1, help="Responses per probe row.")
     seed: int = setting(0, help="Random seed (per request and sample: results do not depend on batching).")
-    batch_size: int = setting(8, ge=1, help="Generated sequences per batch.")
+    batch_size: int = setting(8, ge=1, help="Generated sequences per batch.", result=False)
     force_overlap: bool = setting(False, help="Score even when probe rows are among the run's training rows.")
-    resume: bool = setting(False, help="Continue an interrupted selection of the same name; finished checkpoints are kept.")
-    trust_remote_code: bool = setting(False, help="Allow the model's own Python code.")
+    resume: bool = setting(False, help="Continue an interrupted selection of the same name; finished checkpoints are kept.", result=False)
+    trust_remote_code: bool = setting(False, help="Allow the model's own Python code.", result=False)
 
     def check(self) -> None:
         check_name(self.name)
@@ -289,10 +289,6 @@ def correlation(table: list[dict]) -> dict:
 # the run
 
 
-def _settings(cfg: Config) -> dict:
-    return {k: v for k, v in to_dict(cfg).items() if k not in ("resume", "batch_size", "name", "model_name")}
-
-
 def _done_file(work_path: Path, step: int) -> Path:
     return work_path / f"step-{step}.jsonl"
 
@@ -331,7 +327,7 @@ def run(cfg: Config, store: Store) -> tuple[Artifact, Artifact]:
     requests = [mmmu.request(r, "reasoning") for r in rows]
     weights = reward_weights(run_art)
     inputs = {"run": run_art, "probe": probe} | ({"base": ckpts[0].source} if ckpts[0].source is not run_art else {})
-    with store.work(cfg.name, "select-ckpt", settings=_settings(cfg), inputs=inputs, resume=cfg.resume,
+    with store.work(cfg.name, "select-ckpt", settings=config.resume_settings(cfg), inputs=inputs, resume=cfg.resume,
                     has_progress=_has_progress) as work:
         table, records, timing = [], [], {"checkpoints_scored": 0, "checkpoints_resumed": 0, "seconds": 0.0}
         for c in ckpts:

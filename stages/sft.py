@@ -49,19 +49,19 @@ from stages import distill
 PRESETS: dict[str, dict] = config.presets("sft")
 THINK = re.compile(r"^\s*<think>.*?</think>\s*\S", re.DOTALL)
 CHECKPOINT = re.compile(r"^checkpoint-([0-9]+)$")
-# settings that may change between a crash and --resume without changing the result
-RESUME_FREE = ("resume", "save_steps", "save_total_limit", "logging_steps")
 _TRAIN, _SCHEDULE, _SAVE = "Training", "Schedule", "Checkpoints and evaluation"
 
 
 @dataclass
 class Config(TrainingSettings):
     STAGE = "sft"
+    TRL_CONFIG = "SFTConfig"
+    DEFAULTS = {"learning_rate": 2e-5, "lr_scheduler": "cosine"}
 
     model: str = setting(help="Model artifact to fine-tune: a vision-language model, or a text-only LLM "
-                              "(a distill teacher, with --format text-rendering).")
-    data: str = setting(help="Dataset artifact: rows with `messages`, or image + caption rows with --format caption.")
-    name: str = setting(help="Artifact name for the trained model.")
+                              "(a distill teacher, with --format text-rendering).", artifact="input")
+    data: str = setting(help="Dataset artifact: rows with `messages`, or image + caption rows with --format caption.", artifact="input")
+    name: str = setting(help="Artifact name for the trained model.", artifact="output")
     preset: Optional[str] = setting(
         None, metavar="NAME",
         help="Start from shipped settings (r1v3/presets/sft/NAME.yaml); any setting given wins. "
@@ -84,28 +84,15 @@ class Config(TrainingSettings):
         "{instruction}; give distill the same --template."))
     caption_prompt: str = setting("Describe the image in detail.", help="The user turn of --format caption.")
     require_think: bool = setting(False, help="Every assistant turn must be <think>...</think> then an answer.")
-    learning_rate: float = setting(2e-5, flag="--lr", aliases=("--learning-rate",), gt=0, panel=_TRAIN,
-                                   help="Peak learning rate.")
-    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = setting(
-        "cosine", panel=_SCHEDULE, help="Learning-rate schedule after warmup.")
-    warmup_ratio: float = setting(0.0, ge=0, lt=1, panel=_SCHEDULE, help=(
-        "Fraction of the steps spent warming up from 0; dropped when it would cover every step "
-        "(a one-step run would train at learning rate 0)."))
-    weight_decay: float = setting(0.0, ge=0, panel=_TRAIN, help="AdamW weight decay.")
     epochs: float = setting(1.0, gt=0, panel=_SCHEDULE, help="Passes over the training split.")
-    max_steps: Optional[int] = setting(None, ge=1, panel=_SCHEDULE, help="Optimizer steps; overrides --epochs.")
-    batch_size: int = setting(8, ge=1, panel=_TRAIN, help="Rows per device per micro-batch.")
-    grad_accum: int = setting(1, ge=1, panel=_TRAIN, help="Micro-batches per optimizer step.")
     max_length: int = setting(16384, ge=1, panel=_TRAIN, help=(
         "Max tokens per row, image tokens included; longer rows are dropped and counted, never truncated."))
-    save_steps: int = setting(50, ge=1, panel=_SAVE, help="Checkpoint every N optimizer steps.")
     save_total_limit: int = setting(2, ge=1, panel=_SAVE, help=(
-        "Checkpoints kept; two, so one damaged by a crash has a predecessor."))
+        "Checkpoints kept; two, so one damaged by a crash has a predecessor."), result=False)
     eval_steps: Optional[int] = setting(None, ge=1, shown="save_steps", panel=_SAVE,
                                         help="Validation loss every N optimizer steps.")
     early_stopping_patience: int = setting(0, ge=0, panel=_SAVE, help=(
         "Stop after N evaluations without a lower validation loss and publish the best checkpoint; 0 = off."))
-    logging_steps: int = setting(1, ge=1, panel=_SAVE, help="Log the loss every N optimizer steps.")
 
     def check(self) -> None:
         check_name(self.name)
@@ -290,33 +277,18 @@ def to_dataset(examples: list[dict]):
 # setup -> train -> publish (the shared parts are in r1v3.training)
 
 
-def _settings(cfg: Config) -> dict:
-    """What must match for --resume to continue the interrupted run."""
-    return {k: v for k, v in to_dict(cfg).items() if k not in RESUME_FREE}
-
-
 def _arguments(cfg: Config, output_dir: Path):
     """TRL's SFTConfig. Built before the model is loaded: under DeepSpeed ZeRO-3 this makes
     from_pretrained partition the weights at load instead of materialising the whole model in
     every process."""
-    from trl import SFTConfig
-
     validate, stop_early = bool(cfg.eval_split), bool(cfg.early_stopping_patience)
-    return SFTConfig(
-        output_dir=str(output_dir),
-        per_device_train_batch_size=cfg.batch_size,
+    return training.trl_arguments(
+        cfg, output_dir,
         per_device_eval_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.grad_accum,
-        learning_rate=cfg.learning_rate,
-        lr_scheduler_type=cfg.lr_scheduler,
-        warmup_steps=cfg.warmup_ratio,  # transformers 5: a float below 1 is a ratio of the total steps
-        weight_decay=cfg.weight_decay,
         num_train_epochs=cfg.epochs,
-        max_steps=cfg.max_steps or -1,
         max_length=None,  # never truncate: rows are measured and dropped instead
         assistant_only_loss=True,  # turned off in _setup when r1v3.chat marks the assistant tokens instead
         remove_unused_columns=False,  # keeps the assistant_masks column; the rows carry nothing else unused
-        save_steps=cfg.save_steps,
         save_total_limit=cfg.save_total_limit,
         eval_strategy="steps" if validate else "no",
         eval_steps=(cfg.eval_steps or cfg.save_steps) if validate else None,
@@ -326,7 +298,6 @@ def _arguments(cfg: Config, output_dir: Path):
         prediction_loss_only=True,  # validation needs the loss only, not a second forward for the logits
         restore_callback_states_from_checkpoint=True,  # early-stopping patience survives a resume
         include_num_input_tokens_seen="non_padding",  # image tokens count, padding does not
-        **training.run_arguments(cfg),
     )
 
 
@@ -387,6 +358,7 @@ def _train_and_publish(cfg: Config, store: Store, work, setup: dict, start: floa
     )
     if setup["own_mask"] and not setup["text_only"]:  # TRL's collator (built with its pad-token setup) renders; our masks pick the labels
         trainer.data_collator = chat.OwnMaskCollator(trainer.data_collator)
+    training.track(trainer, cfg, work.path, store, setup["inputs"])
     trained = training.train(trainer, resume_from)
     # the published model's own validation loss: after early stopping, that of the best checkpoint
     final_eval = trainer.evaluate() if cfg.eval_split else {}
@@ -434,7 +406,7 @@ def _setup(cfg: Config, store: Store):
     examples = {cfg.split: load_examples(data_art, cfg.split, cfg, text_only)}
     if cfg.eval_split:
         examples[cfg.eval_split] = load_examples(data_art, cfg.eval_split, cfg, text_only)
-    work = store.work(cfg.name, "sft", settings=_settings(cfg), inputs={"model": model_art, "data": data_art},
+    work = store.work(cfg.name, "sft", settings=config.resume_settings(cfg), inputs={"model": model_art, "data": data_art},
                       resume=cfg.resume, has_progress=training.has_checkpoint)
     args = _arguments(cfg, work.path)
     if text_only:

@@ -19,7 +19,7 @@ from r1v3.errors import UserError
 class Config(Settings):
     STAGE = "synth"
 
-    name: str = setting(help="Artifact name for the dataset.")
+    name: str = setting(help="Artifact name for the dataset.", artifact="output")
     n: int = setting(500, flag="--problems", aliases=("--n",), ge=10, help=(
         "Number of problems over all splits (at least 10, to fill train/validation/test)."))
     seed: int = setting(0, help="Random seed.")

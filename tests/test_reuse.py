@@ -5,7 +5,6 @@ import json
 
 import pytest
 
-from r1v3 import cli as cli_module
 from r1v3 import config
 from stages import select_ckpt
 
@@ -105,15 +104,15 @@ def test_every_output_must_match(cli):
     with store.publish("sel-model", "model", stage="select-ckpt", config=settings, inputs=[sel]) as d:
         (d.path / "model.safetensors").write_bytes(b"not read here")
         (d.path / "config.json").write_text("{}")
-    assert [a.ref for a in cli_module._up_to_date(cfg, store)] == ["sel@v1", "sel-model@v1"]
+    assert [a.ref for a in store.up_to_date(cfg)] == ["sel@v1", "sel-model@v1"]
     with store.publish("sel", "selection", stage="select-ckpt", config=settings, inputs=[probe]) as d:
         (d.path / "selection.json").write_text("{}")
     # a newer selection whose model was never published (killed between the two): not up to date
-    assert cli_module._up_to_date(cfg, store) is None
+    assert store.up_to_date(cfg) is None
 
 
-@pytest.mark.parametrize("changed", [{"resume": True}, {"seed": 5}])
-def test_only_resume_is_ignored(store, changed):
+@pytest.mark.parametrize("changed", [{"resume": True}, {"batch_size": 3}, {"seed": 5}, {"min_positions": 3}])
+def test_only_settings_the_result_does_not_depend_on_are_ignored(store, changed):
     cfg = config.load(select_ckpt.Config, stage="select-ckpt", options={"run": "rl", "probe": "probe", "name": "sel"})
     settings = json.loads(json.dumps(config.to_dict(cfg), default=str))
     for name in ("sel", "sel-model"):
@@ -121,4 +120,46 @@ def test_only_resume_is_ignored(store, changed):
             (d.path / "f.txt").write_text(name)
     again = config.load(select_ckpt.Config, stage="select-ckpt",
                         options={"run": "rl", "probe": "probe", "name": "sel", **changed})
-    assert (cli_module._up_to_date(again, store) is not None) == ("resume" in changed)
+    assert (store.up_to_date(again) is not None) == (set(changed) <= {"resume", "batch_size"})
+
+
+# what a stage reads besides artifacts: (stage module, given settings, the file to write, its two contents)
+READS = [
+    ("stages.rl", {"model": "m", "data": "d", "name": "n", "reward": ["rw.py:fn"]}, "rw.py",
+     "def fn(prompts, completions, **kw):\n    return [0.0] * len(completions)\n",
+     "def fn(prompts, completions, **kw):\n    return [1.0] * len(completions)\n"),
+    ("stages.rl", {"model": "m", "data": "d", "name": "n", "reward": ["pkg/rw.py:fn"]}, "pkg/rw.py", "A = 1\n", "A = 2\n"),
+    ("stages.data_import", {"path": "rows.jsonl", "name": "n"}, "rows.jsonl", '{"id": "a"}\n', '{"id": "b"}\n'),
+    ("stages.import_model", {"path": "model", "name": "n"}, "model/config.json", "{}", '{"x": 1}'),
+    ("stages.mmmu_import", {"path": "mmmu", "name": "n"}, "mmmu/Math/validation.parquet", "a", "b"),
+    ("stages.eval_mmmu", {"responses": "out.json", "name": "n"}, "out.json", "[]", "[ ]"),
+]
+
+
+@pytest.mark.parametrize("module_name, given, rel, before, after", READS, ids=[f"{r[0]}:{r[2]}" for r in READS])
+def test_an_edited_file_a_stage_reads_is_not_up_to_date(store, tmp_path, monkeypatch, module_name, given, rel,
+                                                        before, after):
+    import importlib
+
+    cls = importlib.import_module(module_name).Config
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / rel).write_text(before)
+    cfg = cls(**given)
+    with store.publish("n", "selection", stage=cls.STAGE, config=json.loads(json.dumps(config.to_dict(cfg), default=str))) as d:
+        (d.path / "f.txt").write_text("x")
+    assert [a.ref for a in store.up_to_date(cls(**given))] == ["n@v1"]
+    (tmp_path / rel).write_text(after)
+    assert store.up_to_date(cls(**given)) is None
+
+
+def test_a_reward_from_an_installed_module_is_never_reused(cli):
+    from stages import rl
+
+    cfg = rl.Config(model="m", data="d", name="n", reward=["json:dumps"])
+    with cli.store.publish("n", "selection", stage="rl", config=json.loads(json.dumps(config.to_dict(cfg), default=str))) as d:
+        (d.path / "f.txt").write_text("x")
+    assert cli.store.up_to_date(cfg) is None
+    code, _, err = cli("rl", "--model", "m", "--data", "d", "--name", "n", "--reward", "json:dumps", "--reuse")
+    assert "note: --reuse cannot tell whether json:dumps (reward) changed; running the stage" in err
+    assert code == 2  # it ran: the model m does not exist
