@@ -129,8 +129,10 @@ def _parameter(cls, f, tp) -> inspect.Parameter:
                                or isinstance(default, bool) else _shown(default))
     base = {a for a in typing.get_args(tp) if a is not type(None)} or {tp}
     if m.get("argument"):
-        return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, annotation=str,
-                                 default=typer.Argument(..., help=m["help"], show_default=False))
+        many = typing.get_origin(tp) is list  # `compare A B C`
+        return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, annotation=List[str] if many else str,
+                                 default=typer.Argument(..., help=m["help"], show_default=False,
+                                                        metavar=m.get("metavar")))
     text = m["help"] + (f" (default: {shown})" if shown else "")
     common = dict(help=text.replace("[", "\\["), rich_help_panel=m.get("panel"), show_default=False)
     if base == {bool}:  # a flag takes no value; `key=false` undoes a recipe's `key: true`
@@ -184,10 +186,14 @@ def _stage_command(group: typer.Typer, name: str, module, *, doc: str, fixed: di
     params.append(inspect.Parameter("config_file", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[Path],
                                     default=typer.Option(None, "--config", "-c", metavar="YAML", help=(
                                         f"Recipe YAML: its `{cls.STAGE}:` section, or the whole file."))))
-    params.append(inspect.Parameter("overrides", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[List[str]],
-                                    default=typer.Argument(None, metavar="KEY=VALUE", show_default=False, help=(
-                                        "Dotted key=value overrides of any setting (the keys of --config), "
-                                        f"e.g. {_override_example(cls, fields)}."))))
+    # a list argument (`compare A B C`) takes every word: KEY=VALUE words among them are the overrides
+    variadic = next((f.name for f in flagged if config.meta(f).get("argument")
+                     and typing.get_origin(hints[f.name]) is list), None)
+    if variadic is None:
+        params.append(inspect.Parameter("overrides", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[List[str]],
+                                        default=typer.Argument(None, metavar="KEY=VALUE", show_default=False, help=(
+                                            "Dotted key=value overrides of any setting (the keys of --config), "
+                                            f"e.g. {_override_example(cls, fields)}."))))
     params.append(inspect.Parameter("reuse", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[bool],
                                     default=typer.Option(None, "--reuse/--no-reuse", metavar="", help=(
                                         "Skip the stage when the latest artifact of --name came from the same "
@@ -197,7 +203,11 @@ def _stage_command(group: typer.Typer, name: str, module, *, doc: str, fixed: di
 
     def command(**kw):
         STATE["started"] = time.monotonic()  # what the artifact records as its wall time
-        path, overrides, reuse = kw.pop("config_file"), kw.pop("overrides") or [], kw.pop("reuse")
+        path, overrides, reuse = kw.pop("config_file"), kw.pop("overrides", None) or [], kw.pop("reuse")
+        if variadic is not None:
+            words = kw.pop(variadic) or []
+            overrides = [w for w in words if "=" in w]
+            kw[variadic] = [w for w in words if "=" not in w]
         extras = {k: kw.pop(k) for k in extra_names}
         options = {k: ",".join(v) if isinstance(v, list) else v for k, v in kw.items()}
         conf = config.load(cls, stage=cls.STAGE, path=path, options={**options, **(fixed or {})},
@@ -437,6 +447,19 @@ stage_command("", "rl export", "stages.rl_export", doc=(
 stage_command("", "difficulty", "stages.difficulty", doc=(
     "Measure each problem's pass rate with k samples from a model; publish the dataset with pass_rate "
     "(for --drop-solved/--drop-unsolved and the pass-rate curriculum)."))
+
+
+def _report_compare(result, as_json: bool = False) -> None:
+    from stages import compare
+
+    compare.report(result, console, as_json=as_json)
+
+
+stage_command("", "compare", "stages.compare", report=_report_compare, extra=(
+    inspect.Parameter("as_json", inspect.Parameter.KEYWORD_ONLY, annotation=bool, default=typer.Option(
+        False, "--json", help="Print the figures as JSON on stdout.")),
+), doc=("Did it help, by how much, could it be noise: evals against the first on the same items, with paired "
+        "bootstrap intervals and McNemar p, overall and by subject and difficulty."))
 
 
 def _report_page(path) -> None:

@@ -190,6 +190,15 @@ class OverlongPenalty:
         return [self.penalty(len(ids)) for ids in lengths]
 
 
+def coin(prompts, completions, **_) -> list[float]:
+    """A fair coin per completion, blind to correctness: the control run of an RL experiment (a gain
+    that this reward also gives does not come from being right). Seeded by the completion's text, so a
+    resumed run scores the same completion the same."""
+    import hashlib
+
+    return [float(hashlib.sha256(completion_text(c).encode(errors="replace")).digest()[0] & 1) for c in completions]
+
+
 # --------------------------------------------------------------------------------------
 # rewards from the user's code
 # --------------------------------------------------------------------------------------
@@ -373,10 +382,11 @@ class Rewards(NamedTuple):
 
 def build(*, accuracy_weight: float = PAPER_WEIGHTS["accuracy"], format_weight: float = PAPER_WEIGHTS["format"],
           think_in_prompt: bool = False, overlong: tuple[int, int] | None = None, overlong_weight: float = 1.0,
-          custom: Sequence[tuple[str, float]] = (), store_root=None, cwd=None) -> Rewards:
+          custom: Sequence[tuple[str, float]] = (), store_root=None, cwd=None, control: bool = False) -> Rewards:
     """accuracy and format (paper weights by default), the overlong penalty when
-    `overlong=(max_len, buffer)` is given, and custom rewards as (spec, weight) pairs."""
-    funcs: list = [accuracy, FormatReward(think_in_prompt)]
+    `overlong=(max_len, buffer)` is given, and custom rewards as (spec, weight) pairs. `control`: a
+    fair `coin` takes accuracy's place and weight."""
+    funcs: list = [coin if control else accuracy, FormatReward(think_in_prompt)]
     weights = [accuracy_weight, format_weight]
     if overlong is not None:
         funcs.append(OverlongPenalty(*overlong))

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
 
-from r1v3 import config, curriculum, data, families, mmmu, models, plots, rewards, training
+from r1v3 import config, curriculum, data, entropy, families, mmmu, models, plots, rewards, training
 from r1v3.artifacts import Artifact, Store, check_name, fsync_path
 from r1v3.config import TrainingSettings, setting, to_dict
 from r1v3.errors import UserError
@@ -90,6 +90,10 @@ class Config(TrainingSettings):
         "Micro-steps one generation batch serves: generation batch = batch size x processes x this."))
     epochs: int = setting(1, ge=1, panel=_LEN, help="Passes over each curriculum phase's rows.")
     accuracy_weight: float = setting(0.8, panel=_REWARD, help="Weight of the accuracy reward (the paper: 0.8).")
+    accuracy_reward: Literal["answer", "coin"] = setting("answer", panel=_REWARD, help=(
+        "answer: 1 when the final answer is right (the paper); coin: a fair coin per completion, blind to "
+        "correctness: the control run, whose held-out accuracy should not rise (the logged accuracy stays the "
+        "answer's)."))
     format_weight: float = setting(0.2, panel=_REWARD, help="Weight of the format reward (the paper: 0.2).")
     reward: list[str] = setting([], panel=_REWARD, metavar="MODULE:FN", shown="none", help=(
         "Custom rewards: package.module:function or path/file.py:function (relative, in the working directory)."), reads=rewards.source_digests)
@@ -161,7 +165,7 @@ def example(row: dict, where: str) -> dict:
         raise UserError(f"{where} row {row['id']}: no answer; GRPO's accuracy reward needs each row's gold answer")
     message, images = mmmu.user_message(row, "reasoning")
     message["content"] = [dict(IMAGE_PART) if p["type"] == "image" else p for p in message["content"]]
-    return {"prompt": [message], "images": images, "id": row["id"],
+    return {"prompt": [message], "images": images, "id": row["id"], "difficulty": row.get("difficulty") or "",
             "answer": row["answer"], "question_type": row["question_type"], "options": list(row["options"])}
 
 
@@ -173,6 +177,7 @@ def to_dataset(examples: list[dict]):
             {"type": datasets.Value("string"), "text": datasets.Value("string")})}),
         "images": datasets.List(datasets.Image()),
         "id": datasets.Value("string"),
+        "difficulty": datasets.Value("string"),
         "answer": datasets.Value("string"),
         "question_type": datasets.Value("string"),
         "options": datasets.List(datasets.Value("string")),
@@ -227,9 +232,62 @@ def build_rewards(cfg: Config, store: Store, think_in_prompt: bool) -> rewards.R
     built = rewards.build(
         accuracy_weight=cfg.accuracy_weight, format_weight=cfg.format_weight, think_in_prompt=think_in_prompt,
         overlong=(cfg.max_new_tokens, min(cfg.overlong_buffer, cfg.max_new_tokens)) if cfg.overlong_buffer else None,
-        custom=list(zip(cfg.reward, cfg.reward_weight or [1.0] * len(cfg.reward))), store_root=store.root)
+        custom=list(zip(cfg.reward, cfg.reward_weight or [1.0] * len(cfg.reward))), store_root=store.root,
+        control=cfg.accuracy_reward == "coin")
     assert built.weights == reward_weights(cfg), "the weights handed to GRPOConfig follow build()'s order"
     return built
+
+
+CRITICAL = re.compile(r"\b(?:" + "|".join(entropy.DEFAULT_WORDS) + r")\b")
+
+
+class StepStats:
+    """What the trainer's own logs leave out, per logged step: the answer's accuracy by difficulty
+    level (also under the coin control, where the reward is blind to it) and how often completions say
+    a critical word (Wait, Alternatively, Hmm: what select-ckpt's entropy needs, and what GRPO may drive
+    out). Fed by the first reward function's calls, which see every completion with its row's columns;
+    under several processes each logs its own share."""
+
+    def __init__(self):
+        self.correct: dict[str, list[float]] = {}
+        self.critical: list[int] = []
+
+    def wrap(self, funcs: list) -> list:
+        first = funcs[0]
+
+        def observed(prompts, completions, **kwargs):
+            out = first(prompts=prompts, completions=completions, **kwargs)
+            right = out if first.__name__ == "accuracy" else rewards.accuracy(prompts, completions, **kwargs)
+            for level, value in zip(kwargs.get("difficulty") or [""] * len(completions), right):
+                if value is not None:
+                    self.correct.setdefault(level or "unlabelled", []).append(value)
+                    self.correct.setdefault("all", []).append(value)
+            self.critical.extend(len(CRITICAL.findall(rewards.completion_text(c))) for c in completions)
+            return out
+
+        observed.__name__ = first.__name__  # TRL logs rewards/<name>/mean
+        return [observed, *funcs[1:]]
+
+    def callback(self):
+        from transformers import TrainerCallback
+
+        stats = self
+
+        class Logged(TrainerCallback):
+            def on_log(self, args, state, control, logs=None, **kwargs):
+                if logs is None or "reward" not in logs:
+                    return
+                extra = {f"accuracy/{level}": round(sum(v) / len(v), 6) for level, v in stats.correct.items() if v}
+                if stats.critical:
+                    extra["completions/critical_words"] = round(sum(stats.critical) / len(stats.critical), 6)
+                    extra["completions/with_critical_word"] = round(
+                        sum(n > 0 for n in stats.critical) / len(stats.critical), 6)
+                stats.correct, stats.critical = {}, []
+                logs.update(extra)
+                if state.log_history and state.log_history[-1].get("step") == state.global_step:
+                    state.log_history[-1].update(extra)  # Trainer appended its copy of `logs` before this call
+
+        return Logged()
 
 
 class FirstBatch:
@@ -426,11 +484,12 @@ def _train(cfg: Config, store: Store, work, setup: dict):
         if resume_from:
             print(f"resuming {cfg.name!r} from {Path(resume_from).name}")
     args.distributed_state.wait_for_everyone()
-    funcs = FirstBatch(setup["rewards"], show=main and not resume_from).wrap()
+    stats = StepStats()
+    funcs = stats.wrap(FirstBatch(setup["rewards"], show=main and not resume_from).wrap())
     trainer = training.trainer_class(GRPOTrainer)(
         model=setup["model"], args=args, reward_funcs=funcs, train_dataset=setup["dataset"],
         processing_class=setup["processor"],
-        callbacks=_callbacks(schedule, work.path / PRODUCT, processor_dir, setup["total_steps"]))
+        callbacks=[stats.callback(), *_callbacks(schedule, work.path / PRODUCT, processor_dir, setup["total_steps"])])
     training.track(trainer, cfg, work.path, store, setup["inputs"])
     run = training.train(trainer, resume_from)
     return trainer, run
@@ -463,18 +522,35 @@ def _run(cfg: Config, store: Store, start: float) -> Artifact:
 # the run artifact
 
 
-CURVES = (("reward", "reward"), ("rewards/accuracy/mean", "accuracy"), ("completions/mean_length", "completion length"),
-          ("entropy", "policy entropy"))
+# each panel: its title and the logged series it draws (several get a legend)
+CURVES = (("reward", ("reward",)), ("answer accuracy by level", ("accuracy/all", "accuracy/normal", "accuracy/hard")),
+          ("groups whose rewards are all equal (no gradient)", ("frac_reward_zero_std",)),
+          ("completion length (tokens)", ("completions/mean_length",)), ("policy entropy", ("entropy",)),
+          ("critical words per completion", ("completions/critical_words",)))
 STEP_METRICS = ("reward", "reward_std", "completions/mean_length", "entropy", "clip_ratio/region_mean",
-                "clip_ratio/low_mean", "clip_ratio/high_mean", "frac_reward_zero_std", "loss", "grad_norm")
+                "clip_ratio/low_mean", "clip_ratio/high_mean", "frac_reward_zero_std", "loss", "grad_norm",
+                "completions/critical_words", "completions/with_critical_word")
+COLOURS = ("#4c72b0", "#55a868", "#c44e52")
 
 
 def plot_curves(log: list[dict], phases, path: Path, title: str) -> None:
-    with plots.figure(path, nrows=2, ncols=2, figsize=(10, 6), sharex=True) as (fig, axes):
-        for ax, (key, label) in zip(axes.flat, CURVES):
-            points = [(h["step"], h[key]) for h in log if isinstance(h.get(key), (int, float))]
-            if points:
-                ax.plot(*zip(*points), color="#4c72b0", lw=1.2)
+    with plots.figure(path, nrows=2, ncols=3, figsize=(13, 6.5), sharex=True) as (fig, axes):
+        for ax, (label, keys) in zip(axes.flat, CURVES):
+            drawn = 0
+            for key, colour in zip(keys, COLOURS):
+                points = [(h["step"], h[key]) for h in log if isinstance(h.get(key), (int, float))]
+                if points:
+                    # a few prompts a step make each step noisy: the raw values faint, a running mean over
+                    # an eighth of the run drawn over them
+                    steps, values = zip(*points)
+                    w = max(1, len(values) // 8)
+                    mean = [sum(values[max(0, i - w + 1):i + 1]) / len(values[max(0, i - w + 1):i + 1])
+                            for i in range(len(values))]
+                    ax.plot(steps, values, color=colour, lw=0.8, alpha=0.35)
+                    ax.plot(steps, mean, color=colour, lw=1.6, label=key.rpartition("/")[2])
+                    drawn += 1
+            if drawn > 1:
+                ax.legend(fontsize=7, loc="best")
             for phase in phases[1:]:
                 ax.axvline(phase.first_step + 0.5, color="#dd8452", ls="--", lw=1)
                 ax.text(phase.first_step + 0.5, 1, f" {phase.name}", transform=ax.get_xaxis_transform(), va="top",
@@ -490,7 +566,8 @@ def _phase_metrics(log: list[dict], schedule) -> dict:
     out = {}
     for p in schedule.phases:
         entries = [h for h in log if h.get("curriculum/phase") == p.name and "reward" in h]
-        keys = sorted({k for h in entries for k in h if k == "reward" or (k.startswith("rewards/") and k.endswith("/mean"))})
+        keys = sorted({k for h in entries for k in h if k == "reward" or k.startswith("accuracy/")
+                       or (k.startswith("rewards/") and k.endswith("/mean"))})
         out[p.name] = {"first_step": p.first_step + 1, "steps": p.steps, "prompts": p.rows} | {
             f"mean {k}": round(sum(h[k] for h in entries if h.get(k) is not None)
                                / max(1, sum(h.get(k) is not None for h in entries)), 6) for k in keys}
@@ -520,7 +597,7 @@ def publish(cfg: Config, store: Store, work, trainer, trained, setup: dict, seco
         draft.metrics.update(
             checkpoints=[{"step": s, "path": f"{PRODUCT}/step-{s}", "phase": per_step[s].get("phase")}
                          | {k: per_step[s][k] for k in STEP_METRICS if k in per_step[s]}
-                         | {k: v for k, v in per_step[s].items() if k.startswith("rewards/")} for s in steps],
+                         | {k: v for k, v in per_step[s].items() if k.startswith(("rewards/", "accuracy/"))} for s in steps],
             final_checkpoint=f"{PRODUCT}/step-{trainer.state.global_step}",
             steps=trainer.state.global_step,
             curriculum=cfg.curriculum,

@@ -286,3 +286,25 @@ def test_grpo_raises_the_expected_reward(ready, tmp_path):
 
     before, after = expected_reward("tiny"), expected_reward("climbed")
     assert after > before + 0.05 and after > 1.5 * before, (before, after)
+
+
+def test_steps_log_accuracy_by_level_and_critical_words_and_the_coin_control(ready, tmp_path):
+    """Each logged step carries the answer's accuracy per difficulty level and the critical words per
+    completion; under --accuracy-reward coin the reward is a coin (rewards/coin/mean), blind to the
+    answer, while accuracy/* still measures the answer."""
+    common = [*SMALL[:-4], "--data", "probs", "--max-steps", "2", "--save-steps", "2"]
+    assert ready("rl", *common, "--name", "plain")[0] == 0
+    for c in ready.store.resolve("plain").metrics["checkpoints"]:
+        assert {"accuracy/all", "completions/critical_words", "completions/with_critical_word"} <= set(c), sorted(c)
+        assert {k for k in c if k.startswith("accuracy/")} <= {"accuracy/all", "accuracy/normal", "accuracy/hard"}
+    code, _, err = ready("rl", *common, "--accuracy-reward", "coin", "--name", "control")
+    assert code == 0, err
+    log = json.loads(ready.store.resolve("control").file("log_history.json").read_text())
+    steps = [h for h in log if "reward" in h]
+    assert steps and all("rewards/coin/mean" in h and "rewards/accuracy/mean" not in h and "accuracy/all" in h
+                         for h in steps)
+    from r1v3 import rewards
+
+    flips = rewards.coin(None, [[{"role": "assistant", "content": f"answer {i}"}] for i in range(200)])
+    assert set(flips) == {0.0, 1.0} and 70 < sum(flips) < 130  # fair, and the same completion scores the same
+    assert flips == rewards.coin(None, [[{"role": "assistant", "content": f"answer {i}"}] for i in range(200)])

@@ -27,6 +27,7 @@ GIVEN = {
     "stages.distill": {"teacher": "t", "data": "d", "name": "n"},
     "stages.select_ckpt": {"run": "r", "probe": "p", "name": "n"},
     "stages.compose": {"vlm": "v", "llm": "l", "name": "n"},
+    "stages.compare": {"evals": ["a", "b"]},
     "stages.data_import": {"path": "rows.jsonl", "name": "n"},
     "stages.import_model": {"path": "model-dir", "name": "n"},
     "stages.init_model": {"model": "tiny", "name": "n"},
