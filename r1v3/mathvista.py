@@ -41,6 +41,7 @@ METADATA_KEYS = BREAKDOWN[2:]
 # fields show it): re-scoring those files reproduces their scores only with this rule.
 INTEGER_RULES = ("float", "int")
 JSON_KEYS = ("overall", "average", *BREAKDOWN, "parse_failures", "samples")  # what `--json` prints
+GROUPS = (("task", "task"), *((k, k.replace("_", " ")) for k in BREAKDOWN if k != "task"))  # chart: by task
 
 _FORMAT = {  # what the reasoning prompt asks to put in \boxed{}, by answer type
     "integer": "an integer",
@@ -189,6 +190,11 @@ def import_local(path, split: str = "testmini") -> list[dict]:
     if not rows:
         raise UserError(f"{root}: split {split!r} is empty")
     return rows
+
+
+def subject_name(name: str) -> str:
+    """A row's subject is its task ("geometry problem solving"), named as the metadata names it."""
+    return name
 
 
 def _meta(row: dict) -> dict:
@@ -407,12 +413,6 @@ def aggregate(records: Sequence[dict]) -> dict:
         scores[key] = dict(sorted(table.items(), key=lambda item: item[1]["accuracy"], reverse=True))
     scores["parse_failures"] = {"n": failures, "rate": failures / total if total else 0.0}
     return scores
-
-
-def breakdown(scores: dict) -> list[tuple[str, dict]]:
-    """The per-category tables as (label, {name: {"acc", "n"}}), the chart's first."""
-    return [(key, {name: {"acc": g["accuracy"], "n": g["total"]} for name, g in scores[key].items()})
-            for key in ("task", *[k for k in BREAKDOWN if k != "task"]) if isinstance(scores.get(key), dict)]
 
 
 def print_scores(scores: dict, console) -> None:
