@@ -426,3 +426,18 @@ def test_eval_mathvista_refuses_rows_of_another_benchmark(ready):
     code, _, err = ready("data", "mathvista", "--from-hub", "--name", "m")  # tests run offline
     assert code == 2 and "cannot download AI4Math/MathVista@main" in err
     assert [a.name for a in ready.store.list() if a.kind == "eval"] == []
+
+
+def test_each_benchmark_shows_its_own_breakdown():
+    from r1v3 import benchmarks, mmmu
+
+    scores = mathvista.aggregate(_records([True, False, True, False, True]))
+    tables = benchmarks.groups(benchmarks.of_stage("eval-mathvista"), scores)
+    assert [label for label, _ in tables] == ["task", *[k.replace("_", " ") for k in mathvista.BREAKDOWN if k != "task"]]
+    assert tables[0][1]["math word problem"] == (0.5, 2)
+    mmmu_scores = {"disciplines": {}, "subjects": {"Art": {"acc": 0.5, "n": 2}}}
+    assert benchmarks.groups(benchmarks.of_stage("eval-mmmu"), mmmu_scores) == [("subject / task", {"Art": (0.5, 2)})]
+    assert benchmarks.of_stage("anything else") is mmmu and benchmarks.of_stage(None) is mmmu
+    # a scores file is anyone's text: what is not a table is left out
+    assert benchmarks.groups(mathvista, {"task": ["x"], "skills": {"a": 3, "b": {"accuracy": 1.0}}}) == [
+        ("skills", {"b": (1.0, None)})]
