@@ -25,7 +25,6 @@ from r1v3.config import Settings, setting, to_dict
 from r1v3.errors import UserError
 
 PAPER_BUDGET = 16384  # R1V3's MMMU setting for the think template
-OFFICIAL_BUDGET = mmmu.OFFICIAL_BUDGET
 
 
 @dataclass
@@ -51,7 +50,7 @@ class Config(Settings):
         help="official: the benchmark's prompt; reasoning: <think> + \\boxed{}.")
     max_new_tokens: int = setting(
         lambda c: PAPER_BUDGET if c.style == "reasoning" else c.benchmark().OFFICIAL_BUDGET, ge=1,
-        shown=f"{PAPER_BUDGET} reasoning, {OFFICIAL_BUDGET} official", help="Generation budget per response.")
+        shown=f"{PAPER_BUDGET} reasoning, {mmmu.OFFICIAL_BUDGET} official", help="Generation budget per response.")
     temperature: float = setting(
         lambda c: 1.0 if c.style == "reasoning" else 0.0, ge=0, shown="1.0 reasoning (the paper), 0 official",
         help="Sampling temperature; 0 is greedy.")
@@ -247,10 +246,10 @@ def run(cfg: Config, store: Store) -> tuple[Optional[Artifact], dict]:
         predictions = bench.judge_responses(bench.load_responses(cfg.responses), cfg.style, **cfg.scoring())
         samples = max(p["sample"] for p in predictions) + 1
         return publish(cfg, store, predictions, samples, {}, [])
-    model, dataset, rows, requests = _inputs(cfg, store)
-    # the store is touched only from here; on success the work directory and its lock go
     from r1v3.generation import resolve_backend
 
+    model, dataset, rows, requests = _inputs(cfg, store)
+    # the store is touched only from here; on success the work directory and its lock go
     with store.work(cfg.name, "eval", settings=_settings(cfg, resolve_backend(cfg.backend)),
                     inputs={"model": model, "data": dataset}, resume=cfg.resume, has_progress=_has_progress) as work:
         done, timing = generate(cfg, work, model, rows, requests, f"{dataset.ref} split {cfg.split}")

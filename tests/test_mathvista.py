@@ -353,7 +353,7 @@ def test_rescoring_responses_without_extraction_uses_our_rules(tmp_path):
     ({"response": 3}, "problem 0 (pid 1): needs 'extraction', or 'response' as a string"),
 ])
 def test_bad_saved_responses_are_one_line(tmp_path, change, message):
-    problem = {k: v for k, v in dict(problems()[0], response="B").items()}
+    problem = dict(problems()[0], response="B")
     problem.update(change)
     path = tmp_path / "out.json"
     path.write_text(json.dumps({"1": problem}))
