@@ -13,6 +13,7 @@ scorer); `Config` is `eval mmmu`'s, `MathVistaConfig` `eval mathvista`'s. Two mo
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass
@@ -93,6 +94,12 @@ class Config(Settings):
         return {}
 
 
+def _retold(name: str, **changes):
+    """Config's setting `name` with other help, default or shown text: everything else it declares stays."""
+    f = Config.__dataclass_fields__[name]
+    return dataclasses.field(default=f.default, metadata={**f.metadata, **changes})
+
+
 @dataclass
 class MathVistaConfig(Config):
     """`r1v3 eval mathvista`: the same stage on MathVista rows, scored by the official calculate_score.py."""
@@ -102,16 +109,14 @@ class MathVistaConfig(Config):
     BENCHMARK: ClassVar[str] = "mathvista"
     RESCORING: ClassVar[tuple[str, ...]] = (*Config.RESCORING, "integer_answers")
 
-    data: Optional[str] = setting(None, help="Dataset artifact (from `r1v3 data mathvista`).")
-    responses: Optional[str] = setting(None, metavar="PATH", help=(
+    data: Optional[str] = _retold("data", help="Dataset artifact (from `r1v3 data mathvista`).")
+    responses: Optional[str] = _retold("responses", help=(
         "Re-score saved responses: the official output JSON (pid -> problem); an `extraction` field is scored "
         "as the official script scores it, else the response is read by our rules."))
-    split: str = setting("testmini", help="Dataset split.")
-    subjects: list[str] = setting([], shown="all in the split", help=(
+    split: str = _retold("split", default="testmini")
+    subjects: list[str] = _retold("subjects", help=(
         "Only these tasks (MathVista's metadata task, e.g. 'geometry problem solving'), comma-separated."))
-    max_new_tokens: int = setting(
-        lambda c: PAPER_BUDGET if c.style == "reasoning" else c.benchmark().OFFICIAL_BUDGET, ge=1,
-        shown=f"{PAPER_BUDGET} reasoning, {mathvista.OFFICIAL_BUDGET} official", help="Generation budget per response.")
+    max_new_tokens: int = _retold("max_new_tokens", shown=f"{PAPER_BUDGET} reasoning, {mathvista.OFFICIAL_BUDGET} official")
     integer_answers: Literal["float", "int"] = setting("float", help=(
         "How the official scorer reads an integer answer: float = int(float(x)), calculate_score.py as published "
         "('1.5' counts as 1); int = int(x) ('1.5' is no answer), the scorer that wrote most of the repository's "
