@@ -173,10 +173,12 @@ def _build_stage(name: str, module_name: str, options: dict):
 
 
 def _stage_command(group: typer.Typer, name: str, module, *, doc: str, fixed: dict | None = None,
-                   hide: tuple[str, ...] = (), extra: tuple[inspect.Parameter, ...] = (), report=None) -> None:
-    """Register `name` on `group`: its options are the fields of module.Config (less `fixed` and
-    `hide`), plus --config, key=value overrides and `extra`; `report(result, **extra)` prints the result."""
-    cls = module.Config
+                   hide: tuple[str, ...] = (), extra: tuple[inspect.Parameter, ...] = (), report=None,
+                   config_class: str = "Config") -> None:
+    """Register `name` on `group`: its options are the fields of the module's `config_class` (less
+    `fixed` and `hide`), plus --config, key=value overrides and `extra`; `report(result, **extra)`
+    prints the result."""
+    cls = getattr(module, config_class)
     hints = typing.get_type_hints(cls)
     fields = [f for f in dataclasses.fields(cls) if f.name not in (fixed or {}) and f.name not in hide]
     # a mapping (rl's and sft's `trl`) is set by dotted overrides, trl.KEY=VALUE, not by one flag
@@ -323,59 +325,36 @@ def data_show(
 
 stage_command("data", "mmmu", "stages.mmmu_import",
               doc="Import MMMU (all images in order, <image N> placeholders mapped) as a dataset artifact.")
+stage_command("data", "mathvista", "stages.mathvista_import",
+              doc="Import MathVista testmini (its answer types, precisions and metadata kept for the official scorer).")
 
 
 eval_app = typer.Typer(help="Evaluate models on benchmarks.", no_args_is_help=True, cls=_Group)
 app.add_typer(eval_app, name="eval")
 
 
-def _report_eval(result, as_json: bool) -> None:
+def _report_eval(benchmark: str, result, as_json: bool) -> None:
+    from r1v3 import benchmarks
+
+    bench = benchmarks.get(benchmark)
     art, scores = result  # scores without an artifact: --responses without --name publishes nothing
     if as_json:
-        keys = ("overall", "disciplines", "subjects", "parse_failures", "samples")
-        print(json.dumps({k: scores[k] for k in keys} | {k: v for k, v in scores.items() if "@" in k}, indent=2))
+        print(json.dumps({k: scores[k] for k in bench.JSON_KEYS} | {k: v for k, v in scores.items() if "@" in k},
+                         indent=2))
         return
-    print_scores(scores)
+    bench.print_scores(scores, console)
     if art is not None:
         console.print(f"[green]published[/green] {art.ref} (eval) at {art.path}")
 
 
-stage_command("eval", "mmmu", "stages.eval_mmmu", report=_report_eval, extra=(
-    inspect.Parameter("as_json", inspect.Parameter.KEYWORD_ONLY, annotation=bool, default=typer.Option(
-        False, "--json", help="Print the scores as JSON on stdout.")),
-), doc="MMMU accuracy by the official rules: per subject, per discipline, overall (weighted by items).")
-
-
-def print_scores(scores: dict) -> None:
-    title = {
-        "official": "MMMU accuracy: official rules, weighted by items",
-        "reasoning": "MMMU accuracy: answer after </think> (last \\boxed{}, else a stated answer, else the official parse); "
-                     "official judgments, open answers also by numeric/symbolic equivalence; weighted by items",
-    }.get(scores.get("style"), "MMMU accuracy, weighted by items")
-    table = Table(title=title)
-    table.add_column("discipline / subject")
-    table.add_column("n", justify="right")
-    table.add_column("acc %", justify="right")
-    from r1v3 import mmmu
-
-    shown = set()
-    for discipline, d in scores["disciplines"].items():
-        table.add_row(f"[bold]{discipline}[/bold]", str(d["n"]), f"{100 * d['acc']:.1f}")
-        for subject in mmmu.DISCIPLINES[discipline]:
-            if subject in scores["subjects"]:
-                s = scores["subjects"][subject]
-                shown.add(subject)
-                table.add_row(f"  {subject}", str(s["n"]), f"{100 * s['acc']:.1f}")
-    for subject, s in scores["subjects"].items():
-        if subject not in shown:
-            table.add_row(subject or "(no subject)", str(s["n"]), f"{100 * s['acc']:.1f}")
-    o = scores["overall"]
-    table.add_row("[bold]Overall[/bold]", str(o["n"]), f"[bold]{100 * o['acc']:.1f}[/bold]")
-    console.print(table)
-    k = scores.get("samples", 1)
-    pf = scores["parse_failures"]
-    extra = f"  mean@{k} {100 * scores[f'mean@{k}']:.1f}  pass@{k} {100 * scores[f'pass@{k}']:.1f}" if k > 1 else ""
-    console.print(f"parse failures: {pf['n']} ({100 * pf['rate']:.1f}%){extra}")
+_EVAL_JSON = (inspect.Parameter("as_json", inspect.Parameter.KEYWORD_ONLY, annotation=bool, default=typer.Option(
+    False, "--json", help="Print the scores as JSON on stdout.")),)
+stage_command("eval", "mmmu", "stages.evaluate", report=functools.partial(_report_eval, "mmmu"), extra=_EVAL_JSON,
+              doc="MMMU accuracy by the official rules: per subject, per discipline, overall (weighted by items).")
+stage_command("eval", "mathvista", "stages.evaluate", config_class="MathVistaConfig",
+              report=functools.partial(_report_eval, "mathvista"), extra=_EVAL_JSON, doc=(
+                  "MathVista accuracy by the official calculate_score.py: overall and per question type, answer type, "
+                  "language, source, category, task, context, grade and skill."))
 
 
 # ---- training --------------------------------------------------------------------------------

@@ -14,6 +14,9 @@ A problem row is a plain dict with exactly the keys of FEATURES, in that order:
     source        str
     caption       str, a text rendering of the image(s) for text-only teachers
     messages      list of {"role", "content"} (SFT data), else []
+    meta          dict: a benchmark's own fields the columns above have no place for (MathVista's
+                  answer_type, precision and metadata), kept so its official scorer can read them;
+                  {} for others. Stored as JSON text.
 
 Every loader returns list[dict] of such rows (not a datasets.Dataset): images are decoded and
 validated at load time, so a broken file fails with its file/row/key before any training
@@ -25,6 +28,7 @@ images embedded as PNG bytes (an artifact directory also holds manifest.json).
 
 import ast
 import io
+import json
 import math
 import os
 import re
@@ -53,6 +57,7 @@ FEATURES = Features({
     "source": Value("string"),
     "caption": Value("string"),
     "messages": List({"role": Value("string"), "content": Value("string")}),
+    "meta": Value("string"),
 })
 KEYS = tuple(FEATURES)
 REQUIRED = ("id", "images", "question", "options", "answer", "question_type")
@@ -169,6 +174,23 @@ def _messages(value, where):
                             f"expected one of {', '.join(ROLES)}")
         out.append({"role": m["role"], "content": m["content"]})
     return out
+
+
+def _meta(value, where):
+    if value is None or value == "":
+        return {}
+    if isinstance(value, str):
+        value = jsonio.loads(value, f"{where}: field 'meta'")
+    if not isinstance(value, dict):
+        raise UserError(f"{where}: field 'meta' must be an object of a benchmark's fields, got {type(value).__name__}")
+    try:  # a copy that is plain JSON, as it will be stored and read back
+        return json.loads(_meta_text(value))
+    except (TypeError, ValueError, RecursionError) as e:
+        raise UserError(f"{where}: field 'meta' is not JSON data: {_one_line(e)}") from None
+
+
+def _meta_text(meta):
+    return json.dumps(meta, sort_keys=True, ensure_ascii=False, allow_nan=False)
 
 
 def _resolve_path(path, k, where, base_dir):
@@ -332,6 +354,7 @@ def normalize_row(row, where, base_dir=None):
     out["source"] = _string(row, "source", where, default="")
     out["caption"] = _string(row, "caption", where, default="")
     out["messages"] = _messages(row.get("messages"), where)
+    out["meta"] = _meta(row.get("meta"), where)
     return out
 
 
@@ -500,6 +523,7 @@ def png_bytes(img):
 def _arrow_row(row):
     out = dict(row)
     out["images"] = [{"bytes": png_bytes(img), "path": None} for img in row["images"]]
+    out["meta"] = _meta_text(row.get("meta") or {})
     return out
 
 

@@ -908,3 +908,23 @@ def make_backend(
     if torch.cuda.is_available():
         model = model.to("cuda")
     return TransformersBackend(model, processor, batch_size=batch_size, progress=progress)
+
+
+def resolve_backend(name: str) -> str:
+    """`auto` resolved, so a resumed run is keyed on the backend that sampled (they differ per seed)."""
+    if name != "auto":
+        return name
+    return "vllm" if torch.cuda.is_available() and vllm_available() else "transformers"
+
+
+def open_backend(cfg, model, rows: list[dict], where: str) -> Backend:
+    """The generation backend of a generating stage's settings (backend, batch_size,
+    tensor_parallel_size, trust_remote_code) on the model artifact `model`, once every row's
+    images are checked against its processor."""
+    from r1v3 import data
+
+    vllm = {"tensor_parallel_size": cfg.tensor_parallel_size} if cfg.tensor_parallel_size > 1 else {}
+    backend = make_backend(cfg.backend, model.path, batch_size=cfg.batch_size,
+                           trust_remote_code=cfg.trust_remote_code, **vllm)
+    data.check_images(rows, getattr(backend, "processor", None), where)
+    return backend

@@ -48,7 +48,11 @@ SHORT_NAMES = {
     "pub_health": "Public_Health", "socio": "Sociology",
 }
 
+NAME = "MMMU"
 STYLES = ("official", "reasoning")
+OFFICIAL_BUDGET = 128  # direct answers are a letter or a short phrase
+GROUPS = (("disciplines", "discipline"), ("subjects", "subject / task"))
+JSON_KEYS = ("overall", "disciplines", "subjects", "parse_failures", "samples")
 MC_INSTRUCTION = "Answer with the option's letter from the given choices directly."
 OPEN_INSTRUCTION = "Answer the question using a single word or phrase."
 REASONING_MC_INSTRUCTION = (
@@ -377,6 +381,39 @@ def aggregate(judged_rows: Sequence[dict]) -> dict:
     }
 
 
+def print_scores(scores: dict, console) -> None:
+    from rich.table import Table
+
+    title = {
+        "official": "MMMU accuracy: official rules, weighted by items",
+        "reasoning": "MMMU accuracy: answer after </think> (last \\boxed{}, else a stated answer, else the official parse); "
+                     "official judgments, open answers also by numeric/symbolic equivalence; weighted by items",
+    }.get(scores.get("style"), "MMMU accuracy, weighted by items")
+    table = Table(title=title)
+    table.add_column("discipline / subject")
+    table.add_column("n", justify="right")
+    table.add_column("acc %", justify="right")
+    shown = set()
+    for discipline, d in scores["disciplines"].items():
+        table.add_row(f"[bold]{discipline}[/bold]", str(d["n"]), f"{100 * d['acc']:.1f}")
+        for subject in DISCIPLINES[discipline]:
+            if subject in scores["subjects"]:
+                s = scores["subjects"][subject]
+                shown.add(subject)
+                table.add_row(f"  {subject}", str(s["n"]), f"{100 * s['acc']:.1f}")
+    for subject, s in scores["subjects"].items():
+        if subject not in shown:
+            table.add_row(subject or "(no subject)", str(s["n"]), f"{100 * s['acc']:.1f}")
+    o = scores["overall"]
+    table.add_row("[bold]Overall[/bold]", str(o["n"]), f"[bold]{100 * o['acc']:.1f}[/bold]")
+    console.print(table)
+    k = scores.get("samples", 1)
+    pf = scores["parse_failures"]
+    extra = f"  mean@{k} {100 * scores[f'mean@{k}']:.1f}  pass@{k} {100 * scores[f'pass@{k}']:.1f}" if k > 1 else ""
+    console.print(f"parse failures: {pf['n']} ({100 * pf['rate']:.1f}%){extra}")
+
+
+# mean@k and pass@k read only ids and `correct`: every benchmark's records use them
 def _by_item(judged_rows: Sequence[dict]) -> dict:
     items: dict = defaultdict(list)
     for row in judged_rows:

@@ -390,6 +390,7 @@ def _rows(n, seed, size, combos):
             "source": "synthetic",
             "caption": caption,
             "messages": [],
+            "meta": {},
         }
 
 

@@ -24,7 +24,6 @@ from r1v3 import config, data, jsonl, mmmu, rewards
 from r1v3.artifacts import Artifact, Store, check_name
 from r1v3.config import Settings, setting, to_dict
 from r1v3.errors import UserError
-from stages.eval_mmmu import open_backend, resolve_backend
 
 PARTIAL = "responses.partial.jsonl"
 
@@ -91,7 +90,7 @@ def _has_progress(work: Path) -> bool:
 
 def generate(cfg: Config, work, model: Artifact, rows: list[dict], where: str) -> tuple[dict, dict]:
     """Samples by row id (an interrupted run's included on resume) and timing."""
-    from r1v3.generation import Sampling
+    from r1v3.generation import Sampling, open_backend
 
     partial = work.path / PARTIAL
     done = _read_partial(partial) if work.resumed else {}
@@ -123,6 +122,8 @@ def judge(row: dict, samples: list[dict]) -> list[bool]:
 
 
 def run(cfg: Config, store: Store) -> Artifact:
+    from r1v3.generation import resolve_backend
+
     model = store.resolve(cfg.model, kind="model")
     dataset = store.resolve(cfg.data, kind="dataset")
     splits, measured = _rows(cfg, dataset)

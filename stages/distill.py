@@ -283,7 +283,7 @@ def resolve_teacher(cfg: Config, store: Store) -> Teacher:
     if models.is_vlm_config(model_config) or art.metrics.get("model_class") == "vlm":
         raise UserError(f"--teacher {cfg.teacher}: {art.ref} is a vision-language model ({model_config.model_type}); "
                         f"distill takes a text-only LLM (import-model of a causal LM, or {SMOL})")
-    from stages.eval_mmmu import resolve_backend
+    from r1v3.generation import resolve_backend
 
     return Teacher(art.ref, {"backend": resolve_backend(cfg.backend)}, art)
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from r1v3 import __version__, jsonio
+from r1v3 import __version__, benchmarks, jsonio
 from r1v3.artifacts import Artifact, Store, clip, write_atomic
 from r1v3.config import Settings, setting
 from r1v3.errors import UserError
@@ -384,18 +384,17 @@ def _eval_row(j: int, ev: Artifact, scores: Optional[dict], why: str) -> str:
 
 def _eval_detail(j: int, ev: Artifact, scores: Optional[dict]) -> str:
     tables = []
-    for key, label in (("disciplines", "discipline"), ("subjects", "subject / task")):
-        group = scores.get(key) if scores else None
-        if isinstance(group, dict) and group:
-            body = "".join(f"<tr><td>{esc(name or '(none)')}</td><td>{esc(g.get('n', '?'))}</td>"
-                           f"<td>{_pct(g.get('acc'))}</td></tr>" for name, g in list(group.items())[:MAX_KEYS]
-                           if isinstance(g, dict))
-            tables.append(f'<table class="grid"><tr><th>{label}</th><th>n</th><th>accuracy</th></tr>{body}</table>')
+    bench = benchmarks.of_stage(ev.manifest.get("stage"))
+    # each benchmark's own breakdown (MMMU: discipline, subject; MathVista: task, skill, ...)
+    for label, group in benchmarks.groups(bench, scores or {}):
+        body = "".join(f"<tr><td>{esc(name or '(none)')}</td><td>{esc('?' if n is None else n)}</td>"
+                       f"<td>{_pct(acc)}</td></tr>" for name, (acc, n) in list(group.items())[:MAX_KEYS])
+        tables.append(f'<table class="grid"><tr><th>{esc(label)}</th><th>n</th><th>accuracy</th></tr>{body}</table>')
     extra = {k: v for k, v in (scores or {}).items() if "@" in k}
     k_line = f"<p>{esc(', '.join(f'{k} {_pct(v)}' for k, v in extra.items()))}</p>" if len(extra) > 1 else ""
     config = ev.manifest.get("config") or {}
     settings = f"<details><summary>settings ({len(config)})</summary>{kv_table(config)}</details>" if config else ""
-    return (f'<details id="eval-{j}" open><summary>{esc(ev.ref)}: per subject</summary>{k_line}'
+    return (f'<details id="eval-{j}" open><summary>{esc(ev.ref)}: {esc(bench.NAME)} per category</summary>{k_line}'
             f'<div class="cols">{"".join(tables)}</div>{images_html(ev)}{settings}</details>')
 
 

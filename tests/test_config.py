@@ -87,7 +87,7 @@ def test_float_spellings_in_yaml_overrides_and_options(tmp_path, text, value):
 @pytest.mark.parametrize("yaml_text,override,option", [(".nan", "nan", "nan"), (".inf", "inf", "inf"),
                                                        ("-.inf", "-inf", "-Infinity"), ("1e999", "1e999", "1e400")])
 def test_non_finite_floats_refused_from_every_source(tmp_path, yaml_text, override, option):
-    from stages import eval_mmmu, sft
+    from stages import evaluate, sft
 
     base = {"name": "n", "model": "m", "data": "d", "trainable": "llm"}
     p = tmp_path / "r.yaml"
@@ -101,17 +101,17 @@ def test_non_finite_floats_refused_from_every_source(tmp_path, yaml_text, overri
     with pytest.raises(UserError, match="epochs must be a finite number"):
         sft.Config(**base, epochs=float(yaml_text.replace(".", "")))
     with pytest.raises(UserError, match="temperature must be a finite number"):
-        eval_mmmu.Config(model="m", data="d", name="e", temperature=override)
+        evaluate.Config(model="m", data="d", name="e", temperature=override)
 
 
 def test_every_float_setting_of_every_stage_is_checked_finite():
     import dataclasses
     import typing
 
-    from stages import compose, data_import, eval_mmmu, import_model, init_model, mmmu_import, sft, synth
+    from stages import compose, data_import, evaluate, import_model, init_model, mathvista_import, mmmu_import, sft, synth
 
     floats = 0
-    for module in (compose, data_import, eval_mmmu, import_model, init_model, mmmu_import, sft, synth):
+    for module in (compose, data_import, evaluate, import_model, init_model, mathvista_import, mmmu_import, sft, synth):
         hints = typing.get_type_hints(module.Config)
         for f in dataclasses.fields(module.Config):
             if float in (hints[f.name], *typing.get_args(hints[f.name])):
@@ -185,23 +185,23 @@ def test_warmup_covering_every_step_is_dropped():
 
 
 def test_configs_are_complete_and_checked_on_construction():
-    from stages import eval_mmmu, sft, synth
+    from stages import evaluate, sft, synth
 
     with pytest.raises(UserError, match="say what to train"):
         sft.Config(name="n", model="m", data="d")
     with pytest.raises(UserError, match="n must be at least 10"):
         synth.Config(name="x", n=3)
-    cfg = eval_mmmu.Config(responses="r.json")
+    cfg = evaluate.Config(responses="r.json")
     assert (cfg.style, cfg.max_new_tokens, cfg.temperature) == ("official", 128, 0.0)
     with pytest.raises(UserError, match="samples do not apply"):
-        eval_mmmu.Config(responses="r.json", samples=3)
+        evaluate.Config(responses="r.json", samples=3)
     assert sft.Config(name="n", model="m", data="d", trainable="connector,llm").trainable == "connector+llm"
 
 
 def test_eval_reads_its_stage_section_and_the_older_one(tmp_path):
-    from stages import eval_mmmu
+    from stages import evaluate
 
     for section in ("eval-mmmu", "eval"):
         p = tmp_path / f"{section}.yaml"
         p.write_text(f"{section}:\n  style: reasoning\nsft:\n  style: official\n")
-        assert config.load(eval_mmmu.Config, path=p, options={"responses": "r.json"}).style == "reasoning"
+        assert config.load(evaluate.Config, path=p, options={"responses": "r.json"}).style == "reasoning"

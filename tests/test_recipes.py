@@ -167,10 +167,10 @@ def test_recipe_sections_are_valid_settings(recipe):
 
 
 def test_r1v3_38b_paper_numbers_and_launch():
-    from stages import eval_mmmu, rl, sft
+    from stages import evaluate, rl, sft
 
     base = REPO / "recipes" / "r1v3-38b"
-    ev = config.load(eval_mmmu.Config, stage="eval-mmmu", path=base / "recipe.yaml", options=required(eval_mmmu.Config))
+    ev = config.load(evaluate.Config, stage="eval-mmmu", path=base / "recipe.yaml", options=required(evaluate.Config))
     assert (ev.style, ev.max_new_tokens, ev.temperature, ev.samples, ev.split) == \
         ("reasoning", 16384, 1.0, 5, "validation")
     script = (base / "run.sh").read_text()

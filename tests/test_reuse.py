@@ -132,7 +132,7 @@ READS = [
     ("stages.data_import", {"path": "rows.jsonl", "name": "n"}, "rows.jsonl", '{"id": "a"}\n', '{"id": "b"}\n'),
     ("stages.import_model", {"path": "model", "name": "n"}, "model/config.json", "{}", '{"x": 1}'),
     ("stages.mmmu_import", {"path": "mmmu", "name": "n"}, "mmmu/Math/validation.parquet", "a", "b"),
-    ("stages.eval_mmmu", {"responses": "out.json", "name": "n"}, "out.json", "[]", "[ ]"),
+    ("stages.evaluate", {"responses": "out.json", "name": "n"}, "out.json", "[]", "[ ]"),
 ]
 
 

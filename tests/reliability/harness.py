@@ -110,7 +110,7 @@ STAGES = {
             ("mid-generation, killed twice", [["--kill", "r1v3.mmmu:judge@6"]] * 2, False),
             ("resume killed while saving its state",
              [["--kill", "r1v3.mmmu:judge@10"], ["--kill-open", "r1v3-run.json@1"]], False),
-            ("publish: draft half written", ["--kill", "stages.eval_mmmu:chart"], False),
+            ("publish: draft half written", ["--kill", "stages.evaluate:chart"], False),
             (*FSYNC, False), (*RENAME, True), (*AFTER_RENAME, False),
         ],
         resumable=True, needs_store=True, resume_metric="items_resumed",

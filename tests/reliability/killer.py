@@ -101,7 +101,7 @@ class _TornFile:
 
 
 def install_torn(nth: int) -> None:
-    import stages.eval_mmmu as stage
+    import stages.evaluate as stage
 
     def torn_open(file, mode="r", *args, **kwargs):
         f = builtins.open(file, mode, *args, **kwargs)

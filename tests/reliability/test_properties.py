@@ -158,7 +158,7 @@ def test_response_files_only_raise_user_errors(value):
 @FAST
 @given(st.binary(max_size=2000))
 def test_resume_reads_any_work_file(blob):
-    from stages.eval_mmmu import _read_partial
+    from stages.evaluate import _read_partial
 
     path = _STORE.parent / "partial.jsonl"
     path.write_bytes(blob)

@@ -91,12 +91,12 @@ def test_empty_store_variable_is_refused_not_the_current_directory(tmp_path, mon
 
 def test_lists_take_commas_everywhere_and_repeats_as_well(cli):
     from r1v3 import config
-    from stages import eval_mmmu, synth
+    from stages import evaluate, synth
 
     code, _, err = cli("data", "synth", "--name", "s", "--problems", "20", "--tasks", "color", "--tasks", "counting,chart")
     assert code == 0, err
     assert cli.store.resolve("s").manifest["config"]["tasks"] == ["color", "counting", "chart"]
-    cfg = config.load(eval_mmmu.Config, options={"model": "m", "data": "d", "name": "e", "subjects": "Art,Math"})
+    cfg = config.load(evaluate.Config, options={"model": "m", "data": "d", "name": "e", "subjects": "Art,Math"})
     assert cfg.subjects == ["Art", "Math"]
     assert config.load(synth.Config, options={"name": "s"}, overrides=["tasks=[color, chart]"]).tasks == ["color", "chart"]
 

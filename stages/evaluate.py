@@ -1,30 +1,31 @@
-"""`r1v3 eval mmmu`: generate answers to problem rows and score them by the official MMMU rules.
+"""`r1v3 eval BENCHMARK`: generate answers to a benchmark's rows and score them by its official rules.
 
-Two modes:
+The stage is the same for every benchmark (r1v3/benchmarks.py: a module with its rows, prompts and
+scorer); `Config` is `eval mmmu`'s, `MathVistaConfig` `eval mathvista`'s. Two modes:
 - model mode (`--model REF --data REF`): prompts every row, generates `samples` responses each,
   judges them, and publishes an eval artifact (predictions.jsonl, scores.json, chart.png).
   Responses are appended to a work file as batches finish; `--resume` continues from it.
-- responses mode (`--responses PATH`): re-scores saved responses in the official output
-  layout without a model.
+- responses mode (`--responses PATH`): re-scores saved responses in the benchmark's official
+  output layout without a model.
 
-Works on any problem dataset: subjects outside MMMU's 30 count per subject and overall.
+`eval mmmu` works on any problem dataset: subjects outside MMMU's 30 count per subject and overall.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Optional
+from typing import ClassVar, Literal, Optional
 
-from r1v3 import config, data, jsonl, mmmu, models, plots
+from r1v3 import benchmarks, config, data, jsonl, mathvista, mmmu, models, plots
 from r1v3.artifacts import Artifact, Store, check_name
 from r1v3.config import Settings, setting, to_dict
 from r1v3.errors import UserError
 
 PAPER_BUDGET = 16384  # R1V3's MMMU setting for the think template
-OFFICIAL_BUDGET = 128  # direct answers are a letter or a short phrase
 
 
 @dataclass
@@ -33,6 +34,8 @@ class Config(Settings):
 
     STAGE = "eval-mmmu"
     SECTIONS = ("eval",)  # the section name of recipes written before it matched the stage name
+    BENCHMARK: ClassVar[str] = "mmmu"
+    RESCORING: ClassVar[tuple[str, ...]] = ("responses", "name", "style")  # the settings --responses takes
 
     model: Optional[str] = setting(None, help="Model artifact to evaluate.", artifact="input")
     data: Optional[str] = setting(None, help="Dataset artifact (from `r1v3 data mmmu`, or any problem dataset).", artifact="input")
@@ -47,8 +50,8 @@ class Config(Settings):
         lambda c: "official" if c.responses else "reasoning", shown="reasoning; official with --responses",
         help="official: the benchmark's prompt; reasoning: <think> + \\boxed{}.")
     max_new_tokens: int = setting(
-        lambda c: PAPER_BUDGET if c.style == "reasoning" else OFFICIAL_BUDGET, ge=1,
-        shown=f"{PAPER_BUDGET} reasoning, {OFFICIAL_BUDGET} official", help="Generation budget per response.")
+        lambda c: PAPER_BUDGET if c.style == "reasoning" else c.benchmark().OFFICIAL_BUDGET, ge=1,
+        shown=f"{PAPER_BUDGET} reasoning, {mmmu.OFFICIAL_BUDGET} official", help="Generation budget per response.")
     temperature: float = setting(
         lambda c: 1.0 if c.style == "reasoning" else 0.0, ge=0, shown="1.0 reasoning (the paper), 0 official",
         help="Sampling temperature; 0 is greedy.")
@@ -70,7 +73,7 @@ class Config(Settings):
             check_name(self.name)
         if self.responses:
             fields = config.fields_by_name(self)
-            ignored = [k for k in fields if k in self._given and k not in ("responses", "name", "style")
+            ignored = [k for k in fields if k in self._given and k not in self.RESCORING
                        and (callable(d := fields[k].metadata["default"]) or getattr(self, k) != d)]
             if ignored:
                 raise UserError(f"--responses re-scores saved responses: {', '.join(ignored)} do not apply to it")
@@ -82,6 +85,46 @@ class Config(Settings):
         if self.samples > 1 and self.temperature == 0:
             raise UserError("--samples > 1 with --temperature 0 gives k identical greedy answers; set temperature > 0")
 
+    @classmethod
+    def benchmark(cls):
+        return benchmarks.get(cls.BENCHMARK)
+
+    def scoring(self) -> dict:
+        """The benchmark's own scoring options (judge's keyword arguments)."""
+        return {}
+
+
+def _retold(name: str, **changes):
+    """Config's setting `name` with other help, default or shown text: everything else it declares stays."""
+    f = Config.__dataclass_fields__[name]
+    return dataclasses.field(default=f.default, metadata={**f.metadata, **changes})
+
+
+@dataclass
+class MathVistaConfig(Config):
+    """`r1v3 eval mathvista`: the same stage on MathVista rows, scored by the official calculate_score.py."""
+
+    STAGE = "eval-mathvista"
+    SECTIONS = ()
+    BENCHMARK: ClassVar[str] = "mathvista"
+    RESCORING: ClassVar[tuple[str, ...]] = (*Config.RESCORING, "integer_answers")
+
+    data: Optional[str] = _retold("data", help="Dataset artifact (from `r1v3 data mathvista`).")
+    responses: Optional[str] = _retold("responses", help=(
+        "Re-score saved responses: the official output JSON (pid -> problem); an `extraction` field is scored "
+        "as the official script scores it, else the response is read by our rules."))
+    split: str = _retold("split", default="testmini")
+    subjects: list[str] = _retold("subjects", help=(
+        "Only these tasks (MathVista's metadata task, e.g. 'geometry problem solving'), comma-separated."))
+    max_new_tokens: int = _retold("max_new_tokens", shown=f"{PAPER_BUDGET} reasoning, {mathvista.OFFICIAL_BUDGET} official")
+    integer_answers: Literal["float", "int"] = setting("float", help=(
+        "How the official scorer reads an integer answer: float = int(float(x)), calculate_score.py as published "
+        "('1.5' counts as 1); int = int(x) ('1.5' is no answer), the scorer that wrote most of the repository's "
+        "results/ scores."))
+
+    def scoring(self) -> dict:
+        return {"integer": self.integer_answers}
+
 
 def load_rows(cfg: Config, dataset: Artifact) -> list[dict]:
     rows = data.load_split(dataset, cfg.split)
@@ -89,7 +132,7 @@ def load_rows(cfg: Config, dataset: Artifact) -> list[dict]:
         present = {r["subject"] for r in rows}
         wanted = set()
         for s in cfg.subjects:
-            name = s if s in present else mmmu.subject_name(s)
+            name = s if s in present else cfg.benchmark().subject_name(s)
             if name not in present:
                 raise UserError(f"{dataset.ref} [{cfg.split}]: no rows of subject {name!r}")
             wanted.add(name)
@@ -120,35 +163,12 @@ def _read_partial(path: Path) -> dict[str, dict]:
     return {rec["id"]: rec for rec in jsonl.read(path, _is_response_record)}
 
 
-def resolve_backend(name: str) -> str:
-    """`auto` resolved, so a resumed run is keyed on the backend that sampled (they differ per seed)."""
-    if name != "auto":
-        return name
-    import torch
-
-    from r1v3.generation import vllm_available
-
-    return "vllm" if torch.cuda.is_available() and vllm_available() else "transformers"
-
-
-def open_backend(cfg, model: Artifact, rows: list[dict], where: str):
-    """The generation backend of eval's (or difficulty's) settings on `model`, once every row's
-    images are checked against its processor."""
-    from r1v3.generation import make_backend
-
-    vllm = {"tensor_parallel_size": cfg.tensor_parallel_size} if cfg.tensor_parallel_size > 1 else {}
-    backend = make_backend(cfg.backend, model.path, batch_size=cfg.batch_size,
-                           trust_remote_code=cfg.trust_remote_code, **vllm)
-    data.check_images(rows, getattr(backend, "processor", None), where)
-    return backend
-
-
 def _inputs(cfg: Config, store: Store) -> tuple[Artifact, Artifact, list[dict], list]:
     model = store.resolve(cfg.model, kind="model")
     dataset = store.resolve(cfg.data, kind="dataset")
-    models.vlm_config(model.path, model.ref, "eval mmmu")
+    models.vlm_config(model.path, model.ref, f"eval {cfg.BENCHMARK}")
     rows = load_rows(cfg, dataset)
-    requests = [mmmu.request(r, cfg.style) for r in rows]  # every prompt checked before any work
+    requests = [cfg.benchmark().request(r, cfg.style) for r in rows]  # every prompt checked before any work
     return model, dataset, rows, requests
 
 
@@ -156,7 +176,7 @@ def generate(cfg: Config, work, model: Artifact, rows: list[dict], requests: lis
              where: str) -> tuple[dict[str, dict], dict]:
     """Responses by request id, the interrupted run's included when `work` resumed it; and timing.
     `where` names the rows in errors (dataset and split)."""
-    from r1v3.generation import Sampling
+    from r1v3.generation import Sampling, open_backend
 
     partial = work.path / PARTIAL
     done = _read_partial(partial) if work.resumed else {}
@@ -183,16 +203,18 @@ def generate(cfg: Config, work, model: Artifact, rows: list[dict], requests: lis
     return done, timing
 
 
-def judge_all(rows: list[dict], done: dict[str, dict], style: str) -> list[dict]:
+def judge_all(cfg: Config, rows: list[dict], done: dict[str, dict]) -> list[dict]:
+    judge, options = cfg.benchmark().judge, cfg.scoring()
     return [
-        mmmu.judge(r, s["response"], style) | {"sample": i, "n_tokens": s["n_tokens"], "finish_reason": s["finish_reason"]}
+        judge(r, s["response"], cfg.style, **options)
+        | {"sample": i, "n_tokens": s["n_tokens"], "finish_reason": s["finish_reason"]}
         for r in rows
         for i, s in enumerate(done[r["id"]]["samples"])
     ]
 
 
-def scores_for(predictions: list[dict], samples: int) -> dict:
-    scores = mmmu.aggregate(predictions)
+def scores_for(benchmark, predictions: list[dict], samples: int) -> dict:
+    scores = benchmark.aggregate(predictions)
     runs = {}
     for p in predictions:
         runs.setdefault(p.get("sample", 0), []).append(bool(p["correct"]))
@@ -203,10 +225,10 @@ def scores_for(predictions: list[dict], samples: int) -> dict:
     return scores
 
 
-def chart(scores: dict, path: Path, title: str) -> None:
-    groups = scores["disciplines"] or scores["subjects"]
+def chart(benchmark, scores: dict, path: Path, title: str) -> None:
+    groups = (benchmarks.groups(benchmark, scores) or [("", {})])[0][1]
     names = list(groups) + ["Overall"]
-    accs = [groups[n]["acc"] * 100 for n in groups] + [scores["overall"]["acc"] * 100]
+    accs = [groups[n][0] * 100 for n in groups] + [scores["overall"]["acc"] * 100]
     with plots.figure(path, figsize=(8, 0.45 * len(names) + 1.2)) as (fig, ax):
         bars = ax.barh(names[::-1], accs[::-1], color=["#444"] + ["#4c72b0"] * (len(names) - 1))
         for bar, acc in zip(bars, accs[::-1]):
@@ -217,29 +239,32 @@ def chart(scores: dict, path: Path, title: str) -> None:
 
 
 def run(cfg: Config, store: Store) -> tuple[Optional[Artifact], dict]:
+    bench = cfg.benchmark()
     if cfg.responses:
-        predictions = mmmu.judge_responses(mmmu.load_responses(cfg.responses), cfg.style)
+        predictions = bench.judge_responses(bench.load_responses(cfg.responses), cfg.style, **cfg.scoring())
         samples = max(p["sample"] for p in predictions) + 1
         return publish(cfg, store, predictions, samples, {}, [])
+    from r1v3.generation import resolve_backend
+
     model, dataset, rows, requests = _inputs(cfg, store)
     # the store is touched only from here; on success the work directory and its lock go
     with store.work(cfg.name, "eval", settings=config.resume_settings(
         cfg, backend=resolve_backend(cfg.backend)),  # vLLM and transformers sample differently for one seed
                     inputs={"model": model, "data": dataset}, resume=cfg.resume, has_progress=_has_progress) as work:
         done, timing = generate(cfg, work, model, rows, requests, f"{dataset.ref} split {cfg.split}")
-        return publish(cfg, store, judge_all(rows, done, cfg.style), cfg.samples, timing, [model, dataset])
+        return publish(cfg, store, judge_all(cfg, rows, done), cfg.samples, timing, [model, dataset])
 
 
 def publish(cfg: Config, store: Store, predictions: list[dict], samples: int, timing: dict,
             inputs: list[Artifact]) -> tuple[Optional[Artifact], dict]:
-    scores = scores_for(predictions, samples)
+    scores = scores_for(cfg.benchmark(), predictions, samples)
     scores["style"] = cfg.style
     if not cfg.name:
         return None, scores
-    with store.publish(cfg.name, "eval", stage="eval-mmmu", config=to_dict(cfg), inputs=inputs) as draft:
+    with store.publish(cfg.name, "eval", stage=cfg.STAGE, config=to_dict(cfg), inputs=inputs) as draft:
         (draft.path / "predictions.jsonl").write_text(jsonl.lines(predictions))
         (draft.path / "scores.json").write_text(json.dumps(scores, indent=2) + "\n")
-        chart(scores, draft.path / "chart.png", f"{cfg.name}: {cfg.style}, {samples} sample(s), n={scores['overall']['n']}")
+        chart(cfg.benchmark(), scores, draft.path / "chart.png", f"{cfg.name}: {cfg.style}, {samples} sample(s), n={scores['overall']['n']}")
         draft.metrics.update(
             acc=scores["overall"]["acc"], n=scores["overall"]["n"],
             parse_failure_rate=scores["parse_failures"]["rate"], **timing,
