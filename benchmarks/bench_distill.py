@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import torch  # noqa: E402
 import transformers as tf  # noqa: E402
 
-from r1v3 import models, synthetic  # noqa: E402
+from r1v3 import models, prompts, synthetic  # noqa: E402
 from r1v3.generation import Request, Sampling, TransformersBackend  # noqa: E402
 from stages import distill  # noqa: E402
 
@@ -62,7 +62,7 @@ def main() -> None:
     torch.set_num_threads(1)
     model, tok = tiny_teacher()
     rows = [r for split in synthetic.generate(max(args.problems, 10), seed=0).values() for r in split][: args.problems]
-    requests = [Request(r["id"], [{"role": "user", "content": distill.teacher_prompt(r, distill.DEFAULT_TEMPLATE)}])
+    requests = [Request(r["id"], [{"role": "user", "content": prompts.teacher_prompt(r)}])
                 for r in rows]
     sampling = Sampling(max_new_tokens=args.max_new_tokens, temperature=1.0, n=args.samples, seed=0)
     single, t1 = run(model, tok, requests, sampling, 1)

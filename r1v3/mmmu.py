@@ -15,6 +15,9 @@ from pathlib import Path
 from typing import Sequence
 
 from r1v3 import answers, data, jsonio
+# the benchmark's prompts: the official wording and the reasoning (think + \\boxed{}) one every stage trains and asks with
+from r1v3.prompts import (MC_INSTRUCTION, OPEN_INSTRUCTION, REASONING_MC_INSTRUCTION,  # noqa: F401
+                          REASONING_OPEN_INSTRUCTION, STYLES, build_prompt, prompt_text, request, user_message)
 from r1v3.errors import UserError
 
 # The six disciplines and their 30 subjects, named as the benchmark's subject folders.
@@ -49,22 +52,9 @@ SHORT_NAMES = {
 }
 
 NAME = "MMMU"
-STYLES = ("official", "reasoning")
 OFFICIAL_BUDGET = 128  # direct answers are a letter or a short phrase
 GROUPS = (("disciplines", "discipline"), ("subjects", "subject / task"))
 JSON_KEYS = ("overall", "disciplines", "subjects", "parse_failures", "samples")
-MC_INSTRUCTION = "Answer with the option's letter from the given choices directly."
-OPEN_INSTRUCTION = "Answer the question using a single word or phrase."
-REASONING_MC_INSTRUCTION = (
-    "First think the problem through step by step inside <think> and </think>. "
-    "After </think>, give the final answer as the letter of the correct option inside "
-    "\\boxed{}, for example \\boxed{A}."
-)
-REASONING_OPEN_INSTRUCTION = (
-    "First think the problem through step by step inside <think> and </think>. "
-    "After </think>, give the final answer as a single number, word or phrase inside "
-    "\\boxed{}."
-)
 
 MAX_IMAGES = 7  # image_1 .. image_7 in the hub schema
 HUB_COLUMNS = (
@@ -94,73 +84,6 @@ def subject_of_id(item_id: str) -> str | None:
         return None
     subject = "_".join(parts[1:-1])
     return subject if subject in SUBJECT_DISCIPLINE else None
-
-
-# --------------------------------------------------------------------------------------
-# prompts
-# --------------------------------------------------------------------------------------
-
-
-def _prompt_text(row: dict, style: str) -> str:
-    question = str(row.get("question", ""))
-    qtype = row.get("question_type")
-    if qtype not in answers.QUESTION_TYPES:
-        raise UserError(f"row {row.get('id', '?')}: question_type {qtype!r} is not 'multiple-choice' or 'open'")
-    if qtype == "multiple-choice":
-        options = list(row.get("options") or [])
-        if not options:
-            raise UserError(f"row {row.get('id', '?')}: a multiple-choice question needs options")
-        letters, _ = answers.choices_for(options)
-        # The official layout: question, one "(A) text" line per option, a blank line,
-        # then the instruction.
-        listing = "".join(f"({letter}) {option}\n" for letter, option in zip(letters, options))
-        instruction = MC_INSTRUCTION if style == "official" else REASONING_MC_INSTRUCTION
-        return f"{question}\n{listing}\n{instruction}"
-    instruction = OPEN_INSTRUCTION if style == "official" else REASONING_OPEN_INSTRUCTION
-    return f"{question}\n{instruction}"
-
-
-def build_prompt(row: dict, style: str) -> list[dict]:
-    """The user turn for one problem as content parts, images interleaved.
-
-    style "official": the benchmark's own wording and option layout; "reasoning": the think
-    template (reason in <think>...</think>, final answer in \\boxed{}). Each `<image N>` in
-    the question or options becomes {"type": "image", "index": N-1} at that place; images
-    no placeholder mentions come first. A second mention of the same image stays as text,
-    so that each image is sent once.
-    """
-    if style not in STYLES:
-        raise UserError(f"prompt style must be one of {', '.join(STYLES)}, got {style!r}")
-    text = _prompt_text(row, style)
-    parts, _ = data.interleave_images([text], len(row.get("images") or []), f"row {row.get('id', '?')}")
-    return parts[0]
-
-
-def user_message(row: dict, style: str) -> tuple[dict, list]:
-    """The user turn as one chat message with its image parts in place, and the images they take,
-    in order: what eval, difficulty, select-ckpt and rl all prompt with."""
-    content, images = [], []
-    for part in build_prompt(row, style):
-        if part["type"] == "image":
-            content.append({"type": "image"})
-            images.append(row["images"][part["index"]])
-        else:
-            content.append({"type": "text", "text": part["text"]})
-    return {"role": "user", "content": content}, images
-
-
-def request(row: dict, style: str):
-    """A generation request for one problem."""
-    from r1v3.generation import Request
-
-    message, images = user_message(row, style)
-    return Request(id=row["id"], messages=[message], images=images)
-
-
-def prompt_text(row: dict, style: str) -> str:
-    """The user turn's text alone (the chat template puts unmentioned images first), as synthetic
-    conversations and distilled traces write it."""
-    return "".join(p["text"] for p in build_prompt(row, style) if p["type"] == "text")
 
 
 # --------------------------------------------------------------------------------------

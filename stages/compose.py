@@ -197,7 +197,7 @@ def _source(directory, config, model_class: str, trust_remote_code: bool) -> com
         GenerationConfig,
     )
 
-    from stages.import_model import INDEX, check_shards
+    from r1v3.shards import INDEX, check_shards
 
     d = Path(directory)
     auto = AutoModelForImageTextToText if model_class == "vlm" else AutoModelForCausalLM

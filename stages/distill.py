@@ -51,20 +51,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, NamedTuple, Optional
 
-from r1v3 import answers, config, data, jsonl, mmmu, models, plots, smol
+from r1v3 import answers, config, data, jsonl, mmmu, models, plots, prompts, smol
 from r1v3.artifacts import Artifact, Store, check_name, sha256_file
 from r1v3.config import Settings, setting, to_dict
 from r1v3.errors import NothingKept, UserError
 
 SMOL = "smol"
-PLACEHOLDERS = ("caption", "question", "options", "instruction")
-DEFAULT_TEMPLATE = (
-    "You cannot see the image of this problem; here is a description of it:\n{caption}\n\n"
-    "{question}\n{options}\n"
-    "Reason as if you were looking at the image yourself: call it \"the image\", never mention a description. "
-    "{instruction}"
-)
-_FIELD = re.compile(r"\{\{|\}\}|\{([A-Za-z_]\w*)\}")
+DEFAULT_TEMPLATE = prompts.TEACHER_TEMPLATE
 ATTEMPTS = "attempts.jsonl"
 
 
@@ -109,7 +102,7 @@ class Config(Settings):
 
     def check(self) -> None:
         check_name(self.name)
-        fill(self.template, {k: "" for k in PLACEHOLDERS})
+        prompts.fill(self.template, {k: "" for k in prompts.PLACEHOLDERS})
         if is_url(self.teacher):
             if not self.teacher_model:
                 raise UserError(f"--teacher {self.teacher} is an endpoint: give --teacher-model NAME (teacher_model)")
@@ -128,29 +121,6 @@ class Config(Settings):
 
 def is_url(teacher: str) -> bool:
     return teacher.startswith(("http://", "https://"))
-
-
-def fill(template: str, values: dict[str, str]) -> str:
-    """The template with its {placeholders} replaced; an unknown one is a one-line error."""
-
-    def sub(m: re.Match) -> str:
-        if m.group(1) is None:
-            return m.group(0)[0]
-        if m.group(1) not in values:
-            raise UserError(f"--template (template): unknown placeholder {{{m.group(1)}}}; use "
-                            f"{', '.join('{' + k + '}' for k in PLACEHOLDERS)}, or {{{{ }}}} for literal braces")
-        return values[m.group(1)]
-
-    return _FIELD.sub(sub, template)
-
-
-def teacher_prompt(row: dict, template: str) -> str:
-    mc = row["question_type"] == "multiple-choice"
-    letters, _ = answers.choices_for(row["options"]) if mc else ([], {})
-    options = "".join(f"({letter}) {option}\n" for letter, option in zip(letters, row["options"]))
-    instruction = mmmu.REASONING_MC_INSTRUCTION if mc else mmmu.REASONING_OPEN_INSTRUCTION
-    return fill(template, {"caption": row["caption"], "question": row["question"], "options": options,
-                           "instruction": instruction})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -390,7 +360,7 @@ def generate(cfg: Config, work, teacher: Teacher, rows: list[dict], done: dict) 
             for first, group in sorted(todo.items()):
                 sampling = Sampling(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                                     n=cfg.samples - first, seed=cfg.seed, first=first)
-                requests = [Request(r["id"], [{"role": "user", "content": teacher_prompt(r, cfg.template)}])
+                requests = [Request(r["id"], [{"role": "user", "content": prompts.teacher_prompt(r, cfg.template)}])
                             for r in group]
                 for _ in backend.generate(requests, sampling, on_result=lambda i, c, f=first: save(i, c, f)):
                     pass
@@ -509,7 +479,7 @@ def run(cfg: Config, store: Store) -> Artifact:
     dataset = store.resolve(cfg.data, kind="dataset")
     rows = load_rows(cfg, dataset)
     for row in rows:
-        teacher_prompt(row, cfg.template)  # every prompt before any work
+        prompts.teacher_prompt(row, cfg.template)  # every prompt before any work
     teacher = resolve_teacher(cfg, store)
     settings = generation_settings(cfg, teacher)
     prev, previous = _extend_from(cfg, store, dataset, settings) if cfg.extend else (None, {})

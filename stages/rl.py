@@ -9,7 +9,7 @@ LLM trained. The paper-scale layout (1024 rollouts per step on 8 GPUs) is recipe
 The training order is the curriculum (r1v3/curriculum.py): the dataset handed to TRL is the rows
 laid out in schedule order (`shuffle_dataset=False`, `max_steps` = the schedule's steps), and the
 phase of every step is logged (`curriculum/phase`, and each reward again under `<phase>/...`).
-Prompts are the eval's reasoning prompt (`mmmu.build_prompt(row, "reasoning")`), so RL trains on
+Prompts are the eval's reasoning prompt (`prompts.build_prompt(row, "reasoning")`), so RL trains on
 what `eval mmmu` asks.
 
 The output is a `run` artifact: every `--save-steps` (and at the last step) a checkpoint lands in
@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
 
-from r1v3 import config, curriculum, data, entropy, families, mmmu, models, plots, rewards, training
+from r1v3 import config, curriculum, data, entropy, families, models, plots, prompts, rewards, training
 from r1v3.artifacts import Artifact, Store, check_name, fsync_path
 from r1v3.config import TrainingSettings, setting, to_dict
 from r1v3.errors import UserError
@@ -163,7 +163,7 @@ def example(row: dict, where: str) -> dict:
     take `images` in order, plus the columns the rewards read."""
     if not str(row.get("answer") or "").strip():
         raise UserError(f"{where} row {row['id']}: no answer; GRPO's accuracy reward needs each row's gold answer")
-    message, images = mmmu.user_message(row, "reasoning")
+    message, images = prompts.user_message(row, "reasoning")
     message["content"] = [dict(IMAGE_PART) if p["type"] == "image" else p for p in message["content"]]
     return {"prompt": [message], "images": images, "id": row["id"], "difficulty": row.get("difficulty") or "",
             "answer": row["answer"], "question_type": row["question_type"], "options": list(row["options"])}

@@ -39,11 +39,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
 
-from r1v3 import config, data, families, models, training
+from r1v3 import config, data, families, models, prompts, training
 from r1v3.artifacts import Artifact, Store, check_name
 from r1v3.config import TrainingSettings, setting, to_dict
 from r1v3.errors import UserError
-from stages import distill
 
 # Shipped presets, r1v3/presets/sft/<name>.yaml: what each sets; anything given explicitly wins.
 PRESETS: dict[str, dict] = config.presets("sft")
@@ -79,7 +78,7 @@ class Config(TrainingSettings):
         "chat", help="chat: each row's messages; caption: the row's images + caption_prompt -> its caption; "
         "text-rendering (text-only LLMs: a distill teacher): distill's teacher prompt over the row's caption -> "
         "the row's last assistant turn.")
-    template: str = setting(distill.DEFAULT_TEMPLATE, shown="distill's teacher prompt", help=(
+    template: str = setting(prompts.TEACHER_TEMPLATE, shown="distill's teacher prompt", help=(
         "--format text-rendering: the user turn, with distill's placeholders {caption}, {question}, {options}, "
         "{instruction}; give distill the same --template."))
     caption_prompt: str = setting("Describe the image in detail.", help="The user turn of --format caption.")
@@ -146,7 +145,7 @@ def conversation(row: dict, cfg: Config, where: str, text_only: bool = False) ->
         if not row["caption"].strip():
             raise UserError(f"{where}: text-rendering SFT needs the image's text rendering, the row's caption is empty")
         answer = [m["content"] for m in row["messages"] if m["role"] == "assistant"]
-        messages, images = [{"role": "user", "content": distill.teacher_prompt(row, cfg.template)}], []
+        messages, images = [{"role": "user", "content": prompts.teacher_prompt(row, cfg.template)}], []
         messages += [{"role": "assistant", "content": answer[-1]}] if answer else []
     elif cfg.format == "caption":
         if not images:

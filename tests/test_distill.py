@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from PIL import Image
 
-from r1v3 import answers, data, mmmu, rewards, synthetic
+from r1v3 import answers, data, mmmu, prompts, rewards, synthetic
 from stages import distill
 from stages.sft import THINK
 
@@ -217,7 +217,7 @@ def test_verification_is_the_accuracy_rewards(monkeypatch):
 
 def test_template_placeholders_and_prompt():
     r = row(1, "multiple-choice", "B")
-    text = distill.teacher_prompt(r, "{caption}|{question}|{options}|{{x}}|\\boxed{}")
+    text = prompts.teacher_prompt(r, "{caption}|{question}|{options}|{{x}}|\\boxed{}")
     assert text == "shapes of problem 1|Q1: what is shown?|(A) circle\n(B) square\n(C) triangle\n(D) cross\n|{x}|\\boxed{}"
     with pytest.raises(distill.UserError, match=r"unknown placeholder \{image\}"):
         cfg(template="See {image}")

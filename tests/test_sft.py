@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from r1v3 import config, data, families, mmmu, models, synthetic, training
+from r1v3 import config, data, families, mmmu, models, prompts, synthetic, training
 from stages import sft
 
 REPO = Path(__file__).resolve().parents[1]
@@ -350,7 +350,7 @@ def test_text_only_llm_learns_from_text_renderings(cli, tmp_path):
     publish_dataset(cli.store, "probs", {"train": rows})
     cfg = sft.Config(model="textlm", data="probs", name="t", trainable="llm", format="text-rendering")
     ex = sft.conversation(rows[0], cfg, "row r0", text_only=True)
-    assert ex["images"] == [] and ex["messages"][0]["content"] == distill.teacher_prompt(rows[0], distill.DEFAULT_TEMPLATE)
+    assert ex["images"] == [] and ex["messages"][0]["content"] == prompts.teacher_prompt(rows[0])
     assert rows[0]["caption"] in ex["messages"][0]["content"]
     mask, _ = chat.assistant_mask(tok, ex["messages"], [], None, "row r0")
     ids = chat.token_ids(tok, ex["messages"], [])

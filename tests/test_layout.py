@@ -1,0 +1,28 @@
+"""The layout the README describes: stages meet only through artifacts, so no stage imports another,
+and every stage module has the contract the CLI relies on."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+from pathlib import Path
+
+import pytest
+
+from r1v3 import cli
+
+STAGES_DIR = Path(__file__).resolve().parents[1] / "stages"
+
+
+@pytest.mark.parametrize("path", sorted(STAGES_DIR.glob("*.py")), ids=lambda p: p.name)
+def test_no_stage_imports_another(path):
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+            [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+        assert not any(n == "stages" or n.startswith("stages.") for n in names), f"{path.name}:{node.lineno}"
+
+
+@pytest.mark.parametrize("module_name", sorted({m for _, _, m, _ in cli.STAGES}))
+def test_every_stage_has_a_config_and_a_run(module_name):
+    module = importlib.import_module(module_name)
+    assert hasattr(module, "Config") and callable(module.run)
