@@ -51,7 +51,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, NamedTuple, Optional
 
-from r1v3 import answers, data, jsonl, mmmu, models, plots, smol
+from r1v3 import answers, config, data, jsonl, mmmu, models, plots, smol
 from r1v3.artifacts import Artifact, Store, check_name, sha256_file
 from r1v3.config import Settings, setting, to_dict
 from r1v3.errors import NothingKept, UserError
@@ -81,18 +81,18 @@ class Config(Settings):
     name: str = setting(help="Artifact name for the trace dataset.")
     teacher_model: Optional[str] = setting(None, help="Model name at the endpoint (with an http(s) --teacher).")
     split: str = setting("train", help="Dataset split to distill; the traces are published under the same split.")
-    limit: Optional[int] = setting(None, ge=1, shown="all", help="Only the first N problems, for quick checks.")
-    samples: int = setting(4, ge=1, help="Teacher outputs per problem k (rejection sampling).")
-    keep: int = setting(1, ge=1, help="At most this many verified traces per problem, shortest first.")
+    limit: Optional[int] = setting(None, ge=1, le=config.MAX_ROWS, shown="all", help="Only the first N problems, for quick checks.")
+    samples: int = setting(4, ge=1, le=config.MAX_SAMPLES, help="Teacher outputs per problem k (rejection sampling).")
+    keep: int = setting(1, ge=1, le=config.MAX_SAMPLES, help="At most this many verified traces per problem, shortest first.")
     template: str = setting(DEFAULT_TEMPLATE, shown="a description-reading prompt", help=(
         "Teacher prompt; placeholders {caption}, {question}, {options} (one '(A) text' line each), "
         "{instruction} (reason, then \\boxed{} answer); {{ and }} are literal braces."))
-    max_new_tokens: int = setting(4096, ge=1, help="Generation budget per teacher output.")
+    max_new_tokens: int = setting(4096, ge=1, le=config.MAX_TOKENS, help="Generation budget per teacher output.")
     temperature: float = setting(1.0, ge=0, help="Sampling temperature; 0 is greedy (then --samples 1).")
     top_p: float = setting(1.0, gt=0, le=1, help="Nucleus sampling.")
-    seed: int = setting(0, help="Random seed.")
-    min_think_chars: int = setting(20, ge=1, help="Shortest reasoning kept, in characters.")
-    max_think_chars: int = setting(32000, ge=1, help="Longest reasoning kept, in characters.")
+    seed: int = setting(0, ge=0, le=config.MAX_SEED, help="Random seed.")
+    min_think_chars: int = setting(20, ge=1, le=config.MAX_CHARS, help="Shortest reasoning kept, in characters.")
+    max_think_chars: int = setting(32000, ge=1, le=config.MAX_CHARS, help="Longest reasoning kept, in characters.")
     max_compression_ratio: float = setting(4.0, gt=1, help=(
         "Runaway-repetition filter: a reasoning whose zlib compression ratio exceeds this is rejected."))
     extend: Optional[str] = setting(None, metavar="REF", help=(
@@ -100,12 +100,12 @@ class Config(Settings):
         "attempts and ask only for missing samples."))
     backend: Literal["auto", "transformers", "vllm"] = setting(
         "auto", help="Local teachers: auto = vllm when CUDA and vLLM are present, else transformers.")
-    batch_size: int = setting(8, ge=1, help="Sequences per batch, transformers backend.")
-    tensor_parallel_size: int = setting(1, ge=1, help="GPUs per model, vllm backend.")
+    batch_size: int = setting(8, ge=1, le=config.MAX_BATCH, help="Sequences per batch, transformers backend.")
+    tensor_parallel_size: int = setting(1, ge=1, le=config.MAX_DEVICES, help="GPUs per model, vllm backend.")
     api_key_env: str = setting("OPENAI_API_KEY", help="Environment variable holding the endpoint's API key; "
                                                       "empty: the endpoint takes no key.")
-    concurrency: int = setting(4, ge=1, help="HTTP teacher: calls in flight at once.")
-    max_retries: int = setting(3, ge=0, help="HTTP teacher: retries of a failed call, with back-off.")
+    concurrency: int = setting(4, ge=1, le=config.MAX_DEVICES, help="HTTP teacher: calls in flight at once.")
+    max_retries: int = setting(3, ge=0, le=100, help="HTTP teacher: retries of a failed call, with back-off.")
     timeout: float = setting(600.0, gt=0, help="HTTP teacher: seconds per call (connect and whole answer).")
     resume: bool = setting(False, help="Continue an interrupted run of the same name without asking again.")
     trust_remote_code: bool = setting(False, help="Allow the teacher model's own Python code.")

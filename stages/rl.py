@@ -69,12 +69,12 @@ class Config(TrainingSettings):
         "(R1V3 5.3); pass-rate: easy to hard by measured pass rate (r1v3 difficulty)."))
     curriculum_unit: Literal["epochs", "steps"] = setting("epochs", panel=_CURR, help=(
         "What curriculum_lengths count."))
-    curriculum_lengths: Optional[list[int]] = setting(None, panel=_CURR, shown="--epochs per phase", help=(
+    curriculum_lengths: Optional[list[int]] = setting(None, ge=1, le=config.MAX_STEPS, panel=_CURR, shown="--epochs per phase", help=(
         "Length of each phase (hard: normal,hard)."))
-    curriculum_seed: Optional[int] = setting(None, panel=_CURR, shown="--seed", help="Seed of the curriculum's shuffles.")
+    curriculum_seed: Optional[int] = setting(None, ge=0, le=config.MAX_SEED, panel=_CURR, shown="--seed", help="Seed of the curriculum's shuffles.")
     drop_solved: bool = setting(False, panel=_CURR, help="Leave out rows every difficulty sample solved (no GRPO signal).")
     drop_unsolved: bool = setting(False, panel=_CURR, help="Leave out rows no difficulty sample solved (no GRPO signal).")
-    num_generations: int = setting(32, ge=2, panel=_GRPO, help="Group size: completions per prompt (the paper: 32).")
+    num_generations: int = setting(32, ge=2, le=config.MAX_BATCH, panel=_GRPO, help="Group size: completions per prompt (the paper: 32).")
     learning_rate: float = setting(1e-5, flag="--lr", aliases=("--learning-rate",), gt=0, panel=_GRPO,
                                    help="Learning rate (the paper: 1e-5; 1e-6 is the safer choice).")
     lr_scheduler: Literal["constant", "linear", "cosine", "constant_with_warmup"] = setting(
@@ -86,31 +86,31 @@ class Config(TrainingSettings):
     loss_type: Literal["grpo", "dapo", "dr_grpo", "bnpo"] = setting("grpo", panel=_GRPO, help="TRL's loss_type.")
     scale_rewards: Literal["group", "batch", "none"] = setting("group", panel=_GRPO, help=(
         "Standardise rewards per group (GRPO), per batch or not at all."))
-    num_iterations: int = setting(1, ge=1, panel=_GRPO, help="Updates per generation batch (1: on-policy, the paper).")
+    num_iterations: int = setting(1, ge=1, le=config.MAX_BATCH, panel=_GRPO, help="Updates per generation batch (1: on-policy, the paper).")
     temperature: float = setting(1.0, gt=0, panel=_GRPO, help="Rollout temperature (the paper: 1.0).")
     top_p: float = setting(1.0, gt=0, le=1, panel=_GRPO, help="Rollout nucleus sampling.")
-    max_new_tokens: int = setting(4096, ge=1, panel=_LEN, help=(
+    max_new_tokens: int = setting(4096, ge=1, le=config.MAX_TOKENS, panel=_LEN, help=(
         "Completion length (the paper: 4096, later 8192)."))
-    batch_size: int = setting(4, ge=1, panel=_LEN, help="Completions per device per micro-step.")
-    grad_accum: int = setting(32, ge=1, panel=_LEN, help="Micro-steps per optimizer step.")
-    steps_per_generation: Optional[int] = setting(None, ge=1, panel=_LEN, shown="--grad-accum", help=(
+    batch_size: int = setting(4, ge=1, le=config.MAX_BATCH, panel=_LEN, help="Completions per device per micro-step.")
+    grad_accum: int = setting(32, ge=1, le=config.MAX_BATCH, panel=_LEN, help="Micro-steps per optimizer step.")
+    steps_per_generation: Optional[int] = setting(None, ge=1, le=config.MAX_BATCH, panel=_LEN, shown="--grad-accum", help=(
         "Micro-steps one generation batch serves: generation batch = batch size x processes x this."))
-    epochs: int = setting(1, ge=1, panel=_LEN, help="Passes over each curriculum phase's rows.")
-    max_steps: Optional[int] = setting(None, ge=1, panel=_LEN, help=(
+    epochs: int = setting(1, ge=1, le=config.MAX_EPOCHS, panel=_LEN, help="Passes over each curriculum phase's rows.")
+    max_steps: Optional[int] = setting(None, ge=1, le=config.MAX_STEPS, panel=_LEN, help=(
         "Optimizer steps: the first N of the curriculum (none/normal/pass-rate: N steps, cycling the rows)."))
-    save_steps: int = setting(20, ge=1, panel=_SAVE, help="A checkpoint in the run every N optimizer steps (and the last).")
-    logging_steps: int = setting(1, ge=1, panel=_SAVE, help="Log metrics every N optimizer steps.")
+    save_steps: int = setting(20, ge=1, le=config.MAX_STEPS, panel=_SAVE, help="A checkpoint in the run every N optimizer steps (and the last).")
+    logging_steps: int = setting(1, ge=1, le=config.MAX_STEPS, panel=_SAVE, help="Log metrics every N optimizer steps.")
     accuracy_weight: float = setting(0.8, panel=_REWARD, help="Weight of the accuracy reward (the paper: 0.8).")
     format_weight: float = setting(0.2, panel=_REWARD, help="Weight of the format reward (the paper: 0.2).")
     reward: list[str] = setting([], panel=_REWARD, metavar="MODULE:FN", shown="none", help=(
         "Custom rewards: package.module:function or path/file.py:function (relative, in the working directory)."))
     reward_weight: list[float] = setting([], panel=_REWARD, shown="1 each", help="Weights of the custom rewards, in order.")
-    overlong_buffer: Optional[int] = setting(None, ge=1, panel=_REWARD, shown="off", help=(
+    overlong_buffer: Optional[int] = setting(None, ge=1, le=config.MAX_TOKENS, panel=_REWARD, shown="off", help=(
         "DAPO overlong penalty over the last N tokens of --max-new-tokens (weight 1)."))
     vllm: Optional[Literal["colocate", "server"]] = setting(None, panel=_VLLM, shown="off (transformers generate)", help=(
         "Roll out with vLLM: colocate (in the training processes) or server (`trl vllm-serve`)."))
     vllm_gpu_memory_utilization: float = setting(0.3, gt=0, le=1, panel=_VLLM, help="GPU memory vLLM may take (colocate).")
-    vllm_tensor_parallel_size: int = setting(1, ge=1, panel=_VLLM, help="GPUs per vLLM engine (colocate).")
+    vllm_tensor_parallel_size: int = setting(1, ge=1, le=config.MAX_DEVICES, panel=_VLLM, help="GPUs per vLLM engine (colocate).")
     vllm_server_host: str = setting("0.0.0.0", panel=_VLLM, help="vLLM server host (server mode).")
     vllm_server_port: int = setting(8000, ge=1, le=65535, panel=_VLLM, help="vLLM server port (server mode).")
 

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
 
-from r1v3 import data, entropy, jsonl, mmmu, models, plots, rewards
+from r1v3 import config, data, entropy, jsonl, mmmu, models, plots, rewards
 from r1v3.artifacts import Artifact, Store, check_name
 from r1v3.config import Settings, setting, to_dict
 from r1v3.errors import UserError
@@ -59,7 +59,7 @@ class Config(Settings):
     model_name: Optional[str] = setting(lambda c: f"{c.name}-model", shown="NAME-model",
                                         help="Name of the model artifact of the chosen checkpoint.")
     split: str = setting("validation", help="Probe split (held out from the run's training rows).")
-    limit: Optional[int] = setting(None, ge=1, aliases=("--n",), shown="all", help="Only the first N probe rows.")
+    limit: Optional[int] = setting(None, ge=1, le=config.MAX_ROWS, aliases=("--n",), shown="all", help="Only the first N probe rows.")
     base: bool = setting(False, help="Also score the run's starting model (its model input) as step 0.")
     words: list[str] = setting(list(entropy.DEFAULT_WORDS), help="Critical words, comma-separated.")
     ignore_case: bool = setting(False, help=(
@@ -68,17 +68,17 @@ class Config(Settings):
         "Threshold (nats) of the high-entropy token share (0.672: the 80th percentile of Qwen3-8B's CoT tokens)."))
     by: Literal["critical-entropy", "accuracy", "reward"] = setting("critical-entropy", help=(
         f"What to maximise among checkpoints that pass the guards; fallback: {FALLBACK_RULE}."))
-    min_positions: int = setting(20, ge=1, help="Critical positions a checkpoint needs to be chosen by their entropy.")
+    min_positions: int = setting(20, ge=1, le=config.MAX_ROWS, help="Critical positions a checkpoint needs to be chosen by their entropy.")
     max_accuracy_drop: float = setting(0.1, ge=0, le=1, help=(
         "Guard: a checkpoint whose probe accuracy is more than this below the first checkpoint's is out."))
     max_format_drop: float = setting(0.2, ge=0, le=1, help=(
         "Guard: a checkpoint whose format rate is more than this below the first checkpoint's is out."))
-    max_new_tokens: int = setting(1024, ge=1, help="Generation budget per response.")
+    max_new_tokens: int = setting(1024, ge=1, le=config.MAX_TOKENS, help="Generation budget per response.")
     temperature: float = setting(1.0, ge=0, help="Sampling temperature (the paper: 1.0); 0 is greedy.")
     top_p: float = setting(1.0, gt=0, le=1, help="Nucleus sampling.")
-    samples: int = setting(1, ge=1, help="Responses per probe row.")
-    seed: int = setting(0, help="Random seed (per request and sample: results do not depend on batching).")
-    batch_size: int = setting(8, ge=1, help="Generated sequences per batch.")
+    samples: int = setting(1, ge=1, le=config.MAX_SAMPLES, help="Responses per probe row.")
+    seed: int = setting(0, ge=0, le=config.MAX_SEED, help="Random seed (per request and sample: results do not depend on batching).")
+    batch_size: int = setting(8, ge=1, le=config.MAX_BATCH, help="Generated sequences per batch.")
     force_overlap: bool = setting(False, help="Score even when probe rows are among the run's training rows.")
     resume: bool = setting(False, help="Continue an interrupted selection of the same name; finished checkpoints are kept.")
     trust_remote_code: bool = setting(False, help="Allow the model's own Python code.")

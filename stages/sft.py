@@ -92,20 +92,20 @@ class Config(TrainingSettings):
         "Fraction of the steps spent warming up from 0; dropped when it would cover every step "
         "(a one-step run would train at learning rate 0)."))
     weight_decay: float = setting(0.0, ge=0, panel=_TRAIN, help="AdamW weight decay.")
-    epochs: float = setting(1.0, gt=0, panel=_SCHEDULE, help="Passes over the training split.")
-    max_steps: Optional[int] = setting(None, ge=1, panel=_SCHEDULE, help="Optimizer steps; overrides --epochs.")
-    batch_size: int = setting(8, ge=1, panel=_TRAIN, help="Rows per device per micro-batch.")
-    grad_accum: int = setting(1, ge=1, panel=_TRAIN, help="Micro-batches per optimizer step.")
-    max_length: int = setting(16384, ge=1, panel=_TRAIN, help=(
+    epochs: float = setting(1.0, gt=0, le=config.MAX_EPOCHS, panel=_SCHEDULE, help="Passes over the training split.")
+    max_steps: Optional[int] = setting(None, ge=1, le=config.MAX_STEPS, panel=_SCHEDULE, help="Optimizer steps; overrides --epochs.")
+    batch_size: int = setting(8, ge=1, le=config.MAX_BATCH, panel=_TRAIN, help="Rows per device per micro-batch.")
+    grad_accum: int = setting(1, ge=1, le=config.MAX_BATCH, panel=_TRAIN, help="Micro-batches per optimizer step.")
+    max_length: int = setting(16384, ge=1, le=config.MAX_TOKENS, panel=_TRAIN, help=(
         "Max tokens per row, image tokens included; longer rows are dropped and counted, never truncated."))
-    save_steps: int = setting(50, ge=1, panel=_SAVE, help="Checkpoint every N optimizer steps.")
-    save_total_limit: int = setting(2, ge=1, panel=_SAVE, help=(
+    save_steps: int = setting(50, ge=1, le=config.MAX_STEPS, panel=_SAVE, help="Checkpoint every N optimizer steps.")
+    save_total_limit: int = setting(2, ge=1, le=config.MAX_STEPS, panel=_SAVE, help=(
         "Checkpoints kept; two, so one damaged by a crash has a predecessor."))
-    eval_steps: Optional[int] = setting(None, ge=1, shown="save_steps", panel=_SAVE,
+    eval_steps: Optional[int] = setting(None, ge=1, le=config.MAX_STEPS, shown="save_steps", panel=_SAVE,
                                         help="Validation loss every N optimizer steps.")
-    early_stopping_patience: int = setting(0, ge=0, panel=_SAVE, help=(
+    early_stopping_patience: int = setting(0, ge=0, le=config.MAX_STEPS, panel=_SAVE, help=(
         "Stop after N evaluations without a lower validation loss and publish the best checkpoint; 0 = off."))
-    logging_steps: int = setting(1, ge=1, panel=_SAVE, help="Log the loss every N optimizer steps.")
+    logging_steps: int = setting(1, ge=1, le=config.MAX_STEPS, panel=_SAVE, help="Log the loss every N optimizer steps.")
 
     def check(self) -> None:
         check_name(self.name)
