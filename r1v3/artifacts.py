@@ -80,6 +80,16 @@ def clip(value, limit: int = 80) -> str:
     return "".join(c if c.isprintable() else "?" for c in text)
 
 
+# what a terminal acts on rather than shows: C0/C1 controls (escape sequences, carriage return,
+# backspace), and the invisible and bidirectional format characters that reorder or hide text
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]")
+
+
+def printable(text: str) -> str:
+    """`text` for one line of terminal output: every control character shown as its escape (\\x1b)."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+
+
 def check_name(name: str) -> str:
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise UserError(

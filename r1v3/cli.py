@@ -30,7 +30,7 @@ from rich.tree import Tree
 from typer.models import ParamMeta
 
 from r1v3 import __version__, config
-from r1v3.artifacts import MAX_LINEAGE_DEPTH, Store, check_name, clip, default_store
+from r1v3.artifacts import MAX_LINEAGE_DEPTH, Store, check_name, clip, default_store, printable
 from r1v3.errors import UserError
 
 class _Group(typer.core.TyperGroup):
@@ -611,6 +611,15 @@ USER_ERRNOS = (errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.EA
                errno.ENAMETOOLONG, errno.ELOOP)
 
 
+def _say_error(text: str) -> None:
+    """The one `error:` line: no form of an API key (only a run that made an HTTP backend has one
+    to hide), and no terminal control characters from the text a user or a file put in it."""
+    generation = sys.modules.get("r1v3.generation")
+    if generation is not None:
+        text = generation.scrub_secrets(text)
+    err_console.print(f"error: {printable(text)}", markup=False, highlight=False, soft_wrap=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run `r1v3 ARGV`; returns the exit code.
 
@@ -648,7 +657,7 @@ def main(argv: list[str] | None = None) -> int:
             e.show()  # a bare group: its help is the answer
         else:
             where = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
-            err_console.print(f"error: {e.format_message()}{where}", markup=False, highlight=False, soft_wrap=True)
+            _say_error(f"{e.format_message()}{where}")
         return getattr(e, "exit_code", 2)
     except KeyboardInterrupt:
         err_console.print("interrupted")
@@ -656,7 +665,7 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         if debug:
             raise
-        err_console.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
+        _say_error(str(e))
         return getattr(e, "exit_code", 2)
     except OSError as e:
         # classified here, by errno, whichever stage or store method raised it: one rule for
@@ -664,7 +673,7 @@ def main(argv: list[str] | None = None) -> int:
         if debug or not (e.filename or e.errno in (errno.ENOSPC, errno.EDQUOT)):
             raise
         where = f"{e.filename}: " if e.filename else ""
-        err_console.print(f"error: {where}{e.strerror or e}", markup=False, highlight=False, soft_wrap=True)
+        _say_error(f"{where}{e.strerror or e}")
         return 2 if e.errno in USER_ERRNOS else 1
 
 

@@ -269,9 +269,15 @@ class Teacher(NamedTuple):
 def resolve_teacher(cfg: Config, store: Store) -> Teacher:
     """Everything checkable without loading weights (or calling the endpoint)."""
     if is_url(cfg.teacher):
+        from r1v3.generation import api_key
+
         if cfg.api_key_env and cfg.api_key_env not in os.environ:
             raise UserError(f"--teacher {cfg.teacher}: the API key variable ${cfg.api_key_env} is not set; export "
                             "it, or give --api-key-env '' (api_key_env) for an endpoint that takes no key")
+        try:
+            api_key(cfg.api_key_env)  # a key no header can carry is refused before any work
+        except UserError as e:
+            raise UserError(f"--teacher {cfg.teacher}: {e}") from None
         return Teacher(f"{cfg.teacher_model} at {cfg.teacher}",
                        {"endpoint": cfg.teacher.rstrip("/"), "model": cfg.teacher_model, "backend": "http"}, None)
     if cfg.teacher == SMOL:

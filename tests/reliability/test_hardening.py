@@ -191,3 +191,181 @@ def test_a_schedule_at_a_real_size_is_still_laid_out():
     s = curriculum.plan(_rows(40), curriculum.Settings(mode="none", unit="steps", lengths=(5000,)), batching,
                         dataset="d@v1", split="train")
     assert s.total_steps == 5000 and len(s.order) == 10_000
+
+
+# ---- 1. secrets: the API key in any spelling, validated before any request, scrubbed everywhere --
+
+KEY = "sk-h21-" + "4b7e19" * 7  # plain ASCII: what a server echoes is the key itself, escaped or not
+ODD_KEY = 'sk-h21"q\\b/s&p%<' + "9c2d" * 8  # printable ASCII a header carries, which every escaping changes
+ENV = "R1V3_H21_KEY"
+
+
+def _forms(key: str) -> list[str]:
+    import html
+    import json
+    import urllib.parse
+
+    return [key, json.dumps(key)[1:-1], json.dumps(json.dumps(key))[3:-3], repr(key)[1:-1],
+            repr(key.encode())[2:-1], urllib.parse.quote(key, safe=""), html.escape(key)]
+
+
+def assert_no_key(text: str, key: str = KEY) -> None:
+    """No 10-character window of the key, in any spelling, is in `text`."""
+    for form in _forms(key):
+        for i in range(len(form) - 10):
+            assert form[i:i + 10] not in text, f"part of the key ({form[i:i + 10]!r}) leaked: {text[:300]}"
+
+
+def _echo_server(status: int, shape, seen: list):
+    """A server echoing the Authorization header it got, shaped by `shape(header) -> body text`."""
+    from .test_security import _handler, _serve
+
+    return _serve(_handler(status, lambda h: shape(h.get("Authorization", "")), seen))
+
+
+def _ask(port: int, retries: int = 0):
+    from r1v3.generation import OpenAIBackend, Request, Sampling
+
+    backend = OpenAIBackend(f"http://127.0.0.1:{port}/v1", "t", api_key_env=ENV, max_retries=retries, backoff=0.01,
+                            progress=False)
+    return backend.generate_all([Request(id="q", messages=[{"role": "user", "content": "2+2?"}])],
+                                Sampling(max_new_tokens=4))
+
+
+ANSWER = lambda text: __import__("json").dumps({"choices": [{"message": {"content": text}}]})  # noqa: E731
+
+
+@pytest.mark.parametrize("raw", [KEY + "\r\n", KEY + "\n", KEY + "\r", "  " + KEY + "\t", " " + KEY])
+def test_a_key_with_surrounding_whitespace_is_sent_stripped(monkeypatch, raw):
+    monkeypatch.setenv(ENV, raw)
+    seen = []
+    server = _echo_server(200, lambda h: ANSWER(f"got {h!r}"), seen)
+    try:
+        got = _ask(server.server_port)
+    finally:
+        server.shutdown()
+    assert seen[0]["Authorization"] == f"Bearer {KEY}"
+    assert got["q"][0].text == "got 'Bearer ***'"
+
+
+BAD_KEYS = {
+    "non-ASCII letter": ("sk-h21-caf\u00e9" + "1" * 20, "non-ASCII"),
+    "non-ASCII dash": ("sk\u2013h21-" + "2" * 24, "non-ASCII"),
+    "inner line break": ("sk-h21-" + "3" * 12 + "\n" + "3" * 12, "control character"),
+    "inner carriage return": ("sk-h21-" + "4" * 12 + "\r" + "4" * 12, "control character"),
+    "DEL": ("sk-h21-" + "5" * 12 + "\x7f" + "5" * 12, "control character"),
+    "escape sequence": ("sk-h21-\x1b[31m" + "6" * 20, "control character"),
+    "zero-width space": ("sk-h21-" + "7" * 12 + "\u200b" + "7" * 12, "non-ASCII"),
+    "blank": ("  \r\n", "blank"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_KEYS))
+def test_a_key_no_header_can_carry_is_refused_before_any_request(monkeypatch, case):
+    from r1v3.errors import UserError
+
+    value, fragment = BAD_KEYS[case]
+    monkeypatch.setenv(ENV, value)
+    seen = []
+    server = _echo_server(200, ANSWER, seen)
+    try:
+        with pytest.raises(UserError) as e:
+            _ask(server.server_port)
+    finally:
+        server.shutdown()
+    message = str(e.value)
+    assert not seen, "a request was sent"
+    assert f"${ENV}" in message and fragment in message and len(message.splitlines()) == 1
+    for part in value.strip().split():
+        for i in range(len(part) - 6):
+            assert part[i:i + 6] not in message
+
+
+@pytest.fixture(scope="module")
+def problems_store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("h21-distill") / "store"
+    code, _, err = run(root, "data", "synth", "--name", "p", "--problems", "10")
+    assert code == 0, err
+    return root
+
+
+@pytest.mark.parametrize("case", ["non-ASCII letter", "inner line break", "escape sequence", "blank"])
+def test_distill_refuses_a_bad_key_in_one_line_before_any_work(monkeypatch, problems_store, case):
+    value, fragment = BAD_KEYS[case]
+    monkeypatch.setenv(ENV, value)
+    seen = []
+    server = _echo_server(200, ANSWER, seen)
+    before = snapshot(problems_store)
+    try:
+        code, out, err = run(problems_store, "distill", "--teacher", f"http://127.0.0.1:{server.server_port}/v1",
+                             "--teacher-model", "t", "--data", "p", "--name", "traces", "--api-key-env", ENV)
+    finally:
+        server.shutdown()
+    line = one_line(code, out, err, f"${ENV}")
+    assert fragment in line and not seen and snapshot(problems_store) == before
+    assert "\x1b" not in out + err
+
+
+ECHOES = {
+    "verbatim": lambda h: f"bad key {h}",
+    "JSON": lambda h: __import__("json").dumps({"error": {"message": "denied", "authorization": h}}),
+    "JSON in JSON": lambda h: __import__("json").dumps({"detail": __import__("json").dumps({"headers": {"auth": h}})}),
+    "Python repr": lambda h: f"headers={ {'Authorization': h}!r}",
+    "bytes repr": lambda h: f"Illegal header value {h.encode()!r}",
+    "URL": lambda h: "see https://x.invalid/?auth=" + __import__("urllib.parse").parse.quote(h, safe=""),
+    "HTML": lambda h: f"<p>{__import__('html').escape(h)}</p>",
+}
+
+
+@pytest.mark.parametrize("key", [KEY, ODD_KEY], ids=["plain key", "key with quote, backslash, slash"])
+@pytest.mark.parametrize("shape", list(ECHOES))
+@pytest.mark.parametrize("status", [401, 500])
+def test_an_echoed_key_never_reaches_the_error(monkeypatch, key, shape, status):
+    from r1v3.errors import UserError
+
+    monkeypatch.setenv(ENV, key + "\r\n")  # read from a CRLF file: the raw value differs from what is sent
+    seen = []
+    server = _echo_server(status, ECHOES[shape], seen)
+    try:
+        with pytest.raises(UserError) as e:
+            _ask(server.server_port)
+    finally:
+        server.shutdown()
+    assert seen and seen[0]["Authorization"] == f"Bearer {key}"
+    message = str(e.value)
+    assert f"HTTP {status}" in message and len(message.splitlines()) == 1 and "***" in message
+    assert_no_key(message, key)
+
+
+@pytest.mark.parametrize("shape", list(ECHOES))
+def test_an_echoed_key_never_reaches_answers_or_logs(monkeypatch, caplog, shape):
+    import logging
+
+    monkeypatch.setenv(ENV, ODD_KEY)
+    caplog.set_level(logging.DEBUG)
+    seen = []
+    server = _echo_server(200, lambda h: ANSWER(ECHOES[shape](h)), seen)
+    try:
+        got = _ask(server.server_port)
+    finally:
+        server.shutdown()
+    assert seen
+    for text in (got["q"][0].text, caplog.text):
+        assert_no_key(text, ODD_KEY)
+
+
+def test_the_error_line_is_scrubbed_whoever_raised_it(monkeypatch, tmp_path):
+    """The CLI's one error line scrubs the key's forms too, for a message no backend method made."""
+    from r1v3 import generation
+    from r1v3.errors import UserError
+
+    monkeypatch.setenv(ENV, ODD_KEY)
+    generation.api_key(ENV)
+
+    def boom(*a, **k):
+        raise UserError(f"a library said: {ODD_KEY!r} / {__import__('json').dumps(ODD_KEY)}")
+
+    monkeypatch.setattr(cli, "store", boom)
+    code, out, err = run(tmp_path / "s", "artifacts", "ls")
+    one_line(code, out, err, "a library said")
+    assert_no_key(err, ODD_KEY)
