@@ -31,7 +31,7 @@ from typer.models import ParamMeta
 
 from r1v3 import __version__, config
 from r1v3.artifacts import MAX_LINEAGE_DEPTH, Store, check_name, clip, default_store, printable
-from r1v3.errors import UserError
+from r1v3.errors import UserError, error_text, plugin_failed
 
 class _Group(typer.core.TyperGroup):
     """A command group whose stage commands are built when invoked: a stage module imports torch
@@ -207,7 +207,18 @@ def _stage_command(group: typer.Typer, name: str, module, *, doc: str, fixed: di
             for art in current:
                 console.print(f"up to date: {art.ref} (reused)", markup=False, highlight=False)
             return
-        (report or _published)(module.run(conf, store()), **extras)
+        try:
+            result = module.run(conf, store())
+        except Exception:
+            raise
+        except BaseException as e:
+            if not plugin_failed(e):
+                raise
+            # not ours (we raise typer.Exit): code the stage ran, a model's own code with
+            # --trust-remote-code or a library, tried to end the process. What the run saved stays.
+            raise UserError(f"{name}: the run was ended by {error_text(e)} from code it ran (the model's own code, "
+                            "a plug-in or a library); nothing was published") from e
+        (report or _published)(result, **extras)
 
     command.__signature__ = inspect.Signature(params)
     command.__name__ = name.replace("-", "_")

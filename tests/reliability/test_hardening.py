@@ -369,3 +369,148 @@ def test_the_error_line_is_scrubbed_whoever_raised_it(monkeypatch, tmp_path):
     code, out, err = run(tmp_path / "s", "artifacts", "ls")
     one_line(code, out, err, "a library said")
     assert_no_key(err, ODD_KEY)
+
+
+# ---- 4. plug-ins that end the process: a plug-in failure, never an exit ----------------------
+
+ENDINGS = {
+    "SystemExit(0)": "raise SystemExit(0)",
+    "sys.exit('bye')": "import sys; sys.exit('bye')",
+    "exit(3)": "exit(3)",
+    "own BaseException": "class Stop(BaseException): pass\nraise Stop('halt')",
+    "BaseExceptionGroup": "raise BaseExceptionGroup('g', [SystemExit(0)])",
+}
+
+
+def _indent(code: str) -> str:
+    return "\n".join("    " + line for line in code.splitlines())
+
+
+def _reward_module(when: str, ending: str) -> str:
+    body = {"import": f"{ending}\n\ndef fn(prompts, completions, **kwargs):\n    return [1.0] * len(completions)\n",
+            "call": f"def fn(prompts, completions, **kwargs):\n{_indent(ending)}\n",
+            "lookup": f"def __getattr__(name):\n{_indent(ending)}\n"}[when]
+    return body
+
+
+@pytest.mark.parametrize("ending", list(ENDINGS))
+@pytest.mark.parametrize("when", ["import", "call", "lookup"])
+@pytest.mark.parametrize("kind", ["file", "module"])
+def test_a_plugin_ending_the_process_is_a_one_line_plugin_failure(tmp_path, monkeypatch, ending, when, kind):
+    from r1v3 import rewards
+    from r1v3.errors import UserError
+
+    monkeypatch.chdir(tmp_path)
+    name = f"h21_{kind}_{when}_{abs(hash(ending)) % 10**6}"
+    if kind == "file":
+        (tmp_path / "rw.py").write_text(_reward_module(when, ENDINGS[ending]))
+        spec = "rw.py:fn"
+    else:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "__init__.py").write_text("")
+        (tmp_path / name / "mod.py").write_text(_reward_module(when, ENDINGS[ending]))
+        monkeypatch.syspath_prepend(str(tmp_path))
+        spec = f"{name}.mod:fn"
+    with pytest.raises(UserError) as e:
+        reward = rewards.load_custom(spec, cwd=tmp_path)
+        reward(prompts=["p"], completions=["c"])
+    message = str(e.value)
+    assert spec in message and len(message.splitlines()) == 1
+    assert ending.split("(")[0].split("'")[0].replace("sys.exit", "SystemExit").replace("exit", "SystemExit") \
+        .replace("own BaseException", "Stop") in message
+
+
+def test_a_package_whose_init_exits_is_a_plugin_failure(tmp_path, monkeypatch):
+    from r1v3 import rewards
+    from r1v3.errors import UserError
+
+    (tmp_path / "h21_exiting_pkg").mkdir()
+    (tmp_path / "h21_exiting_pkg" / "__init__.py").write_text("raise SystemExit(0)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(UserError, match=r"custom reward 'h21_exiting_pkg.mod:fn'.*SystemExit\(0\)"):
+        rewards.load_custom("h21_exiting_pkg.mod:fn", cwd=tmp_path)
+
+
+@pytest.mark.parametrize("when", ["import", "call"])
+def test_ctrl_c_in_a_plugin_stays_an_interrupt(tmp_path, monkeypatch, when):
+    from r1v3 import rewards
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "rw.py").write_text(_reward_module(when, "raise KeyboardInterrupt"))
+    with pytest.raises(KeyboardInterrupt):
+        rewards.load_custom("rw.py:fn", cwd=tmp_path)(prompts=["p"], completions=["c"])
+
+
+STOPPING_REWARD = '''
+import os, sys
+
+
+def fn(prompts, completions, trainer_state, **kwargs):
+    if os.path.exists("STOP") and trainer_state.global_step >= 2:
+        {ending}
+    return [len(c[0]["content"]) / 10 for c in completions]
+'''
+
+
+@pytest.fixture(scope="module")
+def rl_store(tmp_path_factory):
+    from r1v3 import data, synthetic
+
+    root = tmp_path_factory.mktemp("h21-rl") / "store"
+    code, _, err = run(root, "init", "tiny", "--name", "tiny", "--family", "internvl")
+    assert code == 0, err
+    rows = synthetic.generate(40, seed=0)["train"][:8]
+    from r1v3.artifacts import Store
+
+    with Store(root).publish("probs", "dataset", stage="test") as draft:
+        data.write_splits(draft.path, {"train": rows})
+    return root
+
+
+RL = ["rl", "--model", "tiny", "--data", "probs", "--num-generations", "2", "--batch-size", "4", "--grad-accum", "1",
+      "--max-new-tokens", "4", "--lr", "5e-3", "--max-steps", "4", "--save-steps", "2", "--reward", "stop.py:fn"]
+
+
+@pytest.mark.parametrize("ending, code", [("sys.exit(0)", 2), ("raise KeyboardInterrupt", 130)])
+def test_rl_with_a_reward_that_exits_fails_keeps_its_work_and_resumes(rl_store, tmp_path, monkeypatch, ending, code):
+    from r1v3.artifacts import Store
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "stop.py").write_text(STOPPING_REWARD.format(ending=ending))
+    (tmp_path / "STOP").write_text("")
+    name = f"stopped{code}{len(ending)}"
+    got, out, err = run(rl_store, *RL, "--name", name)
+    if code == 2:
+        line = one_line(got, out, err, "custom reward 'stop.py:fn'")
+        assert "SystemExit(0)" in line
+    else:
+        assert got == 130, err  # Ctrl-C stays an interrupt
+    s = Store(rl_store)
+    assert not s.versions(name)
+    assert (rl_store / ".work" / name / "rl" / "checkpoint-2").is_dir()  # kept for --resume
+    (tmp_path / "STOP").unlink()
+    got, out, err = run(rl_store, *RL, "--name", name, "--resume")
+    assert got == 0, err
+    assert s.resolve(name).metrics["resumed_from_step"] == 2
+
+
+@pytest.mark.parametrize("ending", ["SystemExit(0)", "SystemExit(None)", "StopEverything('x')"])
+def test_an_exit_from_code_a_stage_runs_is_a_one_line_failure(tmp_path, monkeypatch, ending):
+    """The CLI's own guard, for user code no loader wraps (a model's own code with --trust-remote-code)."""
+    from r1v3 import synthetic
+
+    class StopEverything(BaseException):
+        pass
+
+    raised = {"SystemExit(0)": SystemExit(0), "SystemExit(None)": SystemExit(None),
+              "StopEverything('x')": StopEverything("x")}[ending]
+
+    def ends(*args, **kwargs):
+        raise raised
+
+    monkeypatch.setattr(synthetic, "iter_rows", ends)
+    root = tmp_path / "store"
+    code, out, err = run(root, "data", "synth", "--name", "s", "--problems", "10")
+    line = one_line(code, out, err, "the run was ended by")
+    assert ending.split("(")[0] in line and "nothing was published" in line
+    assert not (root / "s").exists()
