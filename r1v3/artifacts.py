@@ -90,6 +90,15 @@ def printable(text: str) -> str:
     return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
 
 
+def shown(value, limit: int = 80, style: str = ""):
+    """`value` for a rich console or table: a Text, so neither [markup] nor :emoji: codes in it are
+    read, cut to `limit` characters, control characters shown as escapes."""
+    from rich.text import Text
+
+    text = value if isinstance(value, str) else str(value)
+    return Text(printable(text if len(text) <= limit else text[: limit - 3] + "..."), style=style)
+
+
 def check_name(name: str) -> str:
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise UserError(

@@ -26,11 +26,12 @@ import typer.main
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 from rich.tree import Tree
 from typer.models import ParamMeta
 
 from r1v3 import __version__, config
-from r1v3.artifacts import MAX_LINEAGE_DEPTH, Store, check_name, clip, default_store, printable
+from r1v3.artifacts import MAX_LINEAGE_DEPTH, Store, check_name, clip, default_store, printable, shown
 from r1v3.errors import UserError, error_text, plugin_failed
 
 class _Group(typer.core.TyperGroup):
@@ -200,7 +201,7 @@ def _stage_command(group: typer.Typer, name: str, module, *, doc: str, fixed: di
         conf = config.load(cls, stage=cls.STAGE, path=path, options={**options, **(fixed or {})},
                            overrides=overrides, flags=flags)
         for note in conf.notes:
-            err_console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
+            err_console.print(f"note: {printable(note)}", markup=False, highlight=False, soft_wrap=True)
         current = _up_to_date(conf, store()) if (reuse if reuse is not None else os.environ.get("R1V3_REUSE") == "1") \
             else None
         if current:
@@ -345,18 +346,21 @@ def data_show(
     if split not in splits:
         raise UserError(f"{ref}: no split {split!r} (has {', '.join(splits)})")
     rows = data.read_split(art.path, split)
-    console.print(f"[bold]{art.ref}[/bold] \\[{split}] {len(rows)} rows (splits: {', '.join(splits)})")
-    for row in rows[:limit]:
+    console.print(Text.assemble(shown(art.ref, style="bold"), " ", shown(f"[{split}]"),
+                                f" {len(rows)} rows (splits: ", shown(", ".join(splits), 400), ")"))
+    for row in rows[:limit]:  # every field is the dataset's text: shown, never read as markup
         options = "  ".join(f"({data.LETTERS[i]}) {o}" for i, o in enumerate(row["options"]))
         caption = row.get("caption") or ""
-        console.print(
-            f"[cyan]{row['id']}[/cyan] {row['subject']} {row['question_type']} {row.get('difficulty') or ''}"
-            f" images={len(row['images'])}\n  Q: {row['question']}"
-            + (f"\n  {options}" if options else "")
-            + f"\n  answer: [green]{row['answer']}[/green]"
-            + (f"\n  caption: [dim]{caption[:160]}{'...' if len(caption) > 160 else ''}[/dim]" if caption else ""),
-            highlight=False,
-        )
+        lines = [Text.assemble(shown(row["id"], style="cyan"), " ",
+                               shown(f"{row['subject']} {row['question_type']} {row.get('difficulty') or ''}", 200),
+                               f" images={len(row['images'])}"),
+                 Text.assemble("  Q: ", shown(row["question"], 2000))]
+        if options:
+            lines.append(Text.assemble("  ", shown(options, 2000)))
+        lines.append(Text.assemble("  answer: ", shown(row["answer"], 200, style="green")))
+        if caption:
+            lines.append(Text.assemble("  caption: ", shown(caption, 163, style="dim")))
+        console.print(Text("\n").join(lines), highlight=False)
     if sheet is not None:
         data.contact_sheet(rows, sheet, n=max(limit, 16))
         console.print(f"contact sheet: {sheet}")
@@ -399,17 +403,17 @@ def print_scores(scores: dict) -> None:
     table.add_column("acc %", justify="right")
     from r1v3 import mmmu
 
-    shown = set()
+    listed = set()
     for discipline, d in scores["disciplines"].items():
-        table.add_row(f"[bold]{discipline}[/bold]", str(d["n"]), f"{100 * d['acc']:.1f}")
+        table.add_row(shown(discipline, style="bold"), str(d["n"]), f"{100 * d['acc']:.1f}")
         for subject in mmmu.DISCIPLINES[discipline]:
             if subject in scores["subjects"]:
                 s = scores["subjects"][subject]
-                shown.add(subject)
-                table.add_row(f"  {subject}", str(s["n"]), f"{100 * s['acc']:.1f}")
-    for subject, s in scores["subjects"].items():
-        if subject not in shown:
-            table.add_row(subject or "(no subject)", str(s["n"]), f"{100 * s['acc']:.1f}")
+                listed.add(subject)
+                table.add_row(shown(f"  {subject}"), str(s["n"]), f"{100 * s['acc']:.1f}")
+    for subject, s in scores["subjects"].items():  # a dataset's own subjects: any text at all
+        if subject not in listed:
+            table.add_row(shown(subject or "(no subject)"), str(s["n"]), f"{100 * s['acc']:.1f}")
     o = scores["overall"]
     table.add_row("[bold]Overall[/bold]", str(o["n"]), f"[bold]{100 * o['acc']:.1f}[/bold]")
     console.print(table)
@@ -491,7 +495,7 @@ stage_command("", "difficulty", "stages.difficulty", doc=(
 
 
 def _report_page(path) -> None:
-    console.print(f"wrote {path}", markup=False, highlight=False, soft_wrap=True)
+    console.print(f"wrote {printable(str(path))}", markup=False, highlight=False, soft_wrap=True)
 
 
 stage_command("", "report", "stages.report", report=_report_page, doc=(

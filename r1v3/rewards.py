@@ -45,6 +45,7 @@ from rich.table import Table
 from rich.text import Text
 
 from r1v3 import answers
+from r1v3.artifacts import shown
 from r1v3.errors import UserError, error_text, plugin_failed
 
 # Far beyond what any token budget can decode to; it caps the C-level scans and their copies.
@@ -413,21 +414,22 @@ def describe(rewards: Rewards, samples: Sequence[dict], *, limit: int = 4, width
     skip = ("prompt", "completion")
     columns = {k: [s.get(k) for s in samples] for k in dict.fromkeys(k for s in samples for k in s) if k not in skip}
     table_values = score(rewards, [s.get("prompt", "") for s in samples], [s["completion"] for s in samples], **columns)
-    table = Table(title=f"rewards on {len(samples)} sample completions (weights "
-                  + ", ".join(f"{n} {w:g}" for n, w in zip(rewards.names, rewards.weights)) + ")")
+    # a custom reward's name and the completions are anyone's text: Text cells, never markup
+    table = Table(title=shown(f"rewards on {len(samples)} sample completions (weights "
+                              + ", ".join(f"{n} {w:g}" for n, w in zip(rewards.names, rewards.weights)) + ")", 400))
     table.add_column("#", justify="right")
     table.add_column("gold")
     table.add_column("completion (start ... end)", overflow="fold")
     for name in table_values:
-        table.add_column(name, justify="right")
+        table.add_column(shown(name, 40), justify="right")
     for i, sample in enumerate(samples[:limit]):
-        cells = [Text(str(i)), Text(str(sample.get("answer", ""))[:20]), Text(_preview(completion_text(sample["completion"]), width))]
+        cells = [Text(str(i)), shown(sample.get("answer", ""), 20), shown(_preview(completion_text(sample["completion"]), width), 4 * width)]
         cells += [Text(f"{values[i]:.2f}") for values in table_values.values()]
         table.add_row(*cells)
     flat = [f"{name} is {values[0]:g} on every sample" for name, values in table_values.items()
             if name != "total" and values and all(v == values[0] or (math.isnan(v) and math.isnan(values[0])) for v in values)]
     if flat:
-        table.caption = Text("; ".join(flat), style="bold yellow")
+        table.caption = shown("; ".join(flat), 400, style="bold yellow")
     return table
 
 

@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Literal, NamedTuple, Optional
 
 from r1v3 import answers, config, data, jsonl, mmmu, models, plots, smol
-from r1v3.artifacts import Artifact, Store, check_name, sha256_file
+from r1v3.artifacts import Artifact, Store, check_name, printable, sha256_file, shown
 from r1v3.config import Settings, setting, to_dict
 from r1v3.errors import NothingKept, UserError
 
@@ -564,12 +564,12 @@ def print_report(metrics: dict) -> None:
         table = Table(title=f"distill: teacher outputs by {by.rstrip('s')}")
         for col in (by.rstrip("s"), "problems", "outputs", "verified", "kept", "problems kept"):
             table.add_column(col, justify="left" if col == by.rstrip("s") else "right")
-        for name, g in metrics[by].items():
-            table.add_row(name, *(str(g[k]) for k in ("problems", "outputs", "verified", "kept", "problems_kept")))
+        for name, g in metrics[by].items():  # the dataset's subjects: any text
+            table.add_row(shown(name), *(str(g[k]) for k in ("problems", "outputs", "verified", "kept", "problems_kept")))
         console.print(table)
     mc = metrics["multiple_choice"]
     console.print(
-        f"teacher {metrics['teacher']}: pass rate {100 * metrics['pass_rate']:.1f}% (chance "
+        f"teacher {printable(metrics['teacher'])}: pass rate {100 * metrics['pass_rate']:.1f}% (chance "
         f"{100 * metrics['chance_rate']:.1f}%); multiple choice {100 * mc['pass_rate']:.1f}% vs chance "
         f"{100 * mc['chance_rate']:.1f}%: about {100 * mc['lucky_share']:.0f}% of its verified answers are lucky "
         f"guesses, ~{mc['kept_lucky_estimate']:g} of the {mc['kept']} kept multiple-choice traces",

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Literal, Optional
 
 from r1v3 import config, curriculum, data, families, mmmu, models, plots, rewards, training
-from r1v3.artifacts import Artifact, Store, check_name, fsync_path
+from r1v3.artifacts import Artifact, Store, check_name, fsync_path, printable
 from r1v3.config import TrainingSettings, setting, to_dict
 from r1v3.errors import UserError
 
@@ -418,7 +418,7 @@ def _say_plan(cfg: Config, setup: dict) -> None:
           + ", ".join(f"{p.name} (steps {p.first_step + 1}-{p.first_step + p.steps}, {p.rows} prompts)"
                       for p in schedule.phases)
           + "; dropped " + ", ".join(f"{k} {v}" for k, v in schedule.dropped.items()))
-    print("rewards: " + " + ".join(f"{w:g}*{n}" for n, w in zip(r.names, r.weights)))
+    print("rewards: " + printable(" + ".join(f"{w:g}*{n}" for n, w in zip(r.names, r.weights))))
 
 
 def _resume_point(cfg: Config, work) -> str | None:

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Literal, Optional
 
 from r1v3 import config, data, entropy, jsonl, mmmu, models, plots, rewards
-from r1v3.artifacts import Artifact, Store, check_name
+from r1v3.artifacts import Artifact, Store, check_name, printable, shown
 from r1v3.config import Settings, setting, to_dict
 from r1v3.errors import UserError
 
@@ -405,14 +405,13 @@ def plot(table: list[dict], chosen: int, path: Path, title: str) -> None:
 
 
 def print_report(selection: Artifact, model: Artifact, console) -> None:
-    from rich.markup import escape
     from rich.table import Table
 
     metrics = selection.metrics
-    table = Table(title=f"select-ckpt {escape(selection.ref)}: entropy (nats) at critical words, by checkpoint")
+    table = Table(title=shown(f"select-ckpt {selection.ref}: entropy (nats) at critical words, by checkpoint", 200))
     words = list(metrics["table"][0]["per_word"])
     for col in ("step", "critical H (n)", *words, "token H", "high", "acc", "format", "reward", "guards"):
-        table.add_column(escape(col), justify="left" if col == "guards" else "right")
+        table.add_column(shown(col, 40), justify="left" if col == "guards" else "right")
     guards = json.loads(selection.file("selection.json").read_text())["choice"]["guards"]
     fmt = lambda v, spec=".3f": "-" if v is None else format(v, spec)  # noqa: E731
     for r in metrics["table"]:
@@ -420,11 +419,12 @@ def print_report(selection: Artifact, model: Artifact, console) -> None:
         per_word = [f"{fmt(r['per_word'][w]['entropy'])} ({r['per_word'][w]['count']})" for w in words]
         table.add_row(f"{mark}{r['step']}", f"{fmt(r['critical_entropy'])} ({r['critical_count']})", *per_word,
                       fmt(r["token_entropy"]), fmt(r["high_entropy_share"], ".2f"), fmt(r["accuracy"], ".2f"),
-                      fmt(r["format_rate"], ".2f"), fmt(r["reward"], ".2f"), escape("; ".join(guards[str(r["step"])]) or "ok"))
+                      fmt(r["format_rate"], ".2f"), fmt(r["reward"], ".2f"), shown("; ".join(guards[str(r["step"])]) or "ok", 200))
     console.print(table)
     s = metrics["spearman"]
     rho = f"rho {s['rho']:.3f}, p {s['p_value']:.3g}" if s["rho"] is not None else s.get("note", "n/a")
-    console.print(f"chosen: step {metrics['step']} ({metrics['by']}): {metrics['reason']}", markup=False, highlight=False)
+    console.print(f"chosen: step {metrics['step']} ({metrics['by']}): {printable(metrics['reason'])}", markup=False,
+                  highlight=False)
     console.print(f"Spearman, critical entropy vs probe accuracy over {s['n']} checkpoints: {rho}", markup=False,
                   highlight=False)
     console.print(f"[green]published[/green] {selection.ref} (selection) and {model.ref} (model) at {model.path}")

@@ -514,3 +514,132 @@ def test_an_exit_from_code_a_stage_runs_is_a_one_line_failure(tmp_path, monkeypa
     line = one_line(code, out, err, "the run was ended by")
     assert ending.split("(")[0] in line and "nothing was published" in line
     assert not (root / "s").exists()
+
+
+# ---- 5. user text reaching a renderer that interprets it -------------------------------------
+
+HOSTILE_TEXT = {
+    "math": "$^^^$",
+    "unclosed math": "$\\frac{$",
+    "markup": "[bold]loud[/bold]",
+    "closing tag": "[/]",
+    "emoji code": ":warning: fine",
+    "terminal escape": "\x1b[31mred\x1b[0m",
+    "carriage return": "ok\rFAKE",
+    "10,000 characters": "L" * 10_000,
+}
+
+
+def _terminal_safe(text: str) -> None:
+    assert "\x1b" not in text and "\r" not in text, repr(text[:200])
+    assert "L" * 200 not in text  # cut
+
+
+@pytest.mark.parametrize("case", list(HOSTILE_TEXT))
+def test_plots_draw_any_text_as_it_is(tmp_path, case):
+    from r1v3 import plots
+
+    text = HOSTILE_TEXT[case]
+    start = time.perf_counter()
+    with plots.figure(tmp_path / "f.png", figsize=(6, 3)) as (fig, ax):
+        ax.barh([text, "other"], [1, 2])
+        ax.set_title(text)
+        ax.set_xlabel(text)
+        ax.text(0.5, 0.5, text, transform=ax.transAxes)
+    assert (tmp_path / "f.png").stat().st_size > 1000
+    assert time.perf_counter() - start < 10
+    # math text is off for the figure only, not for the rest of the process
+    import matplotlib
+
+    assert matplotlib.rcParams["text.parse_math"] is True
+
+
+def _scores(subject: str) -> dict:
+    return {"disciplines": {}, "subjects": {subject: {"n": 2, "acc": 0.5}, "Other": {"n": 1, "acc": 1.0}},
+            "overall": {"n": 3, "acc": 2 / 3}, "parse_failures": {"n": 0, "rate": 0.0}, "style": "reasoning",
+            "samples": 1}
+
+
+def _recorded(monkeypatch, fn, *args) -> str:
+    from rich.console import Console
+
+    console = Console(record=True, width=120, force_terminal=True, file=io.StringIO())
+    monkeypatch.setattr(cli, "console", console)
+    fn(*args)
+    return console.export_text(styles=False)
+
+
+@pytest.mark.parametrize("case", list(HOSTILE_TEXT))
+def test_the_score_table_shows_a_subject_as_written(monkeypatch, case):
+    text = HOSTILE_TEXT[case]
+    shown = _recorded(monkeypatch, cli.print_scores, _scores(text))
+    _terminal_safe(shown)
+    if case in ("markup", "closing tag", "emoji code", "math"):
+        assert text in shown  # literally, not as style, emoji or math
+
+
+@pytest.mark.parametrize("case", list(HOSTILE_TEXT))
+def test_stage_reports_show_text_as_written(monkeypatch, capsys, case):
+    from r1v3 import rewards
+    from stages import distill
+
+    text = HOSTILE_TEXT[case]
+    group = {"problems": 1, "outputs": 2, "verified": 1, "kept": 1, "problems_kept": 1}
+    metrics = {"subjects": {text: group}, "difficulty": {text: group}, "teacher": text, "pass_rate": 0.5,
+               "chance_rate": 0.25, "kept": 1, "outputs": 2, "reasons": {"kept": 1, "wrong answer": 1},
+               "multiple_choice": {"pass_rate": 0.5, "chance_rate": 0.25, "lucky_share": 0.2, "kept_lucky_estimate": 0.2,
+                                   "kept": 1}}
+    distill.print_report(metrics)
+
+    def custom(prompts, completions, **kwargs):
+        return [1.0] * len(completions)
+
+    custom.__name__ = text
+    table = rewards.describe(rewards.Rewards([rewards.accuracy, custom], [1.0, 1.0]),
+                             [{"completion": text, "answer": text, "question_type": "open", "options": []}])
+    from rich.console import Console
+
+    Console(force_terminal=True).print(table)
+    out = capsys.readouterr().out
+    assert "\x1b[31m" not in out and "ok\rFAKE" not in out
+    if case == "markup":
+        assert "[bold]loud[/bold]" in out
+
+
+@pytest.fixture(scope="module")
+def eval_store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("h21-eval") / "store"
+    code, _, err = run(root, "init", "tiny", "--name", "m")
+    assert code == 0, err
+    return root
+
+
+@pytest.mark.parametrize("case", ["math", "unclosed math", "markup", "terminal escape", "10,000 characters"])
+def test_eval_data_show_and_report_take_any_subject(eval_store, tmp_path, case):
+    """The issue's case: a subject from `data import` killed `eval mmmu` after all generation, and
+    --resume failed the same way; now it is data all the way to the chart, the table and the report."""
+    import json
+
+    from PIL import Image
+
+    Image.new("RGB", (16, 16), (200, 30, 30)).save(tmp_path / "a.png")
+    subject = HOSTILE_TEXT[case]
+    rows = [{"id": f"q{i}", "images": ["a.png"], "question": "How many?", "options": ["1", "2"], "answer": "A",
+             "question_type": "multiple-choice", "subject": subject} for i in range(2)]
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    name = f"ds{len(case)}"
+    code, out, err = run(eval_store, "data", "import", tmp_path / "rows.jsonl", "--name", name, "--as-split", "validation")
+    assert code == 0, err
+    code, out, err = run(eval_store, "eval", "mmmu", "--model", "m", "--data", name, "--name", f"ev{len(case)}",
+                         "--max-new-tokens", "2", "--temperature", "0")
+    assert code == 0, err
+    _terminal_safe(out + err)
+    assert not (eval_store / ".work" / f"ev{len(case)}").exists()
+    code, show, err = run(eval_store, "data", "show", name)
+    assert code == 0, err
+    _terminal_safe(show + err)
+    page = tmp_path / "r.html"
+    code, out, err = run(eval_store, "report", f"ev{len(case)}", "--out", page)
+    assert code == 0, err
+    html = page.read_text()
+    assert "\x1b" not in html and "L" * 1000 not in html
