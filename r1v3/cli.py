@@ -71,7 +71,7 @@ app.add_typer(init_app, name="init")
 app.add_typer(data_app, name="data")
 app.add_typer(artifacts_app, name="artifacts")
 
-STATE = {"store": None, "started": None}
+STATE = {"store": None, "started": None, "force_kind": False}
 STORE_HELP = "Artifact store directory (default: $R1V3_STORE, else ./artifacts); before or after the command."
 
 
@@ -80,7 +80,8 @@ def store() -> Store:
     if given is not None and not given.strip():
         # Path("") is the current directory: an empty --store would publish there
         raise UserError("--store is empty: give a store directory (default: $R1V3_STORE, else ./artifacts)")
-    return Store(given if given is not None else default_store(), started=STATE["started"])
+    return Store(given if given is not None else default_store(), started=STATE["started"],
+                 force_kind=STATE["force_kind"])
 
 
 def _print_version(value: bool) -> None:
@@ -171,9 +172,12 @@ def _build_stage(name: str, module_name: str, options: dict):
 
 
 def _stage_command(group: typer.Typer, name: str, module, *, doc: str, fixed: dict | None = None,
-                   hide: tuple[str, ...] = (), extra: tuple[inspect.Parameter, ...] = (), report=None) -> None:
+                   hide: tuple[str, ...] = (), extra: tuple[inspect.Parameter, ...] = (), report=None,
+                   publishes: dict[str, str] | None = None) -> None:
     """Register `name` on `group`: its options are the fields of module.Config (less `fixed` and
-    `hide`), plus --config, key=value overrides and `extra`; `report(result, **extra)` prints the result."""
+    `hide`), plus --config, key=value overrides and `extra`; `report(result, **extra)` prints the result.
+    `publishes` maps the settings naming what it publishes to their kinds ({"name": "model"}): a
+    name holding another kind is refused before the stage runs, unless --force-kind."""
     cls = module.Config
     hints = typing.get_type_hints(cls)
     fields = [f for f in dataclasses.fields(cls) if f.name not in (fixed or {}) and f.name not in hide]
@@ -190,12 +194,18 @@ def _stage_command(group: typer.Typer, name: str, module, *, doc: str, fixed: di
                                     default=typer.Option(None, "--reuse/--no-reuse", metavar="", help=(
                                         "Skip the stage when the latest artifact of --name came from the same "
                                         "settings and inputs (default: on when R1V3_REUSE=1)."))))
+    if publishes:
+        params.append(inspect.Parameter("force_kind", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
+                                        default=typer.Option(False, "--force-kind", help=(
+                                            "Publish even when the name already holds artifacts of another kind "
+                                            "(the new version then shadows them for references by name)."))))
     params.extend(extra)
     extra_names = {p.name for p in extra}
 
     def command(**kw):
         STATE["started"] = time.monotonic()  # what the artifact records as its wall time
         path, overrides, reuse = kw.pop("config_file"), kw.pop("overrides") or [], kw.pop("reuse")
+        STATE["force_kind"] = kw.pop("force_kind", False)
         extras = {k: kw.pop(k) for k in extra_names}
         options = {k: ",".join(v) if isinstance(v, list) else v for k, v in kw.items()}
         conf = config.load(cls, stage=cls.STAGE, path=path, options={**options, **(fixed or {})},
@@ -208,6 +218,9 @@ def _stage_command(group: typer.Typer, name: str, module, *, doc: str, fixed: di
             for art in current:
                 console.print(f"up to date: {art.ref} (reused)", markup=False, highlight=False)
             return
+        for key, kind in (publishes or {}).items():  # before any work, not after hours of training
+            if getattr(conf, key, None):
+                store().check_kind(getattr(conf, key), kind)
         try:
             result = module.run(conf, store())
         except Exception:
@@ -308,23 +321,23 @@ def build_cli():
 
 # ---- models ----------------------------------------------------------------------------------
 
-stage_command("init", "tiny", "stages.init_model", fixed={"model": "tiny"},
+stage_command("init", "tiny", "stages.init_model", publishes={"name": "model"}, fixed={"model": "tiny"},
               doc="A random-weight model of a supported family with an offline tokenizer (about a second).")
-stage_command("init", "smol", "stages.init_model", fixed={"model": "smol"}, hide=("family",),
+stage_command("init", "smol", "stages.init_model", publishes={"name": "model"}, fixed={"model": "smol"}, hide=("family",),
               doc="A real small VLM: SmolLM2-135M-Instruct + a small vision tower + a fresh connector (InternVL family).")
-stage_command("init", "tiny-llm", "stages.init_model", fixed={"model": "tiny-llm"}, hide=("family",),
+stage_command("init", "tiny-llm", "stages.init_model", publishes={"name": "model"}, fixed={"model": "tiny-llm"}, hide=("family",),
               doc="A random-weight text-only LLM (Qwen2, the tiny ChatML tokenizer): to compose with, or a distill teacher.")
-stage_command("init", "smol-llm", "stages.init_model", fixed={"model": "smol-llm"}, hide=("family", "seed"),
+stage_command("init", "smol-llm", "stages.init_model", publishes={"name": "model"}, fixed={"model": "smol-llm"}, hide=("family", "seed"),
               doc="SmolLM2-135M-Instruct alone, a text-only LLM: a distill teacher, trainable by sft --format text-rendering.")
-stage_command("", "import-model", "stages.import_model",
+stage_command("", "import-model", "stages.import_model", publishes={"name": "model"},
               doc="Wrap a local Hugging Face model directory (a VLM or a text LLM) as a model artifact.")
 
 
 # ---- data ------------------------------------------------------------------------------------
 
-stage_command("data", "synth", "stages.synth",
+stage_command("data", "synth", "stages.synth", publishes={"name": "dataset"},
               doc="Synthetic visual reasoning problems drawn with Pillow (counting, colour, position, arithmetic, charts).")
-stage_command("data", "import", "stages.data_import",
+stage_command("data", "import", "stages.data_import", publishes={"name": "dataset"},
               doc="Import your own problem rows (validated, images embedded) as a dataset artifact.")
 
 
@@ -366,7 +379,7 @@ def data_show(
         console.print(f"contact sheet: {sheet}")
 
 
-stage_command("data", "mmmu", "stages.mmmu_import",
+stage_command("data", "mmmu", "stages.mmmu_import", publishes={"name": "dataset"},
               doc="Import MMMU (all images in order, <image N> placeholders mapped) as a dataset artifact.")
 
 
@@ -385,7 +398,7 @@ def _report_eval(result, as_json: bool) -> None:
         console.print(f"[green]published[/green] {art.ref} (eval) at {art.path}")
 
 
-stage_command("eval", "mmmu", "stages.eval_mmmu", report=_report_eval, extra=(
+stage_command("eval", "mmmu", "stages.eval_mmmu", publishes={"name": "eval"}, report=_report_eval, extra=(
     inspect.Parameter("as_json", inspect.Parameter.KEYWORD_ONLY, annotation=bool, default=typer.Option(
         False, "--json", help="Print the scores as JSON on stdout.")),
 ), doc="MMMU accuracy by the official rules: per subject, per discipline, overall (weighted by items).")
@@ -441,9 +454,9 @@ def _report_sft(art) -> None:
         )
 
 
-stage_command("", "sft", "stages.sft", report=_report_sft, doc=(
+stage_command("", "sft", "stages.sft", publishes={"name": "model"}, report=_report_sft, doc=(
     "Supervised fine-tuning of chosen parts (TRL SFTTrainer): loss on assistant tokens, checkpoints, --resume."))
-stage_command("", "compose", "stages.compose", doc=(
+stage_command("", "compose", "stages.compose", publishes={"name": "model"}, doc=(
     "Replace a VLM's language model with a text reasoning LLM (R1V): LLM tokenizer and chat template, VLM image tokens."))
 
 
@@ -454,7 +467,7 @@ def _report_distill(art) -> None:
     _published(art)
 
 
-stage_command("", "distill", "stages.distill", report=_report_distill, doc=(
+stage_command("", "distill", "stages.distill", publishes={"name": "dataset"}, report=_report_distill, doc=(
     "Cold-start traces from a text-only teacher reading each image's caption: rejection-sampled, verified "
     "with the eval's answer rules, filtered, published as a think-template dataset for `sft --preset cold-start`."))
 
@@ -465,7 +478,7 @@ def _report_select(result) -> None:
     select_ckpt.print_report(*result, console)
 
 
-stage_command("", "select-ckpt", "stages.select_ckpt", report=_report_select, doc=(
+stage_command("", "select-ckpt", "stages.select_ckpt", publishes={"name": "selection", "model_name": "model"}, report=_report_select, doc=(
     "Choose an RL checkpoint by the entropy of its critical reasoning tokens (Wait, Alternatively, Hmm) on a held-out "
     "probe split, with guards on accuracy and format; publishes the figures, the probe records and the chosen model."))
 
@@ -484,12 +497,12 @@ def _report_rl(art) -> None:
         )
 
 
-stage_command("", "rl", "stages.rl", report=_report_rl, doc=(
+stage_command("", "rl", "stages.rl", publishes={"name": "run"}, report=_report_rl, doc=(
     "Curriculum-ordered GRPO on a VLM (TRL GRPOTrainer): paper defaults, accuracy/format/custom rewards, "
     "checkpoints with metrics in a run artifact, --resume. `r1v3 rl export RUN` publishes a checkpoint as a model."))
-stage_command("", "rl export", "stages.rl_export", doc=(
+stage_command("", "rl export", "stages.rl_export", publishes={"name": "model"}, doc=(
     "Publish a checkpoint of an `r1v3 rl` run (default: the final one) as a model artifact whose lineage names the run."))
-stage_command("", "difficulty", "stages.difficulty", doc=(
+stage_command("", "difficulty", "stages.difficulty", publishes={"name": "dataset"}, doc=(
     "Measure each problem's pass rate with k samples from a model; publish the dataset with pass_rate "
     "(for --drop-solved/--drop-unsolved and the pass-rate curriculum)."))
 
@@ -514,18 +527,26 @@ def artifacts_ls(kind: Optional[str] = typer.Option(None, "--kind", help="Only t
     if kind is not None and kind not in KINDS:
         raise UserError(f"--kind must be one of {', '.join(KINDS)}, got {kind!r}")
     damaged: list[str] = []
-    arts = [a for a in store().list(damaged=damaged) if kind is None or a.kind == kind]
+    everything = store().list(damaged=damaged)
+    arts = [a for a in everything if kind is None or a.kind == kind]
     table = Table(title=escape(f"store {store().root}"))
     for col in ("ref", "kind", "stage", "created", "size", "inputs"):
         table.add_column(col)
+    kinds: dict[str, set] = {}
+    for a in everything:  # a name's kinds over all its versions, whatever --kind shows
+        kinds.setdefault(a.name, set()).add(a.kind)
+    mixed = sorted(n for n, k in kinds.items() if len(k) > 1)
     for a in arts:
         m = a.manifest  # its types were checked when it was opened; its text is anyone's
         size = sum(f["size"] for f in m["files"].values())
         refs = [i["ref"] for i in m.get("inputs", [])]
         inputs = ", ".join(refs[:4]) + (f" (+{len(refs) - 4} more)" if len(refs) > 4 else "")
-        table.add_row(a.ref, a.kind, escape(clip(m.get("stage", ""), 24)), escape(clip(m.get("created", ""), 24)),
-                      _human(size), inputs)
+        table.add_row(a.ref, a.kind + (" *" if a.name in mixed else ""), escape(clip(m.get("stage", ""), 24)),
+                      escape(clip(m.get("created", ""), 24)), _human(size), inputs)
     console.print(table)
+    for n in mixed:
+        console.print(f"* {n} holds more than one kind ({', '.join(sorted(kinds[n]))}): a reference by name takes its "
+                      f"latest version; name a version ({n}@vN) to pick another", markup=False, highlight=False)
     for message in damaged:
         err_console.print(f"damaged: {message}", markup=False, highlight=False, soft_wrap=True)
     drafts = store().abandoned_drafts()

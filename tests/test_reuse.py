@@ -88,7 +88,7 @@ def test_damaged_or_foreign_latest_runs(cli, monkeypatch):
     assert code == 0 and "published shapes@v2" in out
     # an artifact of the same name from another stage is not this stage's output
     assert cli("init", "tiny", "--name", "tiny")[0] == 0
-    code, out, _ = cli("data", "synth", "--name", "tiny", "--n", "20", "--tasks", "color")
+    code, out, _ = cli("data", "synth", "--name", "tiny", "--n", "20", "--tasks", "color", "--force-kind")
     assert code == 0 and "published tiny@v2" in out
 
 

@@ -643,3 +643,109 @@ def test_eval_data_show_and_report_take_any_subject(eval_store, tmp_path, case):
     assert code == 0, err
     html = page.read_text()
     assert "\x1b" not in html and "L" * 1000 not in html
+
+
+# ---- 6. a name of one kind shadowing another -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def kinds_store(tmp_path_factory):
+    """d: a dataset, t: a model, r: an rl run (hand-made: its checkpoints are what rl export reads)."""
+    root = tmp_path_factory.mktemp("h21-kinds") / "store"
+    for argv in (["data", "synth", "--name", "d", "--problems", "10"], ["init", "tiny", "--name", "t"]):
+        code, _, err = run(root, *argv)
+        assert code == 0, err
+    return root
+
+
+def _model_dir(root: Path) -> Path:
+    return root / "t" / "v1"
+
+
+SHADOWING = {
+    "init tiny over a dataset": (["init", "tiny", "--name", "d"], "d", "dataset", "model"),
+    "data synth over a model": (["data", "synth", "--name", "t", "--problems", "10"], "t", "model", "dataset"),
+    "import-model over a dataset": (["import-model", "{model}", "--name", "d"], "d", "dataset", "model"),
+    "data import over a model": (["data", "import", "{rows}", "--name", "t"], "t", "model", "dataset"),
+    "eval over a dataset": (["eval", "mmmu", "--responses", "{responses}", "--name", "d"], "d", "dataset", "eval"),
+    "init tiny-llm over a dataset": (["init", "tiny-llm", "--name", "d"], "d", "dataset", "model"),
+}
+
+
+def _fill(argv, root: Path, tmp_path: Path) -> list[str]:
+    import json
+
+    (tmp_path / "rows.jsonl").write_text(json.dumps({"id": "a", "images": [], "question": "q", "options": [],
+                                                     "answer": "1", "question_type": "open"}) + "\n")
+    (tmp_path / "responses.json").write_text(json.dumps([{"id": "validation_Art_1", "question_type": "open",
+                                                          "answer": "1", "response": "1"}]))
+    return [a.format(model=_model_dir(root), rows=tmp_path / "rows.jsonl", responses=tmp_path / "responses.json")
+            for a in argv]
+
+
+@pytest.mark.parametrize("case", list(SHADOWING))
+def test_publishing_another_kind_under_a_name_is_refused_before_the_run(kinds_store, tmp_path, monkeypatch, case):
+    from r1v3.artifacts import Store
+
+    argv, name, held, new = SHADOWING[case]
+    argv = _fill(argv, kinds_store, tmp_path)
+    before = snapshot(kinds_store)
+    ran = []
+    module = importlib.import_module(next(m for g, n, m, _ in cli.STAGES if [w for w in (g, *n.split()) if w]
+                                          == argv[:len([w for w in (g, *n.split()) if w])]))
+    monkeypatch.setattr(module, "run", lambda *a, **k: ran.append(1))  # refused before the stage runs at all
+    code, out, err = run(kinds_store, *argv)
+    line = one_line(code, out, err, f"'{name}' already names {held}")
+    assert f"publishing a {new}" in line and "--force-kind" in line
+    assert not ran and snapshot(kinds_store) == before
+    assert {a.kind for a in Store(kinds_store).list() if a.name == name} == {held}
+
+
+def test_the_store_refuses_it_too_and_force_kind_publishes(tmp_path):
+    """The check lives in Store.publish, for every stage (and any caller), not only in the CLI."""
+    from r1v3.artifacts import Store
+    from r1v3.errors import UserError
+
+    s = Store(tmp_path / "s")
+    with s.publish("x", "dataset", stage="test") as draft:
+        (draft.path / "train.parquet").write_bytes(b"not read")
+    for kind in ("model", "run", "selection", "eval"):
+        with pytest.raises(UserError, match=f"'x' already names dataset \\(v1\\): publishing a {kind}"):
+            with s.publish("x", kind, stage="test") as draft:
+                (draft.path / "f").write_text("x")
+    with s.publish("x", "dataset", stage="test") as draft:  # the same kind: a new version, as ever
+        (draft.path / "train.parquet").write_bytes(b"not read either")
+    forced = Store(tmp_path / "s", force_kind=True)
+    with forced.publish("x", "run", stage="test") as draft:
+        (draft.path / "f").write_text("x")
+    assert s.kinds("x") == {1: "dataset", 2: "dataset", 3: "run"}
+    assert not list((tmp_path / "s" / ".staging").iterdir())
+
+
+def test_force_kind_publishes_and_ls_marks_the_mixed_name(tmp_path):
+    root = tmp_path / "store"
+    assert run(root, "data", "synth", "--name", "d", "--problems", "10")[0] == 0
+    assert run(root, "data", "synth", "--name", "plain", "--problems", "10")[0] == 0
+    code, out, err = run(root, "init", "tiny", "--name", "d", "--force-kind")
+    assert code == 0 and "published d@v2 (model)" in out, err
+    code, out, err = run(root, "artifacts", "ls")
+    assert code == 0, err
+    rows = {line.split()[1]: line for line in out.splitlines() if "@v" in line and line.startswith("│")}
+    assert "*" in rows["d@v1"] and "*" in rows["d@v2"] and "*" not in rows["plain@v1"]
+    assert "d holds more than one kind (dataset, model)" in out
+    code, out, err = run(root, "artifacts", "ls", "--kind", "dataset")  # marked even when the other is not listed
+    assert "*" in next(line for line in out.splitlines() if "d@v1" in line)
+
+
+def test_every_publishing_command_declares_its_kinds():
+    """The kinds the CLI checks early are the ones each stage passes to Store.publish."""
+    import re
+
+    declared = {}
+    for _, _, module, options in cli.STAGES:
+        declared.setdefault(module, {}).update(options.get("publishes") or {})
+    for module, kinds in declared.items():
+        source = (REPO / (module.replace(".", "/") + ".py")).read_text()
+        for key, kind in re.findall(r"store\.publish\(\s*cfg\.(\w+),\s*\"(\w+)\"", source):
+            assert kinds.get(key) == kind, (module, key, kind, kinds)
+    assert declared["stages.sft"] == {"name": "model"} and "stages.report" not in {m for m, k in declared.items() if k}
