@@ -105,6 +105,9 @@ class Config(TrainingSettings):
     reward: list[str] = setting([], panel=_REWARD, metavar="MODULE:FN", shown="none", help=(
         "Custom rewards: package.module:function or path/file.py:function (relative, in the working directory)."))
     reward_weight: list[float] = setting([], panel=_REWARD, shown="1 each", help="Weights of the custom rewards, in order.")
+    allow_negative_weights: bool = setting(False, panel=_REWARD, help=(
+        "Take negative reward weights: a penalty written as a positive reward with a negative weight. Off, a "
+        "negative weight is refused (a sign slip would train the model toward wrong answers)."))
     overlong_buffer: Optional[int] = setting(None, ge=1, le=config.MAX_TOKENS, panel=_REWARD, shown="off", help=(
         "DAPO overlong penalty over the last N tokens of --max-new-tokens (weight 1)."))
     vllm: Optional[Literal["colocate", "server"]] = setting(None, panel=_VLLM, shown="off (transformers generate)", help=(
@@ -123,6 +126,14 @@ class Config(TrainingSettings):
         self.trainable = "+".join(parts)
         if "connector" not in parts:
             self.notes.append(f"warning: the connector is frozen; {COLLAPSE}")
+        if not self.allow_negative_weights:
+            negative = [(self.label(k), getattr(self, k)) for k in ("accuracy_weight", "format_weight")
+                        if getattr(self, k) < 0]
+            negative += [(f"{self.label('reward_weight')} #{i + 1}", w) for i, w in enumerate(self.reward_weight) if w < 0]
+            if negative:
+                where, weight = negative[0]
+                raise UserError(f"{where} is {weight:g}: a negative weight rewards doing worse (the policy learns to "
+                                "fail it); give --allow-negative-weights (allow_negative_weights) if it is a penalty")
         if self.reward_weight and len(self.reward_weight) != len(self.reward):
             raise UserError(f"{len(self.reward_weight)} --reward-weight (reward_weight) for {len(self.reward)} "
                             "--reward (reward): give one weight per custom reward, or none (1 each)")

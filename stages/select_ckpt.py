@@ -356,6 +356,17 @@ def publish(cfg: Config, store: Store, run_art: Artifact, ckpts: list[Checkpoint
     choice = choose(table, by=cfg.by, min_positions=cfg.min_positions, max_accuracy_drop=cfg.max_accuracy_drop,
                     max_format_drop=cfg.max_format_drop)
     spearman = correlation(table)
+    chosen = next(c for c in ckpts if c.step == choice["step"])
+    picked = next(r for r in table if r["step"] == choice["step"])
+    # the model first, then the selection naming it: a kill between the two leaves a model that a
+    # re-run supersedes, never a selection whose model is missing
+    with store.publish(cfg.model_name, "model", stage="select-ckpt", config=to_dict(cfg),
+                       inputs=[chosen.source] if chosen.source is run_art else [chosen.source, run_art]) as draft:
+        _copy_model(chosen, draft.path)
+        draft.metrics.update(step=choice["step"], run=run_art.ref, selected_by=cfg.name,
+                             **{k: picked[k] for k in ("critical_entropy", "critical_count", "accuracy", "format_rate")})
+    model = draft.artifact
+    # its files name the model by name (the same bytes whichever version a re-run makes), its manifest by version
     summary = {"choice": choice, "spearman": spearman, "reward_weights": weights, "model": cfg.model_name}
     with store.publish(cfg.name, "selection", stage="select-ckpt", config=to_dict(cfg), inputs=inputs) as draft:
         (draft.path / "figures.json").write_text(json.dumps(table, indent=2) + "\n")
@@ -363,17 +374,9 @@ def publish(cfg: Config, store: Store, run_art: Artifact, ckpts: list[Checkpoint
         (draft.path / "probe.jsonl").write_text(jsonl.lines(records))
         plot(table, choice["step"], draft.path / "entropy-vs-accuracy.png", f"{cfg.name}: {run_art.ref}")
         draft.metrics.update(step=choice["step"], by=cfg.by, enough_evidence=choice["enough_evidence"],
-                             reason=choice["reason"], checkpoints=len(table), spearman=spearman, table=table, **timing)
-    selection = draft.artifact
-    chosen = next(c for c in ckpts if c.step == choice["step"])
-    picked = next(r for r in table if r["step"] == choice["step"])
-    with store.publish(cfg.model_name, "model", stage="select-ckpt", config=to_dict(cfg),
-                       inputs=[chosen.source, selection] if chosen.source is run_art else [chosen.source, run_art, selection]
-                       ) as draft:
-        _copy_model(chosen, draft.path)
-        draft.metrics.update(step=choice["step"], selection=selection.ref, run=run_art.ref,
-                             **{k: picked[k] for k in ("critical_entropy", "critical_count", "accuracy", "format_rate")})
-    return selection, draft.artifact
+                             reason=choice["reason"], checkpoints=len(table), spearman=spearman, table=table,
+                             model=model.ref, **timing)
+    return draft.artifact, model
 
 
 def _copy_model(c: Checkpoint, dest: Path) -> None:
@@ -427,4 +430,4 @@ def print_report(selection: Artifact, model: Artifact, console) -> None:
                   highlight=False)
     console.print(f"Spearman, critical entropy vs probe accuracy over {s['n']} checkpoints: {rho}", markup=False,
                   highlight=False)
-    console.print(f"[green]published[/green] {selection.ref} (selection) and {model.ref} (model) at {model.path}")
+    console.print(f"[green]published[/green] {model.ref} (model) at {model.path}, then {selection.ref} (selection) naming it")

@@ -203,14 +203,18 @@ def load_examples(dataset: Artifact, split: str, cfg: Config, text_only: bool = 
     rows = data.load_split(dataset, split, option)
     where = f"{dataset.ref} [{split}]"
     if cfg.format != "caption":
+        if cfg.format == "text-rendering":
+            needs = ("--format text-rendering takes each row's caption and the answer of its last assistant turn "
+                     "(e.g. a `r1v3 distill` dataset)")
+        else:
+            needs = ("--format chat needs conversations (assistant turn in the think template), e.g. from "
+                     "`r1v3 data synth --messages think`; for image-caption rows use --format caption")
         if not any(r["messages"] for r in rows):
-            raise UserError(
-                f"{where}: no row has `messages`; chat SFT needs conversations (assistant turn in the think "
-                "template), e.g. from `r1v3 data synth --messages think`; for image-caption rows use format=caption"
-            )
+            raise UserError(f"{where}: no row has `messages`; {needs}")
         missing = next((r for r in rows if not r["messages"]), None)
         if missing is not None:
-            raise UserError(f"{where} row {missing['id']}: no `messages` (every row of a chat SFT needs them)")
+            raise UserError(f"{where} row {missing['id']}: no `messages` (every row of --format {cfg.format} "
+                            "SFT needs them)")
     return [conversation(r, cfg, f"{where} row {r['id']}", text_only) | {"id": r["id"]} for r in rows]
 
 
@@ -404,6 +408,10 @@ def _text_only(cfg: Config, art: Artifact) -> bool:
     supported family."""
     config = models.read_config(art.path, trust_remote_code=cfg.trust_remote_code)
     if models.is_vlm_config(config):
+        if cfg.format == "text-rendering":
+            raise UserError(f"--format text-rendering (format) trains text-only LLMs on the images' text renderings; "
+                            f"{art.ref} is a vision-language model ({config.model_type}): give it the images with "
+                            "--format chat or caption")
         models.vlm_config(art.path, art.ref, "sft")
         return False
     if not models.is_causal_lm_config(config):

@@ -93,7 +93,8 @@ def test_damaged_or_foreign_latest_runs(cli, monkeypatch):
 
 
 def test_every_output_must_match(cli):
-    """select-ckpt publishes a selection and a model: both must be the latest and cite each other."""
+    """An artifact citing another this command publishes must cite the latest one (here a model citing
+    its selection; select-ckpt itself publishes the model first, then the selection naming it)."""
     cfg = config.load(select_ckpt.Config, stage="select-ckpt", options={"run": "rl", "probe": "probe", "name": "sel"})
     settings = json.loads(json.dumps(config.to_dict(cfg), default=str))
     assert cli("data", "synth", "--name", "probe", "--n", "10")[0] == 0

@@ -749,3 +749,47 @@ def test_every_publishing_command_declares_its_kinds():
         for key, kind in re.findall(r"store\.publish\(\s*cfg\.(\w+),\s*\"(\w+)\"", source):
             assert kinds.get(key) == kind, (module, key, kind, kinds)
     assert declared["stages.sft"] == {"name": "model"} and "stages.report" not in {m for m, k in declared.items() if k}
+
+
+# ---- also: what a new user trips over --------------------------------------------------------
+
+
+@pytest.mark.parametrize("extra, fragment", [
+    (["--accuracy-weight", "-0.8"], "--accuracy-weight (accuracy_weight) is -0.8"),
+    (["--format-weight", "-1"], "--format-weight (format_weight) is -1"),
+    (["--reward", "rw.py:fn", "--reward-weight", "-0.5"], "--reward-weight (reward_weight) #1 is -0.5"),
+    (["--reward", "rw.py:fn", "--reward", "rw.py:g", "--reward-weight", "1,-2"], "(reward_weight) #2 is -2"),
+])
+def test_negative_reward_weights_need_their_flag(tmp_path, extra, fragment):
+    base = ["rl", "--model", "m", "--data", "d", "--name", "r", *extra]
+    code, out, err = run(tmp_path / "store", *base)
+    line = one_line(code, out, err, fragment)
+    assert "--allow-negative-weights" in line and not (tmp_path / "store").exists()
+    # with the flag the weights pass; the run stops at the next thing it checks (no model m here)
+    code, out, err = run(tmp_path / "store", *base, "--allow-negative-weights")
+    line = one_line(code, out, err, "no artifact named 'm'")
+
+
+@pytest.fixture(scope="module")
+def sft_store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("h21-sft") / "store"
+    for argv in (["init", "tiny", "--name", "vlm"], ["init", "tiny-llm", "--name", "llm"],
+                 ["data", "synth", "--name", "plain", "--problems", "10"]):
+        code, _, err = run(root, *argv)
+        assert code == 0, err
+    return root
+
+
+@pytest.mark.parametrize("argv, fragments", [
+    (["--model", "vlm", "--data", "plain", "--format", "text-rendering"],
+     ["--format text-rendering (format) trains text-only LLMs", "vlm@v1 is a vision-language model"]),
+    (["--model", "llm", "--data", "plain", "--format", "text-rendering"],
+     ["no row has `messages`", "--format text-rendering takes each row's caption"]),
+    (["--model", "vlm", "--data", "plain", "--format", "chat"], ["no row has `messages`", "--format chat needs"]),
+])
+def test_sft_format_mistakes_name_the_format(sft_store, argv, fragments):
+    before = snapshot(sft_store)
+    code, out, err = run(sft_store, "sft", *argv, "--name", "ft", "--trainable", "llm", "--max-steps", "1")
+    line = one_line(code, out, err)
+    assert all(f in line for f in fragments), line
+    assert snapshot(sft_store) == before
