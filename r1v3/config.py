@@ -182,9 +182,9 @@ def _bounds(value, f: dataclasses.Field | None, key: str):
         return value
     high = le if le is not None else lt
     if high is not None and high > 1:  # a limit (MAX_STEPS...), not the two ends of a range like [0, 1)
-        if not high_ok:
-            raise SettingError(key, f"must be at most {le}, got {excerpt(value)}" if le is not None
-                               else f"must be less than {lt}, got {excerpt(value)}")
+        if not high_ok:  # 1,000,000 rather than 1000000: a limit is read, not copied
+            raise SettingError(key, f"must be at most {le:,}, got {excerpt(value)}" if le is not None
+                               else f"must be less than {lt:,}, got {excerpt(value)}")
         le = lt = None  # the low end alone, said as below
     if gt == 0 and le is None and lt is None:
         raise SettingError(key, f"must be positive, got {excerpt(value)}")

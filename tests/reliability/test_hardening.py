@@ -471,7 +471,8 @@ RL = ["rl", "--model", "tiny", "--data", "probs", "--num-generations", "2", "--b
       "--max-new-tokens", "4", "--lr", "5e-3", "--max-steps", "4", "--save-steps", "2", "--reward", "stop.py:fn"]
 
 
-@pytest.mark.parametrize("ending, code", [("sys.exit(0)", 2), ("raise KeyboardInterrupt", 130)])
+@pytest.mark.parametrize("ending, code", [("sys.exit(0)", 2),
+                                          pytest.param("raise KeyboardInterrupt", 130, marks=pytest.mark.slow)])
 def test_rl_with_a_reward_that_exits_fails_keeps_its_work_and_resumes(rl_store, tmp_path, monkeypatch, ending, code):
     from r1v3.artifacts import Store
 
