@@ -80,6 +80,25 @@ def clip(value, limit: int = 80) -> str:
     return "".join(c if c.isprintable() else "?" for c in text)
 
 
+# what a terminal acts on rather than shows: C0/C1 controls (escape sequences, carriage return,
+# backspace), and the invisible and bidirectional format characters that reorder or hide text
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]")
+
+
+def printable(text: str) -> str:
+    """`text` for one line of terminal output: every control character shown as its escape (\\x1b)."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+
+
+def shown(value, limit: int = 80, style: str = ""):
+    """`value` for a rich console or table: a Text, so neither [markup] nor :emoji: codes in it are
+    read, cut to `limit` characters, control characters shown as escapes."""
+    from rich.text import Text
+
+    text = value if isinstance(value, str) else str(value)
+    return Text(printable(text if len(text) <= limit else text[: limit - 3] + "..."), style=style)
+
+
 def check_name(name: str) -> str:
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise UserError(
@@ -340,15 +359,17 @@ class Draft:
 
 
 class Store:
-    def __init__(self, root: str | os.PathLike | None = None, started: float | None = None):
+    def __init__(self, root: str | os.PathLike | None = None, started: float | None = None, force_kind: bool = False):
         """`started`: time.monotonic() when the command writing through this store began; each
         artifact it publishes then records its wall time as `seconds` (a recipe's table reads it,
-        so a re-run that reuses the artifact still shows what it cost to make)."""
+        so a re-run that reuses the artifact still shows what it cost to make). `force_kind`:
+        publish under a name whose versions are of another kind (see `check_kind`)."""
         if root is not None and not str(root).strip():
             # Path("  ") is a directory named by spaces, beside wherever the command ran
             raise UserError(f"store directory {str(root)!r} is blank: give a path (--store or R1V3_STORE)")
         self.root = Path(root) if root is not None else default_store()
         self.started = started
+        self.force_kind = force_kind
 
     # ---- reading -------------------------------------------------------------------------
     def versions(self, name: str) -> list[int]:
@@ -361,6 +382,33 @@ class Store:
             if m and (child / MANIFEST).is_file():
                 out.append(int(m.group(1)))
         return sorted(out)
+
+    def kinds(self, name: str) -> dict[int, str]:
+        """The kind of each readable version of `name` (a damaged one is left out: it says nothing)."""
+        out = {}
+        for v in self.versions(name):
+            try:
+                out[v] = self._open(self.root / name / f"v{v}").kind
+            except UserError:
+                continue
+        return out
+
+    def check_kind(self, name: str, kind: str) -> None:
+        """Refuse publishing a `kind` artifact as `name` when its versions are of another kind: the
+        new version would shadow them, and every reference by name (`--data d`) would then find
+        the wrong kind. Unless the store was opened with force_kind (the commands' --force-kind)."""
+        if self.force_kind:
+            return
+        other: dict[str, list[int]] = {}
+        for v, k in self.kinds(name).items():
+            if k != kind:
+                other.setdefault(k, []).append(v)
+        if other:
+            held = ", ".join(f"{k} ({', '.join(f'v{v}' for v in vs[:3])}{', ...' if len(vs) > 3 else ''})"
+                             for k, vs in sorted(other.items()))
+            raise UserError(f"{name!r} already names {held}: publishing a {kind} under it would shadow "
+                            f"{'it' if sum(map(len, other.values())) == 1 else 'them'} for every reference by "
+                            "name; choose another --name, or give --force-kind to publish it anyway")
 
     def list(self, damaged: list | None = None) -> list[Artifact]:
         """Published artifacts; those whose manifest cannot be read go to `damaged` (messages)."""
@@ -542,6 +590,7 @@ class Store:
         check_name(name)
         if kind not in KINDS:
             raise ValueError(f"unknown artifact kind {kind!r}")
+        self.check_kind(name, kind)
         staging = self.root / ".staging" / f"{name}-{uuid.uuid4().hex[:12]}"
         try:
             staging.mkdir(parents=True)
@@ -618,6 +667,7 @@ class Store:
         }
         if self.started is not None:
             manifest["seconds"] = round(time.monotonic() - self.started, 1)
+        self.check_kind(draft.name, draft.kind)  # again: another kind may have come while the draft was written
         parent = self.root / draft.name
         parent.mkdir(parents=True, exist_ok=True)
         fsync_path(self.root)  # the name directory must outlive a power cut as much as its version

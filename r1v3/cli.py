@@ -26,12 +26,13 @@ import typer.main
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 from rich.tree import Tree
 from typer.models import ParamMeta
 
 from r1v3 import __version__, config
-from r1v3.artifacts import MAX_LINEAGE_DEPTH, Store, check_name, clip, default_store
-from r1v3.errors import UserError
+from r1v3.artifacts import MAX_LINEAGE_DEPTH, Store, clip, default_store, printable, shown
+from r1v3.errors import UserError, error_text, plugin_failed
 
 class _Group(typer.core.TyperGroup):
     """A command group whose stage commands are built when invoked: a stage module imports torch
@@ -70,7 +71,7 @@ app.add_typer(init_app, name="init")
 app.add_typer(data_app, name="data")
 app.add_typer(artifacts_app, name="artifacts")
 
-STATE = {"store": None, "started": None}
+STATE = {"store": None, "started": None, "force_kind": False}
 STORE_HELP = "Artifact store directory (default: $R1V3_STORE, else ./artifacts); before or after the command."
 
 
@@ -79,7 +80,8 @@ def store() -> Store:
     if given is not None and not given.strip():
         # Path("") is the current directory: an empty --store would publish there
         raise UserError("--store is empty: give a store directory (default: $R1V3_STORE, else ./artifacts)")
-    return Store(given if given is not None else default_store(), started=STATE["started"])
+    return Store(given if given is not None else default_store(), started=STATE["started"],
+                 force_kind=STATE["force_kind"])
 
 
 def _print_version(value: bool) -> None:
@@ -174,10 +176,11 @@ def _build_stage(name: str, module_name: str, options: dict):
 
 def _stage_command(group: typer.Typer, name: str, module, *, doc: str, fixed: dict | None = None,
                    hide: tuple[str, ...] = (), extra: tuple[inspect.Parameter, ...] = (), report=None,
-                   config_class: str = "Config") -> None:
+                   config_class: str = "Config", publishes: dict[str, str] | None = None) -> None:
     """Register `name` on `group`: its options are the fields of the module's `config_class` (less
     `fixed` and `hide`), plus --config, key=value overrides and `extra`; `report(result, **extra)`
-    prints the result."""
+    prints the result. `publishes` maps the settings naming what it publishes to their kinds
+    ({"name": "model"}): a name holding another kind is refused before the stage runs, unless --force-kind."""
     cls = getattr(module, config_class)
     hints = typing.get_type_hints(cls)
     fields = [f for f in dataclasses.fields(cls) if f.name not in (fixed or {}) and f.name not in hide]
@@ -200,12 +203,18 @@ def _stage_command(group: typer.Typer, name: str, module, *, doc: str, fixed: di
                                     default=typer.Option(None, "--reuse/--no-reuse", metavar="", help=(
                                         "Skip the stage when the latest artifact of --name came from the same "
                                         "settings and inputs (default: on when R1V3_REUSE=1)."))))
+    if publishes:
+        params.append(inspect.Parameter("force_kind", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
+                                        default=typer.Option(False, "--force-kind", help=(
+                                            "Publish even when the name already holds artifacts of another kind "
+                                            "(the new version then shadows them for references by name)."))))
     params.extend(extra)
     extra_names = {p.name for p in extra}
 
     def command(**kw):
         STATE["started"] = time.monotonic()  # what the artifact records as its wall time
         path, overrides, reuse = kw.pop("config_file"), kw.pop("overrides", None) or [], kw.pop("reuse")
+        STATE["force_kind"] = kw.pop("force_kind", False)
         if variadic is not None:
             words = kw.pop(variadic) or []
             overrides = [w for w in words if "=" in w]
@@ -215,18 +224,32 @@ def _stage_command(group: typer.Typer, name: str, module, *, doc: str, fixed: di
         conf = config.load(cls, stage=cls.STAGE, path=path, options={**options, **(fixed or {})},
                            overrides=overrides, flags=flags)
         for note in conf.notes:
-            err_console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
+            err_console.print(f"note: {printable(note)}", markup=False, highlight=False, soft_wrap=True)
         current = None
         if reuse if reuse is not None else os.environ.get("R1V3_REUSE") == "1":
             for setting_, spec in config.undigested(conf):
-                err_console.print(f"note: --reuse cannot tell whether {spec} ({setting_}) changed; running the stage",
-                                  markup=False, highlight=False, soft_wrap=True)
+                err_console.print(f"note: --reuse cannot tell whether {printable(spec)} ({setting_}) changed; "
+                                  "running the stage", markup=False, highlight=False, soft_wrap=True)
             current = store().up_to_date(conf)
         if current:
             for art in current:
                 console.print(f"up to date: {art.ref} (reused)", markup=False, highlight=False)
             return
-        (report or _published)(module.run(conf, store()), **extras)
+        for key, kind in (publishes or {}).items():  # before any work, not after hours of training
+            if getattr(conf, key, None):
+                store().check_kind(getattr(conf, key), kind)
+        try:
+            result = module.run(conf, store())
+        except Exception:
+            raise
+        except BaseException as e:
+            if not plugin_failed(e):
+                raise
+            # not ours (we raise typer.Exit): code the stage ran, a model's own code with
+            # --trust-remote-code or a library, tried to end the process. What the run saved stays.
+            raise UserError(f"{name}: the run was ended by {error_text(e)} from code it ran (the model's own code, "
+                            "a plug-in or a library); nothing was published") from e
+        (report or _published)(result, **extras)
 
     command.__signature__ = inspect.Signature(params)
     command.__name__ = name.replace("-", "_")
@@ -268,23 +291,23 @@ def build_cli():
 
 # ---- models ----------------------------------------------------------------------------------
 
-stage_command("init", "tiny", "stages.init_model", fixed={"model": "tiny"},
+stage_command("init", "tiny", "stages.init_model", publishes={"name": "model"}, fixed={"model": "tiny"},
               doc="A random-weight model of a supported family with an offline tokenizer (about a second).")
-stage_command("init", "smol", "stages.init_model", fixed={"model": "smol"}, hide=("family",),
+stage_command("init", "smol", "stages.init_model", publishes={"name": "model"}, fixed={"model": "smol"}, hide=("family",),
               doc="A real small VLM: SmolLM2-135M-Instruct + a small vision tower + a fresh connector (InternVL family).")
-stage_command("init", "tiny-llm", "stages.init_model", fixed={"model": "tiny-llm"}, hide=("family",),
+stage_command("init", "tiny-llm", "stages.init_model", publishes={"name": "model"}, fixed={"model": "tiny-llm"}, hide=("family",),
               doc="A random-weight text-only LLM (Qwen2, the tiny ChatML tokenizer): to compose with, or a distill teacher.")
-stage_command("init", "smol-llm", "stages.init_model", fixed={"model": "smol-llm"}, hide=("family", "seed"),
+stage_command("init", "smol-llm", "stages.init_model", publishes={"name": "model"}, fixed={"model": "smol-llm"}, hide=("family", "seed"),
               doc="SmolLM2-135M-Instruct alone, a text-only LLM: a distill teacher, trainable by sft --format text-rendering.")
-stage_command("", "import-model", "stages.import_model",
+stage_command("", "import-model", "stages.import_model", publishes={"name": "model"},
               doc="Wrap a local Hugging Face model directory (a VLM or a text LLM) as a model artifact.")
 
 
 # ---- data ------------------------------------------------------------------------------------
 
-stage_command("data", "synth", "stages.synth",
+stage_command("data", "synth", "stages.synth", publishes={"name": "dataset"},
               doc="Synthetic visual reasoning problems drawn with Pillow (counting, colour, position, arithmetic, charts).")
-stage_command("data", "import", "stages.data_import",
+stage_command("data", "import", "stages.data_import", publishes={"name": "dataset"},
               doc="Import your own problem rows (validated, images embedded) as a dataset artifact.")
 
 
@@ -306,26 +329,29 @@ def data_show(
     if split not in splits:
         raise UserError(f"{ref}: no split {split!r} (has {', '.join(splits)})")
     rows = data.read_split(art.path, split)
-    console.print(f"[bold]{art.ref}[/bold] \\[{split}] {len(rows)} rows (splits: {', '.join(splits)})")
-    for row in rows[:limit]:
+    console.print(Text.assemble(shown(art.ref, style="bold"), " ", shown(f"[{split}]"),
+                                f" {len(rows)} rows (splits: ", shown(", ".join(splits), 400), ")"))
+    for row in rows[:limit]:  # every field is the dataset's text: shown, never read as markup
         options = "  ".join(f"({data.LETTERS[i]}) {o}" for i, o in enumerate(row["options"]))
         caption = row.get("caption") or ""
-        console.print(
-            f"[cyan]{row['id']}[/cyan] {row['subject']} {row['question_type']} {row.get('difficulty') or ''}"
-            f" images={len(row['images'])}\n  Q: {row['question']}"
-            + (f"\n  {options}" if options else "")
-            + f"\n  answer: [green]{row['answer']}[/green]"
-            + (f"\n  caption: [dim]{caption[:160]}{'...' if len(caption) > 160 else ''}[/dim]" if caption else ""),
-            highlight=False,
-        )
+        lines = [Text.assemble(shown(row["id"], style="cyan"), " ",
+                               shown(f"{row['subject']} {row['question_type']} {row.get('difficulty') or ''}", 200),
+                               f" images={len(row['images'])}"),
+                 Text.assemble("  Q: ", shown(row["question"], 2000))]
+        if options:
+            lines.append(Text.assemble("  ", shown(options, 2000)))
+        lines.append(Text.assemble("  answer: ", shown(row["answer"], 200, style="green")))
+        if caption:
+            lines.append(Text.assemble("  caption: ", shown(caption, 163, style="dim")))
+        console.print(Text("\n").join(lines), highlight=False)
     if sheet is not None:
         data.contact_sheet(rows, sheet, n=max(limit, 16))
         console.print(f"contact sheet: {sheet}")
 
 
-stage_command("data", "mmmu", "stages.mmmu_import",
+stage_command("data", "mmmu", "stages.mmmu_import", publishes={"name": "dataset"},
               doc="Import MMMU (all images in order, <image N> placeholders mapped) as a dataset artifact.")
-stage_command("data", "mathvista", "stages.mathvista_import",
+stage_command("data", "mathvista", "stages.mathvista_import", publishes={"name": "dataset"},
               doc="Import MathVista testmini (its answer types, precisions and metadata kept for the official scorer).")
 
 
@@ -349,9 +375,9 @@ def _report_eval(benchmark: str, result, as_json: bool) -> None:
 
 _EVAL_JSON = (inspect.Parameter("as_json", inspect.Parameter.KEYWORD_ONLY, annotation=bool, default=typer.Option(
     False, "--json", help="Print the scores as JSON on stdout.")),)
-stage_command("eval", "mmmu", "stages.evaluate", report=functools.partial(_report_eval, "mmmu"), extra=_EVAL_JSON,
+stage_command("eval", "mmmu", "stages.evaluate", publishes={"name": "eval"}, report=functools.partial(_report_eval, "mmmu"), extra=_EVAL_JSON,
               doc="MMMU accuracy by the official rules: per subject, per discipline, overall (weighted by items).")
-stage_command("eval", "mathvista", "stages.evaluate", config_class="MathVistaConfig",
+stage_command("eval", "mathvista", "stages.evaluate", config_class="MathVistaConfig", publishes={"name": "eval"},
               report=functools.partial(_report_eval, "mathvista"), extra=_EVAL_JSON, doc=(
                   "MathVista accuracy by the official calculate_score.py: overall and per question type, answer type, "
                   "language, source, category, task, context, grade and skill."))
@@ -375,9 +401,9 @@ def _report_sft(art) -> None:
         )
 
 
-stage_command("", "sft", "stages.sft", report=_report_sft, doc=(
+stage_command("", "sft", "stages.sft", publishes={"name": "model"}, report=_report_sft, doc=(
     "Supervised fine-tuning of chosen parts (TRL SFTTrainer): loss on assistant tokens, checkpoints, --resume."))
-stage_command("", "compose", "stages.compose", doc=(
+stage_command("", "compose", "stages.compose", publishes={"name": "model"}, doc=(
     "Replace a VLM's language model with a text reasoning LLM (R1V): LLM tokenizer and chat template, VLM image tokens."))
 
 
@@ -388,7 +414,7 @@ def _report_distill(art) -> None:
     _published(art)
 
 
-stage_command("", "distill", "stages.distill", report=_report_distill, doc=(
+stage_command("", "distill", "stages.distill", publishes={"name": "dataset"}, report=_report_distill, doc=(
     "Cold-start traces from a text-only teacher reading each image's caption: rejection-sampled, verified "
     "with the eval's answer rules, filtered, published as a think-template dataset for `sft --preset cold-start`."))
 
@@ -399,7 +425,7 @@ def _report_select(result) -> None:
     select_ckpt.print_report(*result, console)
 
 
-stage_command("", "select-ckpt", "stages.select_ckpt", report=_report_select, doc=(
+stage_command("", "select-ckpt", "stages.select_ckpt", publishes={"name": "selection", "model_name": "model"}, report=_report_select, doc=(
     "Choose an RL checkpoint by the entropy of its critical reasoning tokens (Wait, Alternatively, Hmm) on a held-out "
     "probe split, with guards on accuracy and format; publishes the figures, the probe records and the chosen model."))
 
@@ -418,12 +444,12 @@ def _report_rl(art) -> None:
         )
 
 
-stage_command("", "rl", "stages.rl", report=_report_rl, doc=(
+stage_command("", "rl", "stages.rl", publishes={"name": "run"}, report=_report_rl, doc=(
     "Curriculum-ordered GRPO on a VLM (TRL GRPOTrainer): paper defaults, accuracy/format/custom rewards, "
     "checkpoints with metrics in a run artifact, --resume. `r1v3 rl export RUN` publishes a checkpoint as a model."))
-stage_command("", "rl export", "stages.rl_export", doc=(
+stage_command("", "rl export", "stages.rl_export", publishes={"name": "model"}, doc=(
     "Publish a checkpoint of an `r1v3 rl` run (default: the final one) as a model artifact whose lineage names the run."))
-stage_command("", "difficulty", "stages.difficulty", doc=(
+stage_command("", "difficulty", "stages.difficulty", publishes={"name": "dataset"}, doc=(
     "Measure each problem's pass rate with k samples from a model; publish the dataset with pass_rate "
     "(for --drop-solved/--drop-unsolved and the pass-rate curriculum)."))
 
@@ -442,7 +468,7 @@ stage_command("", "compare", "stages.compare", report=_report_compare, extra=(
 
 
 def _report_page(path) -> None:
-    console.print(f"wrote {path}", markup=False, highlight=False, soft_wrap=True)
+    console.print(f"wrote {printable(str(path))}", markup=False, highlight=False, soft_wrap=True)
 
 
 stage_command("", "report", "stages.report", report=_report_page, doc=(
@@ -461,18 +487,26 @@ def artifacts_ls(kind: Optional[str] = typer.Option(None, "--kind", help="Only t
     if kind is not None and kind not in KINDS:
         raise UserError(f"--kind must be one of {', '.join(KINDS)}, got {kind!r}")
     damaged: list[str] = []
-    arts = [a for a in store().list(damaged=damaged) if kind is None or a.kind == kind]
+    everything = store().list(damaged=damaged)
+    arts = [a for a in everything if kind is None or a.kind == kind]
     table = Table(title=escape(f"store {store().root}"))
     for col in ("ref", "kind", "stage", "created", "size", "inputs"):
         table.add_column(col)
+    kinds: dict[str, set] = {}
+    for a in everything:  # a name's kinds over all its versions, whatever --kind shows
+        kinds.setdefault(a.name, set()).add(a.kind)
+    mixed = sorted(n for n, k in kinds.items() if len(k) > 1)
     for a in arts:
         m = a.manifest  # its types were checked when it was opened; its text is anyone's
         size = sum(f["size"] for f in m["files"].values())
         refs = [i["ref"] for i in m.get("inputs", [])]
         inputs = ", ".join(refs[:4]) + (f" (+{len(refs) - 4} more)" if len(refs) > 4 else "")
-        table.add_row(a.ref, a.kind, escape(clip(m.get("stage", ""), 24)), escape(clip(m.get("created", ""), 24)),
-                      _human(size), inputs)
+        table.add_row(a.ref, a.kind + (" *" if a.name in mixed else ""), escape(clip(m.get("stage", ""), 24)),
+                      escape(clip(m.get("created", ""), 24)), _human(size), inputs)
     console.print(table)
+    for n in mixed:
+        console.print(f"* {n} holds more than one kind ({', '.join(sorted(kinds[n]))}): a reference by name takes its "
+                      f"latest version; name a version ({n}@vN) to pick another", markup=False, highlight=False)
     for message in damaged:
         err_console.print(f"damaged: {message}", markup=False, highlight=False, soft_wrap=True)
     drafts = store().abandoned_drafts()
@@ -573,6 +607,15 @@ USER_ERRNOS = (errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.EA
                errno.ENAMETOOLONG, errno.ELOOP)
 
 
+def _say_error(text: str) -> None:
+    """The one `error:` line: no form of an API key (only a run that made an HTTP backend has one
+    to hide), and no terminal control characters from the text a user or a file put in it."""
+    generation = sys.modules.get("r1v3.generation")
+    if generation is not None:
+        text = generation.scrub_secrets(text)
+    err_console.print(f"error: {printable(text)}", markup=False, highlight=False, soft_wrap=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run `r1v3 ARGV`; returns the exit code.
 
@@ -610,7 +653,7 @@ def main(argv: list[str] | None = None) -> int:
             e.show()  # a bare group: its help is the answer
         else:
             where = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
-            err_console.print(f"error: {e.format_message()}{where}", markup=False, highlight=False, soft_wrap=True)
+            _say_error(f"{e.format_message()}{where}")
         return getattr(e, "exit_code", 2)
     except KeyboardInterrupt:
         err_console.print("interrupted")
@@ -618,7 +661,7 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         if debug:
             raise
-        err_console.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
+        _say_error(str(e))
         return getattr(e, "exit_code", 2)
     except OSError as e:
         # classified here, by errno, whichever stage or store method raised it: one rule for
@@ -626,7 +669,7 @@ def main(argv: list[str] | None = None) -> int:
         if debug or not (e.filename or e.errno in (errno.ENOSPC, errno.EDQUOT)):
             raise
         where = f"{e.filename}: " if e.filename else ""
-        err_console.print(f"error: {where}{e.strerror or e}", markup=False, highlight=False, soft_wrap=True)
+        _say_error(f"{where}{e.strerror or e}")
         return 2 if e.errno in USER_ERRNOS else 1
 
 

@@ -38,6 +38,19 @@ MAX_YAML_NODES = 100_000  # nodes after alias expansion: an anchor bomb stops he
 EXCERPT = 60  # characters of a value shown in an error
 RUN_PANEL = "Run"  # the --help panel of TrainingSettings
 
+# Upper bounds of count-like settings. Far beyond any real run, yet each is refused when the config
+# is built, in milliseconds: a stage that sized its work from 10**12 ran until memory ran out.
+# tests/reliability/test_hardening.py checks that every int setting of every stage has a bound.
+MAX_SEED = 2**32 - 1  # numpy's limit (transformers' set_seed seeds numpy too)
+MAX_STEPS = 1_000_000  # optimizer steps, and intervals counted in them
+MAX_EPOCHS = 10_000
+MAX_SAMPLES = 10_000  # outputs per problem
+MAX_TOKENS = 1 << 22  # a generation budget or a sequence length
+MAX_ROWS = 10**9  # a --limit on rows or items
+MAX_BATCH = 1 << 16  # sequences in a batch, micro-steps in a step, completions in a group
+MAX_DEVICES = 1024  # GPUs per model, HTTP calls in flight
+MAX_CHARS = 10**8  # a length in characters
+
 # YAML 1.1 (PyYAML) reads 2e-4, 1E-5 and 3e+2 as strings; YAML 1.2 and every user read them as floats
 NUMBER = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)(?:[eE][-+]?[0-9]+)?$")
 INTEGER = re.compile(r"^[-+]?[0-9][0-9_]*$")
@@ -174,12 +187,12 @@ class TrainingSettings(Settings):
         "(a one-step run would train at learning rate 0)."))
     weight_decay: float = setting(0.0, ge=0, panel=TRAIN_PANEL, help="AdamW weight decay.")
     batch_size: int = setting(8, ge=1, panel=TRAIN_PANEL, help=(
-        "Per device and micro-step: rows (sft) or completions (rl)."))
-    grad_accum: int = setting(1, ge=1, panel=TRAIN_PANEL, help="Micro-steps per optimizer step.")
+        "Per device and micro-step: rows (sft) or completions (rl)."), le=MAX_BATCH)
+    grad_accum: int = setting(1, ge=1, panel=TRAIN_PANEL, help="Micro-steps per optimizer step.", le=MAX_BATCH)
     max_steps: Optional[int] = setting(None, ge=1, panel=TRAIN_PANEL, help=(
-        "Optimizer steps (sft: overrides --epochs; rl: the first N of the curriculum, cycling its rows)."))
-    save_steps: int = setting(50, ge=1, panel=RUN_PANEL, help="A checkpoint every N optimizer steps (and the last).")
-    logging_steps: int = setting(1, ge=1, panel=RUN_PANEL, help="Log metrics every N optimizer steps.", result=False)
+        "Optimizer steps (sft: overrides --epochs; rl: the first N of the curriculum, cycling its rows)."), le=MAX_STEPS)
+    save_steps: int = setting(50, ge=1, panel=RUN_PANEL, help="A checkpoint every N optimizer steps (and the last).", le=MAX_STEPS)
+    logging_steps: int = setting(1, ge=1, panel=RUN_PANEL, help="Log metrics every N optimizer steps.", result=False, le=MAX_STEPS)
     report_to: list[Literal["tensorboard", "wandb", "trackio", "mlflow"]] = setting(
         [], panel=RUN_PANEL, metavar="NAME,..", shown="none", result=False, help=(
             "Also log to these trackers (tensorboard, wandb, trackio, mlflow; pip install 'r1v3[tracking]'): "
@@ -193,7 +206,7 @@ class TrainingSettings(Settings):
                                 help="Train in bfloat16 mixed precision.")
     dtype: Literal["float32", "bfloat16"] | None = setting(None, shown="the checkpoint's", panel=RUN_PANEL,
                                                            help="Weights dtype at load.")
-    seed: int = setting(0, panel=RUN_PANEL, help="Random seed (data order and every other random draw of the run).")
+    seed: int = setting(0, ge=0, le=MAX_SEED, panel=RUN_PANEL, help="Random seed (data order and every other random draw of the run).")
     resume: bool = setting(False, panel=RUN_PANEL,
                            help="Continue an interrupted run of the same name from its last complete checkpoint.", result=False)
     trust_remote_code: bool = setting(False, panel=RUN_PANEL, help="Allow the model's own Python code.", result=False)
@@ -253,6 +266,12 @@ def _bounds(value, f: dataclasses.Field | None, key: str):
     high_ok = (le is None or value <= le) and (lt is None or value < lt)
     if low_ok and high_ok:
         return value
+    high = le if le is not None else lt
+    if high is not None and high > 1:  # a limit (MAX_STEPS...), not the two ends of a range like [0, 1)
+        if not high_ok:  # 1,000,000 rather than 1000000: a limit is read, not copied
+            raise SettingError(key, f"must be at most {le:,}, got {excerpt(value)}" if le is not None
+                               else f"must be less than {lt:,}, got {excerpt(value)}")
+        le = lt = None  # the low end alone, said as below
     if gt == 0 and le is None and lt is None:
         raise SettingError(key, f"must be positive, got {excerpt(value)}")
     if (ge is not None or gt is not None) and le is None and lt is None:
@@ -269,7 +288,10 @@ def _number(value, tp, key: str):
     """An int or a finite float from a number or its text (2e-4, 1E-5, .5, 1_000 all count)."""
     if isinstance(value, str) and NUMBER.match(value.strip()):
         text = value.strip()
-        value = int(text) if tp is int and INTEGER.match(text) else float(text.replace("_", ""))
+        try:
+            value = int(text) if tp is int and INTEGER.match(text) else float(text.replace("_", ""))
+        except ValueError:  # more digits than int() converts (4300): no setting is that large
+            raise SettingError(key, f"must be {tp.__name__}, got a number of {len(text)} digits") from None
     elif isinstance(value, str) and tp is float and value.strip().lower().lstrip("+-") in ("nan", "inf", "infinity"):
         value = float(value.strip())
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -314,7 +336,8 @@ def _coerce(value: Any, tp, f: dataclasses.Field | None, key: str | None = None)
         if not isinstance(value, (list, tuple)):
             raise SettingError(key, f"must be a list, got {excerpt(value)}")
         inner = args[0] if args else Any
-        return [_coerce(v, inner, None, f"{key}[{i}]") for i, v in enumerate(value)]
+        # the field's bounds hold for each element (curriculum_lengths: every phase's length)
+        return [_coerce(v, inner, f, f"{key}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
             raise SettingError(key, f"must be a mapping, got {excerpt(value)}")
@@ -411,6 +434,8 @@ def parse_yaml(text: str, where: str) -> Any:
         raise UserError(f"{where}: {e}") from None
     except RecursionError:
         raise UserError(f"{where}: nested too deeply") from None
+    except ValueError:  # PyYAML's int() of a number of more than 4300 digits
+        raise UserError(f"{where}: a number too long to read (more than 4300 digits)") from None
 
 
 def read_yaml(path: str | Path) -> dict:

@@ -42,6 +42,10 @@ UNITS = ("epochs", "steps")
 LEVELS = ("normal", "hard")
 PHASES = {"none": ("all",), "normal": ("normal",), "hard": ("normal", "hard"), "pass-rate": ("all",)}
 DIFFICULTY_COMMAND = "r1v3 difficulty --model REF --data REF --samples k --name N"
+# Prompts a schedule may hold (every epoch of every phase, laid out as a list): about 0.5 GB of
+# Python lists at the limit. The size is known before anything is laid out, so a run asking for
+# more is refused at once instead of filling memory.
+MAX_SCHEDULE = 10_000_000
 
 
 @dataclass(frozen=True)
@@ -143,9 +147,14 @@ def plan(rows: Sequence[dict], settings: Settings, batching: Batching, *, datase
     rng = random.Random(settings.seed)
     indices, dropped = _filter(rows, settings, where)
     pools = _pools(rows, indices, settings.mode, where, dropped)
+    wanted = [_wanted(pool, name, length, settings, batching) for (name, pool), length in zip(pools, lengths)]
+    if sum(wanted) > MAX_SCHEDULE:
+        raise UserError(f"{where}: the curriculum would train on {sum(wanted):,} prompts "
+                        f"({', '.join(f'{n} {w:,}' for (n, _), w in zip(pools, wanted))}), more than the "
+                        f"{MAX_SCHEDULE:,} a schedule holds: shorten the phases (curriculum_lengths, --epochs, --max-steps)")
     order, phases = [], []
-    for (name, pool), length in zip(pools, lengths):
-        picked, cut = _lay_out(rows, pool, name, length, settings, batching, rng, where)
+    for (name, pool), n in zip(pools, wanted):
+        picked, cut = _lay_out(rows, pool, name, n, settings, batching, rng, where)
         dropped["boundary"] += cut
         phases.append(Phase(name, len(order), len(picked), sum(p.steps for p in phases),
                             batching.steps(len(picked) // batching.prompts)))
@@ -197,17 +206,20 @@ def _pools(rows, indices, mode, where, dropped):
     return pools
 
 
-def _lay_out(rows, pool, name, length, settings, batching, rng, where):
-    """(row indices of the phase, rows cut at its end): whole generation batches and optimizer steps."""
-    quantum = batching.prompts * batching.quantum
+def _wanted(pool, name, length, settings, batching) -> int:
+    """How many prompts a phase of `length` (in settings.unit) lays out, before the cut to whole steps."""
     if settings.unit == "steps":
         if (length * batching.accumulation) % batching.micro_steps:
             raise UserError(f"curriculum phase {name!r}: {length} optimizer steps is not a whole number of generation "
                             f"batches (each spans {batching.micro_steps}/{batching.accumulation} steps): choose a "
                             "multiple (key curriculum_lengths)")
-        wanted = length * batching.accumulation // batching.micro_steps * batching.prompts
-    else:
-        wanted = length * len(pool)
+        return length * batching.accumulation // batching.micro_steps * batching.prompts
+    return length * len(pool)
+
+
+def _lay_out(rows, pool, name, wanted, settings, batching, rng, where):
+    """(row indices of the phase, rows cut at its end): whole generation batches and optimizer steps."""
+    quantum = batching.prompts * batching.quantum
     picked = []
     while len(picked) < wanted:
         picked += _epoch(rows, pool, settings.mode, rng)

@@ -15,7 +15,9 @@ images: the k-th image part of the conversation takes `images[k]`.
 from __future__ import annotations
 
 import email.utils
+import functools
 import hashlib
+import html
 import json
 import logging
 import math
@@ -23,6 +25,7 @@ import os
 import random
 import threading
 import time
+import urllib.parse
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -595,15 +598,68 @@ def text_messages(request: Request) -> list[dict]:
 
 _RETRY_STATUS = (408, 409, 429)  # and every 5xx; 409 too because OpenAI answers lock timeouts with it
 _MAX_ANSWER = 64 << 20  # a reasoning trace is well under 1 MB; anything near this is a broken or hostile server
-_KEY_ENVS: set[str] = set()  # names of the env vars whose values are scrubbed from the HTTP libraries' logs
+_KEY_ENVS: set[str] = set()  # names of the env vars whose values are scrubbed from errors, logs and answers
+_SCRUBBED = "***"
+# How a key may come back transformed: a server echoing the header inside JSON (\" and \\, \/ or
+# \uXXXX), Python's repr of the text or of its bytes (b'Bearer sk-...\r'), a URL (a Location
+# naming it), HTML. Each is applied once and twice (a JSON string inside a JSON string).
+_ESCAPES = (
+    lambda s: json.dumps(s)[1:-1],
+    lambda s: json.dumps(s, ensure_ascii=False)[1:-1],
+    lambda s: json.dumps(s)[1:-1].replace("/", "\\/"),
+    lambda s: repr(s)[1:-1],
+    lambda s: repr(s.encode("utf-8", "backslashreplace"))[2:-1],
+    lambda s: s.encode("unicode_escape").decode("ascii"),
+    lambda s: urllib.parse.quote(s, safe=""),
+    lambda s: urllib.parse.quote_plus(s, safe=""),
+    lambda s: html.escape(s, quote=True),
+)
 
 
-def _scrub_keys(text: str) -> str:
+@functools.lru_cache(maxsize=16)
+def _key_forms(value: str) -> tuple[str, ...]:
+    """Every spelling of a key value to scrub, longest first (a longer form holds shorter ones)."""
+    forms: set[str] = set()
+    for key in {value, value.strip()}:
+        if not key:
+            continue
+        spelled = {key}
+        for _ in range(2):
+            spelled |= {escape(k) for k in spelled for escape in _ESCAPES}
+        forms |= {form.strip() for form in spelled}  # the text around a key keeps its own blanks
+    return tuple(sorted(forms - {""}, key=len, reverse=True))
+
+
+def scrub_secrets(text: str) -> str:
+    """`text` without any form of the API keys the HTTP backend was given (see _ESCAPES)."""
     for name in tuple(_KEY_ENVS):  # a backend made in another thread may add one meanwhile
-        key = os.environ.get(name)
-        if key:
-            text = text.replace(key, "***")
+        value = os.environ.get(name)
+        if value:
+            for form in _key_forms(value):
+                text = text.replace(form, _SCRUBBED)
     return text
+
+
+def api_key(env: str) -> str | None:
+    """The API key in $`env` as an Authorization header carries it, or None when `env` is empty or
+    unset. Surrounding whitespace is dropped (a key read from a CRLF file ends in \\r\\n); a blank key,
+    or one holding a character a header cannot carry (control characters, non-ASCII), is a
+    UserError that names the variable and never the value."""
+    if not env:
+        return None
+    _KEY_ENVS.add(env)  # scrubbed from here on, refused or not
+    raw = os.environ.get(env)
+    if raw is None:
+        return None
+    key = raw.strip()
+    if not key:
+        raise UserError(f"${env} is set but blank: export the endpoint's API key in it")
+    bad = next((c for c in key if not " " <= c <= "~"), None)
+    if bad is not None:
+        what = "a non-ASCII character" if ord(bad) > 127 else f"a control character (code {ord(bad)})"
+        raise UserError(f"${env} holds {what}, which an HTTP header cannot carry: set it to the key alone "
+                        "(a stray line break, quote or pasted symbol?)")
+    return key
 
 
 class _ScrubLogs(logging.Filter):
@@ -611,7 +667,7 @@ class _ScrubLogs(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        clean = _scrub_keys(message)
+        clean = scrub_secrets(message)
         if clean != message:
             record.msg, record.args = clean, ()
         return True
@@ -695,7 +751,7 @@ class OpenAIBackend(Backend):
         self.max_wait = float(max_wait)
         self.concurrency = concurrency
         self.progress = progress
-        _KEY_ENVS.add(api_key_env)
+        self._key = api_key(api_key_env)  # checked before any request
         self._client = httpx2.Client(
             timeout=httpx2.Timeout(self.timeout),
             limits=httpx2.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
@@ -712,16 +768,14 @@ class OpenAIBackend(Backend):
         self.close()
 
     def _scrub(self, text: str) -> str:
-        key = os.environ.get(self.api_key_env)
-        return text.replace(key, "***") if key else text
+        return scrub_secrets(text)
 
     # -- one HTTP call
 
     def _post(self, payload: dict) -> dict:
         headers = {"Content-Type": "application/json"}
-        key = os.environ.get(self.api_key_env)
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
+        if self._key:
+            headers["Authorization"] = f"Bearer {self._key}"
         deadline = time.monotonic() + self.timeout
         try:
             with self._client.stream("POST", self.url, content=json.dumps(payload).encode(), headers=headers) as resp:

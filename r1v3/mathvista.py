@@ -424,14 +424,16 @@ def print_scores(scores: dict, console) -> None:
         "reasoning": f"{NAME} accuracy: answer after </think> (last \\boxed{{}}, else the official quick rules); "
                      "official normalisation and equality",
     }.get(scores.get("style"), f"{NAME} accuracy: official normalisation and equality")
+    from r1v3.artifacts import shown
+
     table = Table(title=title)
     table.add_column("category")
     table.add_column("n", justify="right")
     table.add_column("acc %", justify="right")
     for key in BREAKDOWN:
         table.add_row(f"[bold]{key}[/bold]", "", "")
-        for name, g in scores[key].items():
-            table.add_row(f"  {name}", str(g["total"]), f"{100 * g['accuracy']:.1f}")
+        for name, g in scores[key].items():  # the dataset's own category names: any text at all
+            table.add_row(shown(f"  {name}"), str(g["total"]), f"{100 * g['accuracy']:.1f}")
     o = scores["overall"]
     table.add_row("[bold]Overall[/bold]", str(o["n"]), f"[bold]{100 * o['acc']:.1f}[/bold]")
     console.print(table)

@@ -316,17 +316,19 @@ def print_scores(scores: dict, console) -> None:
     table.add_column("discipline / subject")
     table.add_column("n", justify="right")
     table.add_column("acc %", justify="right")
-    shown = set()
+    from r1v3.artifacts import shown
+
+    listed = set()
     for discipline, d in scores["disciplines"].items():
-        table.add_row(f"[bold]{discipline}[/bold]", str(d["n"]), f"{100 * d['acc']:.1f}")
+        table.add_row(shown(discipline, style="bold"), str(d["n"]), f"{100 * d['acc']:.1f}")
         for subject in DISCIPLINES[discipline]:
             if subject in scores["subjects"]:
                 s = scores["subjects"][subject]
-                shown.add(subject)
-                table.add_row(f"  {subject}", str(s["n"]), f"{100 * s['acc']:.1f}")
-    for subject, s in scores["subjects"].items():
-        if subject not in shown:
-            table.add_row(subject or "(no subject)", str(s["n"]), f"{100 * s['acc']:.1f}")
+                listed.add(subject)
+                table.add_row(shown(f"  {subject}"), str(s["n"]), f"{100 * s['acc']:.1f}")
+    for subject, s in scores["subjects"].items():  # a dataset's own subjects: any text at all
+        if subject not in listed:
+            table.add_row(shown(subject or "(no subject)"), str(s["n"]), f"{100 * s['acc']:.1f}")
     o = scores["overall"]
     table.add_row("[bold]Overall[/bold]", str(o["n"]), f"[bold]{100 * o['acc']:.1f}[/bold]")
     console.print(table)

@@ -45,7 +45,8 @@ from rich.table import Table
 from rich.text import Text
 
 from r1v3 import answers
-from r1v3.errors import UserError
+from r1v3.artifacts import shown
+from r1v3.errors import UserError, error_text, plugin_failed
 
 # Far beyond what any token budget can decode to; it caps the C-level scans and their copies.
 MAX_COMPLETION_CHARS = 4_000_000
@@ -207,11 +208,6 @@ _MODULE = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*")
 _NAME = re.compile(r"[A-Za-z_]\w*")
 
 
-def _one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split())
-    return f"{type(e).__name__}: {text[:200]}" if text else type(e).__name__
-
-
 class CustomReward:
     """A user's reward function, checked on every call (cheap): it must not raise and must
     return one finite number or None per completion. Named as the function, so TRL logs it as
@@ -230,8 +226,10 @@ class CustomReward:
         self.calls += 1
         try:
             out = self.fn(prompts=prompts, completions=completions, **kwargs)
-        except Exception as e:
-            raise UserError(f"{self._where()} raised {_one_line(e)}") from e
+        except BaseException as e:
+            if not plugin_failed(e):
+                raise
+            raise UserError(f"{self._where()} raised {error_text(e)}") from e
         if hasattr(out, "tolist") and not isinstance(out, (list, tuple)):
             out = out.tolist()  # numpy arrays and tensors
         if not isinstance(out, (list, tuple)):
@@ -272,9 +270,13 @@ def load_custom(spec: str, *, store_root: str | os.PathLike | None = None, cwd: 
     else:
         raise UserError(f"{where}: {target!r} is neither a module name nor a .py file")
     try:
-        fn = getattr(module, attr)
+        fn = getattr(module, attr)  # a module __getattr__ is user code too
     except AttributeError:
         raise UserError(f"{where}: {target} has no attribute {attr!r}") from None
+    except BaseException as e:
+        if not plugin_failed(e):
+            raise
+        raise UserError(f"{where}: looking up {attr} in {target} failed: {error_text(e)}") from e
     if not callable(fn):
         raise UserError(f"{where}: {target}:{attr} is a {type(fn).__name__}, not a function")
     _check_signature(fn, where)
@@ -318,9 +320,11 @@ def _load_file(target: str, where: str, cwd: Path, store: Path | None):
     sys.modules[name] = module  # pickle finds the function by reference, as for an import
     try:
         module_spec.loader.exec_module(module)
-    except (Exception, SystemExit) as e:
+    except BaseException as e:
         sys.modules.pop(name, None)
-        raise UserError(f"{where}: running {target} failed: {_one_line(e)}") from e
+        if not plugin_failed(e):
+            raise
+        raise UserError(f"{where}: running {target} failed: {error_text(e)}") from e
     return module
 
 
@@ -331,8 +335,10 @@ def _import_module(target: str, where: str, store: Path | None):
         name = ".".join(parts[:i])
         try:
             found = importlib.util.find_spec(name)
-        except Exception as e:  # find_spec imports the parent package, which may fail
-            raise UserError(f"{where}: importing {name} failed: {_one_line(e)}") from e
+        except BaseException as e:  # find_spec imports the parent package, which may fail or exit
+            if not plugin_failed(e):
+                raise
+            raise UserError(f"{where}: importing {name} failed: {error_text(e)}") from e
         if found is None:
             raise UserError(f"{where}: no module named {name!r} "
                             "(for a file in the working directory write path/to/file.py:function)")
@@ -342,8 +348,10 @@ def _import_module(target: str, where: str, store: Path | None):
                                 "rewards never run code from artifacts")
     try:
         return importlib.import_module(target)
-    except (Exception, SystemExit) as e:
-        raise UserError(f"{where}: importing {target} failed: {_one_line(e)}") from e
+    except BaseException as e:
+        if not plugin_failed(e):
+            raise
+        raise UserError(f"{where}: importing {target} failed: {error_text(e)}") from e
 
 
 def _check_signature(fn: Callable, where: str) -> None:
@@ -432,21 +440,22 @@ def describe(rewards: Rewards, samples: Sequence[dict], *, limit: int = 4, width
     skip = ("prompt", "completion")
     columns = {k: [s.get(k) for s in samples] for k in dict.fromkeys(k for s in samples for k in s) if k not in skip}
     table_values = score(rewards, [s.get("prompt", "") for s in samples], [s["completion"] for s in samples], **columns)
-    table = Table(title=f"rewards on {len(samples)} sample completions (weights "
-                  + ", ".join(f"{n} {w:g}" for n, w in zip(rewards.names, rewards.weights)) + ")")
+    # a custom reward's name and the completions are anyone's text: Text cells, never markup
+    table = Table(title=shown(f"rewards on {len(samples)} sample completions (weights "
+                              + ", ".join(f"{n} {w:g}" for n, w in zip(rewards.names, rewards.weights)) + ")", 400))
     table.add_column("#", justify="right")
     table.add_column("gold")
     table.add_column("completion (start ... end)", overflow="fold")
     for name in table_values:
-        table.add_column(name, justify="right")
+        table.add_column(shown(name, 40), justify="right")
     for i, sample in enumerate(samples[:limit]):
-        cells = [Text(str(i)), Text(str(sample.get("answer", ""))[:20]), Text(_preview(completion_text(sample["completion"]), width))]
+        cells = [Text(str(i)), shown(sample.get("answer", ""), 20), shown(_preview(completion_text(sample["completion"]), width), 4 * width)]
         cells += [Text(f"{values[i]:.2f}") for values in table_values.values()]
         table.add_row(*cells)
     flat = [f"{name} is {values[0]:g} on every sample" for name, values in table_values.items()
             if name != "total" and values and all(v == values[0] or (math.isnan(v) and math.isnan(values[0])) for v in values)]
     if flat:
-        table.caption = Text("; ".join(flat), style="bold yellow")
+        table.caption = shown("; ".join(flat), 400, style="bold yellow")
     return table
 
 

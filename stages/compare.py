@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from r1v3 import data, jsonl, stats
+from r1v3 import config, data, jsonl, stats
 from r1v3.artifacts import Artifact, Store
 from r1v3.config import Settings, setting
 from r1v3.errors import UserError
@@ -28,7 +28,7 @@ class Config(Settings):
         "Also compare within each value of these fields of the evaluated rows (none: overall only)."))
     resamples: int = setting(stats.RESAMPLES, ge=100, le=1_000_000, help="Bootstrap resamples.")
     level: float = setting(0.95, gt=0, lt=1, help="Coverage of the interval.")
-    seed: int = setting(0, help="Seed of the bootstrap resampling.")
+    seed: int = setting(0, ge=0, le=config.MAX_SEED, help="Seed of the bootstrap resampling.")
 
     def check(self) -> None:
         if len(self.evals) < 2:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from r1v3 import compose, models, smol
+from r1v3 import compose, config, models, smol
 from r1v3.artifacts import Artifact, Store, check_name, sha256_file
 from r1v3.config import Settings, setting, to_dict
 from r1v3.errors import UserError
@@ -35,7 +35,7 @@ class Config(Settings):
     vlm: str = setting(help="Model artifact whose vision tower and connector are kept.", artifact="input")
     llm: str = setting(help=f"Text-only causal LM artifact (from import-model), or {SMOL} (SmolLM2-135M-Instruct).", artifact="input")
     name: str = setting(help="Artifact name for the composed model.", artifact="output")
-    seed: int = setting(0, help="Random seed (a re-initialised connector).")
+    seed: int = setting(0, help="Random seed (a re-initialised connector).", ge=0, le=config.MAX_SEED)
     trust_remote_code: bool = setting(False, help="Allow the models' own Python code.", result=False)
 
     def check(self) -> None:

@@ -36,20 +36,20 @@ class Config(Settings):
     data: str = setting(help="Dataset artifact of problem rows.", artifact="input")
     name: str = setting(help="Name of the dataset artifact published with pass rates.", artifact="output")
     splits: list[str] = setting([], shown="every split", help="Splits to measure; the others are published unmeasured.")
-    samples: int = setting(8, ge=1, help="Answers per problem k: pass rate = right answers / k.")
-    max_new_tokens: int = setting(4096, ge=1, help="Generation budget per answer (rl's default completion length).")
+    samples: int = setting(8, ge=1, le=config.MAX_SAMPLES, help="Answers per problem k: pass rate = right answers / k.")
+    max_new_tokens: int = setting(4096, ge=1, le=config.MAX_TOKENS, help="Generation budget per answer (rl's default completion length).")
     temperature: float = setting(1.0, gt=0, help="Sampling temperature (rl's rollout temperature).")
     top_p: float = setting(1.0, gt=0, le=1, help="Nucleus sampling.")
-    seed: int = setting(0, help="Random seed.")
-    limit: Optional[int] = setting(None, ge=1, shown="all", help=(
+    seed: int = setting(0, ge=0, le=config.MAX_SEED, help="Random seed.")
+    limit: Optional[int] = setting(None, ge=1, le=config.MAX_ROWS, shown="all", help=(
         "Measure only the first N rows of each measured split and publish those alone (size it to the rows RL "
         "will train on)."))
     drop_solved: bool = setting(False, help="Leave out rows every sample answered right.", resumable=True)
     drop_unsolved: bool = setting(False, help="Leave out rows no sample answered right.", resumable=True)
     backend: Literal["auto", "transformers", "vllm"] = setting(
         "auto", help="auto = vllm when CUDA and vLLM are present, else transformers.", result=False)
-    batch_size: int = setting(8, ge=1, help="Sequences per batch, transformers backend.", result=False)
-    tensor_parallel_size: int = setting(1, ge=1, help="GPUs per model, vllm backend.")
+    batch_size: int = setting(8, ge=1, help="Sequences per batch, transformers backend.", result=False, le=config.MAX_BATCH)
+    tensor_parallel_size: int = setting(1, ge=1, help="GPUs per model, vllm backend.", le=config.MAX_DEVICES)
     resume: bool = setting(False, help="Continue an interrupted run of the same name without redoing finished rows.", result=False)
     trust_remote_code: bool = setting(False, help="Allow the model's own Python code.", result=False)
 

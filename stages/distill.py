@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Literal, NamedTuple, Optional
 
 from r1v3 import answers, config, data, jsonl, mmmu, models, plots, prompts, smol
-from r1v3.artifacts import Artifact, Store, check_name, sha256_file
+from r1v3.artifacts import Artifact, Store, check_name, printable, sha256_file, shown
 from r1v3.config import Settings, setting, to_dict
 from r1v3.errors import NothingKept, UserError
 
@@ -71,18 +71,18 @@ class Config(Settings):
     name: str = setting(help="Artifact name for the trace dataset.", artifact="output")
     teacher_model: Optional[str] = setting(None, help="Model name at the endpoint (with an http(s) --teacher).")
     split: str = setting("train", help="Dataset split to distill; the traces are published under the same split.")
-    limit: Optional[int] = setting(None, ge=1, shown="all", help="Only the first N problems, for quick checks.", resumable=True)
-    samples: int = setting(4, ge=1, help="Teacher outputs per problem k (rejection sampling).", resumable=True)
-    keep: int = setting(1, ge=1, help="At most this many verified traces per problem, shortest first.", resumable=True)
+    limit: Optional[int] = setting(None, ge=1, shown="all", help="Only the first N problems, for quick checks.", resumable=True, le=config.MAX_ROWS)
+    samples: int = setting(4, ge=1, help="Teacher outputs per problem k (rejection sampling).", resumable=True, le=config.MAX_SAMPLES)
+    keep: int = setting(1, ge=1, help="At most this many verified traces per problem, shortest first.", resumable=True, le=config.MAX_SAMPLES)
     template: str = setting(DEFAULT_TEMPLATE, shown="a description-reading prompt", help=(
         "Teacher prompt; placeholders {caption}, {question}, {options} (one '(A) text' line each), "
         "{instruction} (reason, then \\boxed{} answer); {{ and }} are literal braces."))
-    max_new_tokens: int = setting(4096, ge=1, help="Generation budget per teacher output.")
+    max_new_tokens: int = setting(4096, ge=1, le=config.MAX_TOKENS, help="Generation budget per teacher output.")
     temperature: float = setting(1.0, ge=0, help="Sampling temperature; 0 is greedy (then --samples 1).")
     top_p: float = setting(1.0, gt=0, le=1, help="Nucleus sampling.")
-    seed: int = setting(0, help="Random seed.")
-    min_think_chars: int = setting(20, ge=1, help="Shortest reasoning kept, in characters.", resumable=True)
-    max_think_chars: int = setting(32000, ge=1, help="Longest reasoning kept, in characters.", resumable=True)
+    seed: int = setting(0, help="Random seed.", ge=0, le=config.MAX_SEED)
+    min_think_chars: int = setting(20, ge=1, help="Shortest reasoning kept, in characters.", resumable=True, le=config.MAX_CHARS)
+    max_think_chars: int = setting(32000, ge=1, help="Longest reasoning kept, in characters.", resumable=True, le=config.MAX_CHARS)
     max_compression_ratio: float = setting(4.0, gt=1, help=(
         "Runaway-repetition filter: a reasoning whose zlib compression ratio exceeds this is rejected."), resumable=True)
     extend: Optional[str] = setting(None, metavar="REF", help=(
@@ -90,12 +90,12 @@ class Config(Settings):
         "attempts and ask only for missing samples."), artifact="input", resumable=True)
     backend: Literal["auto", "transformers", "vllm"] = setting(
         "auto", help="Local teachers: auto = vllm when CUDA and vLLM are present, else transformers.", result=False)
-    batch_size: int = setting(8, ge=1, help="Sequences per batch, transformers backend.", result=False)
-    tensor_parallel_size: int = setting(1, ge=1, help="GPUs per model, vllm backend.", result=False)
+    batch_size: int = setting(8, ge=1, help="Sequences per batch, transformers backend.", result=False, le=config.MAX_BATCH)
+    tensor_parallel_size: int = setting(1, ge=1, help="GPUs per model, vllm backend.", result=False, le=config.MAX_DEVICES)
     api_key_env: str = setting("OPENAI_API_KEY", help="Environment variable holding the endpoint's API key; "
                                                       "empty: the endpoint takes no key.", result=False)
-    concurrency: int = setting(4, ge=1, help="HTTP teacher: calls in flight at once.", result=False)
-    max_retries: int = setting(3, ge=0, help="HTTP teacher: retries of a failed call, with back-off.", result=False)
+    concurrency: int = setting(4, ge=1, help="HTTP teacher: calls in flight at once.", result=False, le=config.MAX_DEVICES)
+    max_retries: int = setting(3, ge=0, help="HTTP teacher: retries of a failed call, with back-off.", result=False, le=100)
     timeout: float = setting(600.0, gt=0, help="HTTP teacher: seconds per call (connect and whole answer).", result=False)
     resume: bool = setting(False, help="Continue an interrupted run of the same name without asking again.", result=False)
     trust_remote_code: bool = setting(False, help="Allow the teacher model's own Python code.", result=False)
@@ -236,9 +236,15 @@ class Teacher(NamedTuple):
 def resolve_teacher(cfg: Config, store: Store) -> Teacher:
     """Everything checkable without loading weights (or calling the endpoint)."""
     if is_url(cfg.teacher):
+        from r1v3.generation import api_key
+
         if cfg.api_key_env and cfg.api_key_env not in os.environ:
             raise UserError(f"--teacher {cfg.teacher}: the API key variable ${cfg.api_key_env} is not set; export "
                             "it, or give --api-key-env '' (api_key_env) for an endpoint that takes no key")
+        try:
+            api_key(cfg.api_key_env)  # a key no header can carry is refused before any work
+        except UserError as e:
+            raise UserError(f"--teacher {cfg.teacher}: {e}") from None
         return Teacher(f"{cfg.teacher_model} at {cfg.teacher}",
                        {"endpoint": cfg.teacher.rstrip("/"), "model": cfg.teacher_model, "backend": "http"}, None)
     if cfg.teacher == SMOL:
@@ -525,12 +531,12 @@ def print_report(metrics: dict) -> None:
         table = Table(title=f"distill: teacher outputs by {by.rstrip('s')}")
         for col in (by.rstrip("s"), "problems", "outputs", "verified", "kept", "problems kept"):
             table.add_column(col, justify="left" if col == by.rstrip("s") else "right")
-        for name, g in metrics[by].items():
-            table.add_row(name, *(str(g[k]) for k in ("problems", "outputs", "verified", "kept", "problems_kept")))
+        for name, g in metrics[by].items():  # the dataset's subjects: any text
+            table.add_row(shown(name), *(str(g[k]) for k in ("problems", "outputs", "verified", "kept", "problems_kept")))
         console.print(table)
     mc = metrics["multiple_choice"]
     console.print(
-        f"teacher {metrics['teacher']}: pass rate {100 * metrics['pass_rate']:.1f}% (chance "
+        f"teacher {printable(metrics['teacher'])}: pass rate {100 * metrics['pass_rate']:.1f}% (chance "
         f"{100 * metrics['chance_rate']:.1f}%); multiple choice {100 * mc['pass_rate']:.1f}% vs chance "
         f"{100 * mc['chance_rate']:.1f}%: about {100 * mc['lucky_share']:.0f}% of its verified answers are lucky "
         f"guesses, ~{mc['kept_lucky_estimate']:g} of the {mc['kept']} kept multiple-choice traces",

@@ -44,24 +44,24 @@ class Config(Settings):
         None, metavar="PATH", help="Re-score saved responses: <Subject>/output.json dir or one JSON list.", reads=config.path_digests)
     split: str = setting("validation", help="Dataset split.")
     subjects: list[str] = setting([], shown="all in the split", help="Only these subjects, comma-separated.")
-    limit: Optional[int] = setting(None, ge=1, aliases=("--n",), shown="all",
+    limit: Optional[int] = setting(None, ge=1, le=config.MAX_ROWS, aliases=("--n",), shown="all",
                                    help="Only the first N items (after --subjects), for quick checks.")
     style: Literal["official", "reasoning"] = setting(
         lambda c: "official" if c.responses else "reasoning", shown="reasoning; official with --responses",
         help="official: the benchmark's prompt; reasoning: <think> + \\boxed{}.")
     max_new_tokens: int = setting(
         lambda c: PAPER_BUDGET if c.style == "reasoning" else c.benchmark().OFFICIAL_BUDGET, ge=1,
-        shown=f"{PAPER_BUDGET} reasoning, {mmmu.OFFICIAL_BUDGET} official", help="Generation budget per response.")
+        shown=f"{PAPER_BUDGET} reasoning, {mmmu.OFFICIAL_BUDGET} official", help="Generation budget per response.", le=config.MAX_TOKENS)
     temperature: float = setting(
         lambda c: 1.0 if c.style == "reasoning" else 0.0, ge=0, shown="1.0 reasoning (the paper), 0 official",
         help="Sampling temperature; 0 is greedy.")
     top_p: float = setting(1.0, gt=0, le=1, help="Nucleus sampling.")
-    samples: int = setting(1, ge=1, help="Responses per item k; reports mean@k and pass@k (the paper: 5).")
-    seed: int = setting(0, help="Random seed.")
+    samples: int = setting(1, ge=1, le=config.MAX_SAMPLES, help="Responses per item k; reports mean@k and pass@k (the paper: 5).")
+    seed: int = setting(0, ge=0, le=config.MAX_SEED, help="Random seed.")
     backend: Literal["auto", "transformers", "vllm"] = setting(
         "auto", help="auto = vllm when CUDA and vLLM are present, else transformers.", result=False)
-    batch_size: int = setting(8, ge=1, help="Prompts per batch, transformers backend.", result=False)
-    tensor_parallel_size: int = setting(1, ge=1, help="GPUs per model, vllm backend.")
+    batch_size: int = setting(8, ge=1, help="Prompts per batch, transformers backend.", result=False, le=config.MAX_BATCH)
+    tensor_parallel_size: int = setting(1, ge=1, help="GPUs per model, vllm backend.", le=config.MAX_DEVICES)
     resume: bool = setting(False, help="Continue an interrupted eval of the same name without redoing finished items.", result=False)
     trust_remote_code: bool = setting(False, help="Allow the model's own Python code.", result=False)
     blank_images: bool = setting(False, help=(

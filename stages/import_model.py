@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from r1v3 import config, jsonio, models
-from r1v3.shards import INDEX, check_shards
+from r1v3.shards import check_shards
 from r1v3.artifacts import MANIFEST, Artifact, Store, check_name
 from r1v3.config import Settings, setting, to_dict
 from r1v3.errors import UserError

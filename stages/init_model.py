@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass
 from typing import Literal
 
-from r1v3 import families, models, smol
+from r1v3 import config, families, models, smol
 from r1v3.artifacts import Artifact, Store, check_name
 from r1v3.config import Settings, setting, to_dict
 
@@ -21,7 +21,7 @@ class Config(Settings):
     family: str = setting("internvl", help=(
         "Family of the tiny model: internvl, qwen2_vl, qwen2_5_vl, qwen3_vl, llava, idefics3 "
         "(smol is InternVL around SmolLM2-135M-Instruct)."))
-    seed: int = setting(0, help="Random seed of the weights.")
+    seed: int = setting(0, ge=0, le=config.MAX_SEED, help="Random seed of the weights.")
 
     def check(self) -> None:
         check_name(self.name)

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Literal, Optional
 
 from r1v3 import config, curriculum, data, entropy, families, models, plots, prompts, rewards, training
-from r1v3.artifacts import Artifact, Store, check_name, fsync_path
+from r1v3.artifacts import Artifact, Store, check_name, fsync_path, printable
 from r1v3.config import TrainingSettings, setting, to_dict
 from r1v3.errors import UserError
 
@@ -70,25 +70,25 @@ class Config(TrainingSettings):
         "(R1V3 5.3); pass-rate: easy to hard by measured pass rate (r1v3 difficulty)."))
     curriculum_unit: Literal["epochs", "steps"] = setting("epochs", panel=_CURR, help=(
         "What curriculum_lengths count."))
-    curriculum_lengths: Optional[list[int]] = setting(None, panel=_CURR, shown="--epochs per phase", help=(
+    curriculum_lengths: Optional[list[int]] = setting(None, ge=1, le=config.MAX_STEPS, panel=_CURR, shown="--epochs per phase", help=(
         "Length of each phase (hard: normal,hard)."))
-    curriculum_seed: Optional[int] = setting(None, panel=_CURR, shown="--seed", help="Seed of the curriculum's shuffles.")
+    curriculum_seed: Optional[int] = setting(None, ge=0, le=config.MAX_SEED, panel=_CURR, shown="--seed", help="Seed of the curriculum's shuffles.")
     drop_solved: bool = setting(False, panel=_CURR, help="Leave out rows every difficulty sample solved (no GRPO signal).")
     drop_unsolved: bool = setting(False, panel=_CURR, help="Leave out rows no difficulty sample solved (no GRPO signal).")
-    num_generations: int = setting(32, ge=2, panel=_GRPO, help="Group size: completions per prompt (the paper: 32).")
+    num_generations: int = setting(32, ge=2, panel=_GRPO, help="Group size: completions per prompt (the paper: 32).", le=config.MAX_BATCH)
     epsilon: float = setting(0.2, gt=0, lt=1, panel=_GRPO, help="PPO clip range (the paper: 0.2, no clip-higher).")
     beta: float = setting(0.0, ge=0, panel=_GRPO, help="KL coefficient; 0 (the paper) builds no reference model.")
     loss_type: Literal["grpo", "dapo", "dr_grpo", "bnpo"] = setting("grpo", panel=_GRPO, help="TRL's loss_type.")
     scale_rewards: Literal["group", "batch", "none"] = setting("group", panel=_GRPO, help=(
         "Standardise rewards per group (GRPO), per batch or not at all."))
-    num_iterations: int = setting(1, ge=1, panel=_GRPO, help="Updates per generation batch (1: on-policy, the paper).")
+    num_iterations: int = setting(1, ge=1, le=config.MAX_BATCH, panel=_GRPO, help="Updates per generation batch (1: on-policy, the paper).")
     temperature: float = setting(1.0, gt=0, panel=_GRPO, help="Rollout temperature (the paper: 1.0).")
     top_p: float = setting(1.0, gt=0, le=1, panel=_GRPO, help="Rollout nucleus sampling.")
-    max_new_tokens: int = setting(4096, ge=1, panel=_LEN, help=(
+    max_new_tokens: int = setting(4096, ge=1, le=config.MAX_TOKENS, panel=_LEN, help=(
         "Completion length (the paper: 4096, later 8192)."))
     steps_per_generation: Optional[int] = setting(None, ge=1, panel=_LEN, shown="--grad-accum", help=(
-        "Micro-steps one generation batch serves: generation batch = batch size x processes x this."))
-    epochs: int = setting(1, ge=1, panel=_LEN, help="Passes over each curriculum phase's rows.")
+        "Micro-steps one generation batch serves: generation batch = batch size x processes x this."), le=config.MAX_BATCH)
+    epochs: int = setting(1, ge=1, panel=_LEN, help="Passes over each curriculum phase's rows.", le=config.MAX_EPOCHS)
     accuracy_weight: float = setting(0.8, panel=_REWARD, help="Weight of the accuracy reward (the paper: 0.8).")
     accuracy_reward: Literal["answer", "coin"] = setting("answer", panel=_REWARD, help=(
         "answer: 1 when the final answer is right (the paper); coin: a fair coin per completion, blind to "
@@ -98,12 +98,15 @@ class Config(TrainingSettings):
     reward: list[str] = setting([], panel=_REWARD, metavar="MODULE:FN", shown="none", help=(
         "Custom rewards: package.module:function or path/file.py:function (relative, in the working directory)."), reads=rewards.source_digests)
     reward_weight: list[float] = setting([], panel=_REWARD, shown="1 each", help="Weights of the custom rewards, in order.")
-    overlong_buffer: Optional[int] = setting(None, ge=1, panel=_REWARD, shown="off", help=(
+    allow_negative_weights: bool = setting(False, panel=_REWARD, help=(
+        "Take negative reward weights: a penalty written as a positive reward with a negative weight. Off, a "
+        "negative weight is refused (a sign slip would train the model toward wrong answers)."), result=False)
+    overlong_buffer: Optional[int] = setting(None, ge=1, le=config.MAX_TOKENS, panel=_REWARD, shown="off", help=(
         "DAPO overlong penalty over the last N tokens of --max-new-tokens (weight 1)."))
     vllm: Optional[Literal["colocate", "server"]] = setting(None, panel=_VLLM, shown="off (transformers generate)", help=(
         "Roll out with vLLM: colocate (in the training processes) or server (`trl vllm-serve`)."))
     vllm_gpu_memory_utilization: float = setting(0.3, gt=0, le=1, panel=_VLLM, help="GPU memory vLLM may take (colocate).")
-    vllm_tensor_parallel_size: int = setting(1, ge=1, panel=_VLLM, help="GPUs per vLLM engine (colocate).")
+    vllm_tensor_parallel_size: int = setting(1, ge=1, panel=_VLLM, help="GPUs per vLLM engine (colocate).", le=config.MAX_DEVICES)
     vllm_server_host: str = setting("0.0.0.0", panel=_VLLM, help="vLLM server host (server mode).", result=False)
     vllm_server_port: int = setting(8000, ge=1, le=65535, panel=_VLLM, help="vLLM server port (server mode).", result=False)
 
@@ -116,6 +119,14 @@ class Config(TrainingSettings):
         self.trainable = "+".join(parts)
         if "connector" not in parts:
             self.notes.append(f"warning: the connector is frozen; {COLLAPSE}")
+        if not self.allow_negative_weights:
+            negative = [(self.label(k), getattr(self, k)) for k in ("accuracy_weight", "format_weight")
+                        if getattr(self, k) < 0]
+            negative += [(f"{self.label('reward_weight')} #{i + 1}", w) for i, w in enumerate(self.reward_weight) if w < 0]
+            if negative:
+                where, weight = negative[0]
+                raise UserError(f"{where} is {weight:g}: a negative weight rewards doing worse (the policy learns to "
+                                "fail it); give --allow-negative-weights (allow_negative_weights) if it is a penalty")
         if self.reward_weight and len(self.reward_weight) != len(self.reward):
             raise UserError(f"{len(self.reward_weight)} --reward-weight (reward_weight) for {len(self.reward)} "
                             "--reward (reward): give one weight per custom reward, or none (1 each)")
@@ -449,7 +460,7 @@ def _say_plan(cfg: Config, setup: dict) -> None:
           + ", ".join(f"{p.name} (steps {p.first_step + 1}-{p.first_step + p.steps}, {p.rows} prompts)"
                       for p in schedule.phases)
           + "; dropped " + ", ".join(f"{k} {v}" for k, v in schedule.dropped.items()))
-    print("rewards: " + " + ".join(f"{w:g}*{n}" for n, w in zip(r.names, r.weights)))
+    print("rewards: " + printable(" + ".join(f"{w:g}*{n}" for n, w in zip(r.names, r.weights))))
 
 
 def _resume_point(cfg: Config, work) -> str | None:

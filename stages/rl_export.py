@@ -10,6 +10,7 @@ import shutil
 from dataclasses import dataclass
 from typing import Optional
 
+from r1v3 import config
 from r1v3.artifacts import Artifact, Store, check_name
 from r1v3.config import Settings, setting, to_dict
 from r1v3.errors import UserError
@@ -21,7 +22,7 @@ class Config(Settings):
 
     run: str = setting(argument=True, help="Run artifact of `r1v3 rl` (NAME, NAME@vN or a path).", artifact="input")
     name: str = setting(help="Name of the model artifact to publish.", artifact="output")
-    step: Optional[int] = setting(None, ge=1, shown="the final checkpoint", help="The checkpoint's optimizer step.")
+    step: Optional[int] = setting(None, ge=1, shown="the final checkpoint", help="The checkpoint's optimizer step.", le=config.MAX_STEPS)
 
     def check(self) -> None:
         check_name(self.name)

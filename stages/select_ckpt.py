@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Literal, Optional
 
 from r1v3 import config, data, entropy, jsonl, mmmu, models, plots, rewards
-from r1v3.artifacts import Artifact, Store, check_name
+from r1v3.artifacts import Artifact, Store, check_name, printable, shown
 from r1v3.config import Settings, setting, to_dict
 from r1v3.errors import UserError
 
@@ -59,7 +59,7 @@ class Config(Settings):
     model_name: Optional[str] = setting(lambda c: f"{c.name}-model", shown="NAME-model",
                                         help="Name of the model artifact of the chosen checkpoint.", artifact="output")
     split: str = setting("validation", help="Probe split (held out from the run's training rows).")
-    limit: Optional[int] = setting(None, ge=1, aliases=("--n",), shown="all", help="Only the first N probe rows.")
+    limit: Optional[int] = setting(None, ge=1, le=config.MAX_ROWS, aliases=("--n",), shown="all", help="Only the first N probe rows.")
     base: bool = setting(False, help="Also score the run's starting model (its model input) as step 0.")
     words: list[str] = setting(list(entropy.DEFAULT_WORDS), help="Critical words, comma-separated.")
     ignore_case: bool = setting(False, help=(
@@ -68,17 +68,17 @@ class Config(Settings):
         "Threshold (nats) of the high-entropy token share (0.672: the 80th percentile of Qwen3-8B's CoT tokens)."))
     by: Literal["critical-entropy", "accuracy", "reward"] = setting("critical-entropy", help=(
         f"What to maximise among checkpoints that pass the guards; fallback: {FALLBACK_RULE}."))
-    min_positions: int = setting(20, ge=1, help="Critical positions a checkpoint needs to be chosen by their entropy.")
+    min_positions: int = setting(20, ge=1, le=config.MAX_ROWS, help="Critical positions a checkpoint needs to be chosen by their entropy.")
     max_accuracy_drop: float = setting(0.1, ge=0, le=1, help=(
         "Guard: a checkpoint whose probe accuracy is more than this below the first checkpoint's is out."))
     max_format_drop: float = setting(0.2, ge=0, le=1, help=(
         "Guard: a checkpoint whose format rate is more than this below the first checkpoint's is out."))
-    max_new_tokens: int = setting(1024, ge=1, help="Generation budget per response.")
+    max_new_tokens: int = setting(1024, ge=1, le=config.MAX_TOKENS, help="Generation budget per response.")
     temperature: float = setting(1.0, ge=0, help="Sampling temperature (the paper: 1.0); 0 is greedy.")
     top_p: float = setting(1.0, gt=0, le=1, help="Nucleus sampling.")
-    samples: int = setting(1, ge=1, help="Responses per probe row.")
-    seed: int = setting(0, help="Random seed (per request and sample: results do not depend on batching).")
-    batch_size: int = setting(8, ge=1, help="Generated sequences per batch.", result=False)
+    samples: int = setting(1, ge=1, help="Responses per probe row.", le=config.MAX_SAMPLES)
+    seed: int = setting(0, help="Random seed (per request and sample: results do not depend on batching).", ge=0, le=config.MAX_SEED)
+    batch_size: int = setting(8, ge=1, help="Generated sequences per batch.", result=False, le=config.MAX_BATCH)
     force_overlap: bool = setting(False, help="Score even when probe rows are among the run's training rows.")
     resume: bool = setting(False, help="Continue an interrupted selection of the same name; finished checkpoints are kept.", result=False)
     trust_remote_code: bool = setting(False, help="Allow the model's own Python code.", result=False)
@@ -352,6 +352,17 @@ def publish(cfg: Config, store: Store, run_art: Artifact, ckpts: list[Checkpoint
     choice = choose(table, by=cfg.by, min_positions=cfg.min_positions, max_accuracy_drop=cfg.max_accuracy_drop,
                     max_format_drop=cfg.max_format_drop)
     spearman = correlation(table)
+    chosen = next(c for c in ckpts if c.step == choice["step"])
+    picked = next(r for r in table if r["step"] == choice["step"])
+    # the model first, then the selection naming it: a kill between the two leaves a model that a
+    # re-run supersedes, never a selection whose model is missing
+    with store.publish(cfg.model_name, "model", stage="select-ckpt", config=to_dict(cfg),
+                       inputs=[chosen.source] if chosen.source is run_art else [chosen.source, run_art]) as draft:
+        _copy_model(chosen, draft.path)
+        draft.metrics.update(step=choice["step"], run=run_art.ref, selected_by=cfg.name,
+                             **{k: picked[k] for k in ("critical_entropy", "critical_count", "accuracy", "format_rate")})
+    model = draft.artifact
+    # its files name the model by name (the same bytes whichever version a re-run makes), its manifest by version
     summary = {"choice": choice, "spearman": spearman, "reward_weights": weights, "model": cfg.model_name}
     with store.publish(cfg.name, "selection", stage="select-ckpt", config=to_dict(cfg), inputs=inputs) as draft:
         (draft.path / "figures.json").write_text(json.dumps(table, indent=2) + "\n")
@@ -359,17 +370,9 @@ def publish(cfg: Config, store: Store, run_art: Artifact, ckpts: list[Checkpoint
         (draft.path / "probe.jsonl").write_text(jsonl.lines(records))
         plot(table, choice["step"], draft.path / "entropy-vs-accuracy.png", f"{cfg.name}: {run_art.ref}")
         draft.metrics.update(step=choice["step"], by=cfg.by, enough_evidence=choice["enough_evidence"],
-                             reason=choice["reason"], checkpoints=len(table), spearman=spearman, table=table, **timing)
-    selection = draft.artifact
-    chosen = next(c for c in ckpts if c.step == choice["step"])
-    picked = next(r for r in table if r["step"] == choice["step"])
-    with store.publish(cfg.model_name, "model", stage="select-ckpt", config=to_dict(cfg),
-                       inputs=[chosen.source, selection] if chosen.source is run_art else [chosen.source, run_art, selection]
-                       ) as draft:
-        _copy_model(chosen, draft.path)
-        draft.metrics.update(step=choice["step"], selection=selection.ref, run=run_art.ref,
-                             **{k: picked[k] for k in ("critical_entropy", "critical_count", "accuracy", "format_rate")})
-    return selection, draft.artifact
+                             reason=choice["reason"], checkpoints=len(table), spearman=spearman, table=table,
+                             model=model.ref, **timing)
+    return draft.artifact, model
 
 
 def _copy_model(c: Checkpoint, dest: Path) -> None:
@@ -401,14 +404,13 @@ def plot(table: list[dict], chosen: int, path: Path, title: str) -> None:
 
 
 def print_report(selection: Artifact, model: Artifact, console) -> None:
-    from rich.markup import escape
     from rich.table import Table
 
     metrics = selection.metrics
-    table = Table(title=f"select-ckpt {escape(selection.ref)}: entropy (nats) at critical words, by checkpoint")
+    table = Table(title=shown(f"select-ckpt {selection.ref}: entropy (nats) at critical words, by checkpoint", 200))
     words = list(metrics["table"][0]["per_word"])
     for col in ("step", "critical H (n)", *words, "token H", "high", "acc", "format", "reward", "guards"):
-        table.add_column(escape(col), justify="left" if col == "guards" else "right")
+        table.add_column(shown(col, 40), justify="left" if col == "guards" else "right")
     guards = json.loads(selection.file("selection.json").read_text())["choice"]["guards"]
     fmt = lambda v, spec=".3f": "-" if v is None else format(v, spec)  # noqa: E731
     for r in metrics["table"]:
@@ -416,11 +418,12 @@ def print_report(selection: Artifact, model: Artifact, console) -> None:
         per_word = [f"{fmt(r['per_word'][w]['entropy'])} ({r['per_word'][w]['count']})" for w in words]
         table.add_row(f"{mark}{r['step']}", f"{fmt(r['critical_entropy'])} ({r['critical_count']})", *per_word,
                       fmt(r["token_entropy"]), fmt(r["high_entropy_share"], ".2f"), fmt(r["accuracy"], ".2f"),
-                      fmt(r["format_rate"], ".2f"), fmt(r["reward"], ".2f"), escape("; ".join(guards[str(r["step"])]) or "ok"))
+                      fmt(r["format_rate"], ".2f"), fmt(r["reward"], ".2f"), shown("; ".join(guards[str(r["step"])]) or "ok", 200))
     console.print(table)
     s = metrics["spearman"]
     rho = f"rho {s['rho']:.3f}, p {s['p_value']:.3g}" if s["rho"] is not None else s.get("note", "n/a")
-    console.print(f"chosen: step {metrics['step']} ({metrics['by']}): {metrics['reason']}", markup=False, highlight=False)
+    console.print(f"chosen: step {metrics['step']} ({metrics['by']}): {printable(metrics['reason'])}", markup=False,
+                  highlight=False)
     console.print(f"Spearman, critical entropy vs probe accuracy over {s['n']} checkpoints: {rho}", markup=False,
                   highlight=False)
-    console.print(f"[green]published[/green] {selection.ref} (selection) and {model.ref} (model) at {model.path}")
+    console.print(f"[green]published[/green] {model.ref} (model) at {model.path}, then {selection.ref} (selection) naming it")

@@ -83,14 +83,14 @@ class Config(TrainingSettings):
         "{instruction}; give distill the same --template."))
     caption_prompt: str = setting("Describe the image in detail.", help="The user turn of --format caption.")
     require_think: bool = setting(False, help="Every assistant turn must be <think>...</think> then an answer.")
-    epochs: float = setting(1.0, gt=0, panel=_SCHEDULE, help="Passes over the training split.")
+    epochs: float = setting(1.0, gt=0, panel=_SCHEDULE, help="Passes over the training split.", le=config.MAX_EPOCHS)
     max_length: int = setting(16384, ge=1, panel=_TRAIN, help=(
-        "Max tokens per row, image tokens included; longer rows are dropped and counted, never truncated."))
+        "Max tokens per row, image tokens included; longer rows are dropped and counted, never truncated."), le=config.MAX_TOKENS)
     save_total_limit: int = setting(2, ge=1, panel=_SAVE, help=(
-        "Checkpoints kept; two, so one damaged by a crash has a predecessor."), result=False)
+        "Checkpoints kept; two, so one damaged by a crash has a predecessor."), result=False, le=config.MAX_STEPS)
     eval_steps: Optional[int] = setting(None, ge=1, shown="save_steps", panel=_SAVE,
-                                        help="Validation loss every N optimizer steps.")
-    early_stopping_patience: int = setting(0, ge=0, panel=_SAVE, help=(
+                                        help="Validation loss every N optimizer steps.", le=config.MAX_STEPS)
+    early_stopping_patience: int = setting(0, ge=0, le=config.MAX_STEPS, panel=_SAVE, help=(
         "Stop after N evaluations without a lower validation loss and publish the best checkpoint; 0 = off."))
 
     def check(self) -> None:
@@ -189,14 +189,18 @@ def load_examples(dataset: Artifact, split: str, cfg: Config, text_only: bool = 
     rows = data.load_split(dataset, split, option)
     where = f"{dataset.ref} [{split}]"
     if cfg.format != "caption":
+        if cfg.format == "text-rendering":
+            needs = ("--format text-rendering takes each row's caption and the answer of its last assistant turn "
+                     "(e.g. a `r1v3 distill` dataset)")
+        else:
+            needs = ("--format chat needs conversations (assistant turn in the think template), e.g. from "
+                     "`r1v3 data synth --messages think`; for image-caption rows use --format caption")
         if not any(r["messages"] for r in rows):
-            raise UserError(
-                f"{where}: no row has `messages`; chat SFT needs conversations (assistant turn in the think "
-                "template), e.g. from `r1v3 data synth --messages think`; for image-caption rows use format=caption"
-            )
+            raise UserError(f"{where}: no row has `messages`; {needs}")
         missing = next((r for r in rows if not r["messages"]), None)
         if missing is not None:
-            raise UserError(f"{where} row {missing['id']}: no `messages` (every row of a chat SFT needs them)")
+            raise UserError(f"{where} row {missing['id']}: no `messages` (every row of --format {cfg.format} "
+                            "SFT needs them)")
     return [conversation(r, cfg, f"{where} row {r['id']}", text_only) | {"id": r["id"]} for r in rows]
 
 
@@ -375,6 +379,10 @@ def _text_only(cfg: Config, art: Artifact) -> bool:
     supported family."""
     config = models.read_config(art.path, trust_remote_code=cfg.trust_remote_code)
     if models.is_vlm_config(config):
+        if cfg.format == "text-rendering":
+            raise UserError(f"--format text-rendering (format) trains text-only LLMs on the images' text renderings; "
+                            f"{art.ref} is a vision-language model ({config.model_type}): give it the images with "
+                            "--format chat or caption")
         models.vlm_config(art.path, art.ref, "sft")
         return False
     if not models.is_causal_lm_config(config):

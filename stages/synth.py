@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from itertools import groupby
 from typing import Literal, Union
 
-from r1v3 import data, synthetic
+from r1v3 import config, data, synthetic
 from r1v3.artifacts import Artifact, Store, check_name
 from r1v3.config import Settings, setting, to_dict
 from r1v3.errors import UserError
@@ -21,8 +21,8 @@ class Config(Settings):
 
     name: str = setting(help="Artifact name for the dataset.", artifact="output")
     n: int = setting(500, flag="--problems", aliases=("--n",), ge=10, help=(
-        "Number of problems over all splits (at least 10, to fill train/validation/test)."))
-    seed: int = setting(0, help="Random seed.")
+        "Number of problems over all splits (at least 10, to fill train/validation/test)."), le=synthetic.MAX_N)
+    seed: int = setting(0, ge=0, le=config.MAX_SEED, help="Random seed.")
     # true means think: the flag this option started as
     messages: Union[bool, Literal["think", "brief", "direct", "caption", "reflect"]] = setting(
         False, metavar="STYLE", help=(

@@ -87,12 +87,13 @@ def test_damaged_or_foreign_latest_runs(cli, monkeypatch):
     assert code == 0 and "published shapes@v2" in out
     # an artifact of the same name from another stage is not this stage's output
     assert cli("init", "tiny", "--name", "tiny")[0] == 0
-    code, out, _ = cli("data", "synth", "--name", "tiny", "--n", "20", "--tasks", "color")
+    code, out, _ = cli("data", "synth", "--name", "tiny", "--n", "20", "--tasks", "color", "--force-kind")
     assert code == 0 and "published tiny@v2" in out
 
 
 def test_every_output_must_match(cli):
-    """select-ckpt publishes a selection and a model: both must be the latest and cite each other."""
+    """An artifact citing another this command publishes must cite the latest one (here a model citing
+    its selection; select-ckpt itself publishes the model first, then the selection naming it)."""
     cfg = config.load(select_ckpt.Config, stage="select-ckpt", options={"run": "rl", "probe": "probe", "name": "sel"})
     settings = json.loads(json.dumps(config.to_dict(cfg), default=str))
     assert cli("data", "synth", "--name", "probe", "--n", "10")[0] == 0

@@ -149,10 +149,12 @@ def test_end_to_end_structure_and_recompute(tiny_run, cli):
         assert again["token_entropy"] == pytest.approx(rec["token_entropy"], abs=1e-5)
         assert again["n_high"] == rec["n_high"]
         assert [c["entropy"] for c in again["critical"]] == pytest.approx([c["entropy"] for c in rec["critical"]], abs=1e-5)
-    # the chosen model, its lineage naming the run and the selection
+    # the chosen model, published first, its lineage naming the run; the selection names it
     chosen = store.resolve("sel-model", kind="model")
     refs = [i["ref"] for i in chosen.manifest["inputs"]]
-    assert sel.ref in refs and (run.ref in refs if sel.metrics["step"] else "start@v1" in refs)
+    assert run.ref in refs if sel.metrics["step"] else "start@v1" in refs
+    assert sel.metrics["model"] == chosen.ref and summary["model"] == "sel-model"
+    assert chosen.manifest["created"] <= sel.manifest["created"] and chosen.metrics["selected_by"] == "sel"
     assert chosen.metrics["step"] == sel.metrics["step"]
     load_model(chosen.path)
 

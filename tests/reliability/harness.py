@@ -426,7 +426,10 @@ def _select_rerun(facts: dict, art, store: Store) -> list[str]:
         f"re-run resumed {m['checkpoints_resumed']} and scored {m['checkpoints_scored']} checkpoints; "
         f"{facts['saved']} were finished")
     model = store.resolve(f"{art.name}-model", kind="model", verify=True)
-    assert model.metrics["step"] == m["step"] and art.ref in model.metrics["selection"]
+    # the selection names the model published just before it, the latest one
+    assert model.metrics["step"] == m["step"] and m["model"] == model.ref, (m["model"], model.ref)
+    for sel in (a for a in store.list() if a.name == art.name):  # no selection names a model that is not there
+        store.resolve(sel.metrics["model"], kind="model", verify=True)
     return [f"re-run scored the other {m['checkpoints_scored']} checkpoints"]
 
 
@@ -439,9 +442,13 @@ STAGES["select-ckpt"] = Stage(
         ("scoring, killed twice (step-2, then step-4 finished)", [["--kill", "r1v3.entropy:make_record@4"]] * 2,
          False),
         ("step-6's records half written", ["--kill-open", "step-6.jsonl@1"], False),
-        (*FSYNC, False), (*RENAME, False), (*AFTER_RENAME, False),
-        ("publish of the chosen model: before rename (selection published)", ["--kill", "os:rename@2~.staging"], False,
-         {"published": True}),
+        # the chosen model is published first, then the selection naming it
+        (*FSYNC, False), (*RENAME, False),
+        ("publish: after the model's rename, before the selection's", ["--kill", "os:rename@1+after~.staging"], False,
+         {"published": False}),
+        ("publish: before the selection's rename (model published)", ["--kill", "os:rename@2~.staging"], False,
+         {"published": False}),
+        ("publish: after the selection's rename", ["--kill", "os:rename@2+after~.staging"], False, {"published": True}),
     ],
     resumable=True, needs_store=True, resume_metric="checkpoints_resumed", after_kill=_select_after_kill,
     rerun_check=_select_rerun,
