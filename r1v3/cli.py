@@ -28,7 +28,6 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
-from typer.models import ParamMeta
 
 from r1v3 import __version__, config
 from r1v3.artifacts import MAX_LINEAGE_DEPTH, Store, clip, default_store, printable, shown
@@ -169,9 +168,7 @@ def stage_command(group: str, name: str, module: str, **options) -> None:
 def _build_stage(name: str, module_name: str, options: dict):
     sub = typer.Typer(add_completion=False, rich_markup_mode="rich", pretty_exceptions_enable=False)
     _stage_command(sub, name, importlib.import_module(module_name), **options)
-    command = typer.main.get_command(sub)  # one command and no callback: the command itself
-    command.params.append(_store_option())
-    return command
+    return typer.main.get_command(sub)  # one command and no callback: the command itself
 
 
 def _stage_command(group: typer.Typer, name: str, module, *, doc: str, fixed: dict | None = None,
@@ -209,6 +206,8 @@ def _stage_command(group: typer.Typer, name: str, module, *, doc: str, fixed: di
                                             "Publish even when the name already holds artifacts of another kind "
                                             "(the new version then shadows them for references by name)."))))
     params.extend(extra)
+    params.append(inspect.Parameter("store_after", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[str],
+                                    default=STORE_AFTER))
     extra_names = {p.name for p in extra}
 
     def command(**kw):
@@ -260,28 +259,19 @@ def _published(art) -> None:
     console.print(f"[green]published[/green] {art.ref} ({art.kind}) at {art.path}")
 
 
-def _store_option():
-    """--store after the command too (`r1v3 sft ... --store S`); it wins over one before it."""
+def _remember_store(value: Optional[str]) -> None:
+    if value is not None:
+        STATE["store"] = value
 
-    def remember(ctx, param, value):
-        if value is not None:
-            STATE["store"] = value
 
-    option = typer.main._get_param(ParamMeta(name="store_dir", annotation=Optional[str], default=typer.Option(
-        None, "--store", metavar="DIR", help=STORE_HELP)))
-    option.expose_value, option.callback = False, remember
-    return option
+# --store after the command too (`r1v3 sft ... --store S`); it wins over one before it
+STORE_AFTER = typer.Option(None, "--store", metavar="DIR", help=STORE_HELP, callback=_remember_store, expose_value=False)
 
 
 def build_cli():
-    """The click command of `r1v3`: the typer app, its stage commands (built when invoked), and
-    --store on every command."""
+    """The click command of `r1v3`: the typer app and its stage commands (built when invoked)."""
     command = typer.main.get_command(app)
     groups = {"": command, **{n: c for n, c in command.commands.items() if isinstance(c, typer.core.TyperGroup)}}
-    for group in groups.values():
-        for sub in group.commands.values():
-            if not isinstance(sub, typer.core.TyperGroup):
-                sub.params.append(_store_option())
     for group, name, module, options in STAGES:
         placeholder = typer.core.TyperCommand(name=name, help=options["doc"])
         placeholder.build_stage = functools.partial(_build_stage, name, module, options)
@@ -317,6 +307,7 @@ def data_show(
     split: Optional[str] = typer.Option(None, "--split", help="Split to show (default: the first)."),
     limit: int = typer.Option(5, "--limit", "--n", help="Rows to print (as eval mmmu --limit; --n is the older spelling)."),
     sheet: Optional[Path] = typer.Option(None, "--sheet", help="Save a contact sheet PNG of the images here."),
+    store_after: Optional[str] = STORE_AFTER,
 ):
     """Print a few rows of a dataset and optionally save a contact sheet of its images."""
     from r1v3 import data
@@ -480,7 +471,8 @@ stage_command("", "report", "stages.report", report=_report_page, doc=(
 
 
 @artifacts_app.command("ls")
-def artifacts_ls(kind: Optional[str] = typer.Option(None, "--kind", help="Only this kind: model, dataset, run, selection or eval.")):
+def artifacts_ls(kind: Optional[str] = typer.Option(None, "--kind", help="Only this kind: model, dataset, run, selection or eval."),
+                 store_after: Optional[str] = STORE_AFTER):
     """List every artifact in the store."""
     from r1v3.artifacts import KINDS
 
@@ -518,6 +510,7 @@ def artifacts_ls(kind: Optional[str] = typer.Option(None, "--kind", help="Only t
 def artifacts_show(
     ref: str = typer.Argument(..., help="Artifact reference."),
     as_json: bool = typer.Option(False, "--json", help="Print the whole manifest as JSON."),
+    store_after: Optional[str] = STORE_AFTER,
 ):
     """Show an artifact's manifest: kind, lineage, config, metrics, files."""
     art = store().resolve(ref)
@@ -540,7 +533,7 @@ def artifacts_show(
 
 
 @artifacts_app.command("verify")
-def artifacts_verify(ref: str = typer.Argument(..., help="Artifact reference.")):
+def artifacts_verify(ref: str = typer.Argument(..., help="Artifact reference."), store_after: Optional[str] = STORE_AFTER):
     """Check every file's sha256 against the manifest (a flipped byte is reported by file name). Exit 1 if damaged."""
     art, problems = store().verify(ref)  # a damaged manifest fails like any damaged file
     if problems:
@@ -553,6 +546,7 @@ def artifacts_verify(ref: str = typer.Argument(..., help="Artifact reference."))
 @artifacts_app.command("gc")
 def artifacts_gc(
     older_than: float = typer.Option(60.0, "--older-than", help="Only drafts abandoned at least this many seconds ago."),
+    store_after: Optional[str] = STORE_AFTER,
 ):
     """Remove drafts left in STORE/.staging by crashed runs (live drafts are never touched)."""
     removed = store().clean_staging(min_age=older_than)
@@ -560,7 +554,7 @@ def artifacts_gc(
 
 
 @artifacts_app.command("lineage")
-def artifacts_lineage(ref: str = typer.Argument(..., help="Artifact reference.")):
+def artifacts_lineage(ref: str = typer.Argument(..., help="Artifact reference."), store_after: Optional[str] = STORE_AFTER):
     """The tree of inputs back to the imported base model and raw data."""
     s = store()
     node = s.lineage(s.resolve(ref))
