@@ -52,8 +52,6 @@ the model's dtype, and turns them into float32 entropies a chunk of rows at a ti
 from __future__ import annotations
 
 import bisect
-import itertools
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,7 +65,6 @@ from r1v3.generation import THINK_TAGS, Request, _rgb, entropy
 DEFAULT_WORDS = ("Wait", "Alternatively", "Hmm")
 HIGH_ENTROPY = 0.672
 RECORD_VERSION = 1
-EXACT_SPEARMAN_MAX_N = 8  # 8! = 40320 permutations: exact p-values stay instant
 
 
 # ---------------------------------------------------------------------------------------------
@@ -462,91 +459,3 @@ def summarize(records: list[dict]) -> dict:
         "high_entropy_share": sum(r["n_high"] for r in records) / n_tokens,
         "high_threshold": first["high_threshold"],
     }
-
-
-# ---------------------------------------------------------------------------------------------
-# Spearman rank correlation across checkpoints
-
-
-def ranks(xs: list[float]) -> list[float]:
-    """1-based ranks, ties sharing the average of the ranks they span."""
-    order = sorted(range(len(xs)), key=lambda i: xs[i])
-    out = [0.0] * len(xs)
-    s = 0
-    while s < len(order):
-        e = s
-        while e + 1 < len(order) and xs[order[e + 1]] == xs[order[s]]:
-            e += 1
-        for i in order[s : e + 1]:
-            out[i] = (s + e) / 2 + 1
-        s = e + 1
-    return out
-
-
-def _pearson(a: list[float], b: list[float]) -> float:
-    ma, mb = sum(a) / len(a), sum(b) / len(b)
-    cov = sum((x - ma) * (y - mb) for x, y in zip(a, b))
-    va = sum((x - ma) ** 2 for x in a)
-    vb = sum((y - mb) ** 2 for y in b)
-    return cov / math.sqrt(va * vb) if va > 0 and vb > 0 else math.nan
-
-
-def _betainc(a: float, b: float, x: float) -> float:
-    """Regularized incomplete beta I_x(a, b), by its continued fraction (modified Lentz)."""
-    if x <= 0:
-        return 0.0
-    if x >= 1:
-        return 1.0
-    if x > (a + 1) / (a + b + 2):  # the fraction converges fast only below the mean
-        return 1.0 - _betainc(b, a, 1.0 - x)
-    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)) / a
-    tiny = 1e-300
-    f, c, d = tiny, tiny, 0.0
-    for i in range(400):
-        m = i // 2
-        if i == 0:
-            num = 1.0
-        elif i % 2 == 0:
-            num = m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m))
-        else:
-            num = -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))
-        d = 1.0 + num * d
-        d = 1.0 / (d if abs(d) > tiny else tiny)
-        c = 1.0 + num / c
-        c = c if abs(c) > tiny else tiny
-        f *= c * d
-        if abs(1.0 - c * d) < 1e-15:
-            break
-    return front * f
-
-
-def t_pvalue(t: float, df: int) -> float:
-    """Two-sided p-value of Student's t with df degrees of freedom."""
-    return _betainc(df / 2, 0.5, df / (df + t * t)) if math.isfinite(t) else 0.0
-
-
-def spearman(x, y) -> tuple[float, float]:
-    """(rho, two-sided p-value) of Spearman's rank correlation, ties given average ranks.
-
-    p-value: exact for n <= EXACT_SPEARMAN_MAX_N (the share of all n! pairings of the ranks whose
-    |rho| reaches the observed one, so never below 1/n!), else Student's t with n-2 degrees of
-    freedom on t = rho * sqrt((n-2) / (1-rho^2)). (nan, nan) when either side is constant.
-    """
-    x, y = list(x), list(y)
-    if len(x) != len(y):
-        raise UserError(f"spearman needs pairs: {len(x)} x values but {len(y)} y values")
-    if len(x) < 2:
-        raise UserError(f"spearman needs at least 2 pairs, got {len(x)}")
-    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in x + y):
-        raise UserError("spearman values must be finite numbers")
-    rx, ry = ranks(x), ranks(y)
-    rho = _pearson(rx, ry)
-    if math.isnan(rho):
-        return math.nan, math.nan
-    n = len(x)
-    if n <= EXACT_SPEARMAN_MAX_N:
-        hits = sum(abs(_pearson(rx, list(p))) >= abs(rho) - 1e-12 for p in itertools.permutations(ry))
-        return rho, hits / math.factorial(n)
-    if abs(rho) >= 1.0:
-        return rho, 0.0
-    return rho, t_pvalue(rho * math.sqrt((n - 2) / (1 - rho * rho)), n - 2)

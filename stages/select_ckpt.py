@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
 
-from r1v3 import config, data, entropy, jsonl, mmmu, models, plots, rewards
+from r1v3 import config, data, entropy, jsonl, mmmu, models, plots, rewards, stats
 from r1v3.artifacts import Artifact, Store, check_name, printable, shown
 from r1v3.config import Settings, setting, to_dict
 from r1v3.errors import UserError
@@ -279,7 +279,7 @@ def correlation(table: list[dict]) -> dict:
     out = {"n": len(pairs), "rho": None, "p_value": None}
     if len(pairs) < 2:
         return out | {"note": "fewer than 2 checkpoints with critical positions"}
-    rho, p = entropy.spearman([x for x, _ in pairs], [y for _, y in pairs])
+    rho, p = stats.spearman([x for x, _ in pairs], [y for _, y in pairs])
     if math.isnan(rho):
         return out | {"note": "constant entropy or accuracy across checkpoints"}
     return out | {"rho": rho, "p_value": p}

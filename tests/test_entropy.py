@@ -7,7 +7,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from r1v3 import entropy as E
-from r1v3 import generation
+from r1v3 import generation, stats
 from r1v3.errors import UserError
 from r1v3.generation import Request
 from r1v3.models import build_tiny, build_tiny_llm, tiny_tokenizer
@@ -321,15 +321,15 @@ def test_summarize_by_hand():
 
 
 def test_spearman_exact_for_small_n():
-    rho, p = E.spearman([1, 2, 3, 4, 5], [10, 20, 30, 40, 50])
+    rho, p = stats.spearman([1, 2, 3, 4, 5], [10, 20, 30, 40, 50])
     assert rho == pytest.approx(1.0) and p == pytest.approx(2 / 120)  # the two perfect pairings of 5! orders
-    rho, p = E.spearman([0.1, 0.5, 0.3, 0.9], [4, 1, 3, 0])
+    rho, p = stats.spearman([0.1, 0.5, 0.3, 0.9], [4, 1, 3, 0])
     assert rho == pytest.approx(-1.0) and p == pytest.approx(2 / 24)
     # ties get average ranks: y ranks 1.5 1.5 3 4 -> rho = 4.5 / sqrt(5 * 4.5); 4 of 24 pairings reach |rho|
-    rho, p = E.spearman([1, 2, 3, 4], [7, 7, 8, 9])
+    rho, p = stats.spearman([1, 2, 3, 4], [7, 7, 8, 9])
     assert rho == pytest.approx(3 / math.sqrt(10)) and p == pytest.approx(4 / 24)
-    assert E.ranks([3, 1, 3, 2, 3]) == [4.0, 1.0, 4.0, 2.0, 4.0]
-    assert all(math.isnan(v) for v in E.spearman([1, 2, 3], [5, 5, 5]))
+    assert stats.ranks([3, 1, 3, 2, 3]) == [4.0, 1.0, 4.0, 2.0, 4.0]
+    assert all(math.isnan(v) for v in stats.spearman([1, 2, 3], [5, 5, 5]))
 
 
 def _t_pvalue_even_df(t, df):
@@ -344,25 +344,25 @@ def _t_pvalue_even_df(t, df):
 
 def test_t_pvalue_against_closed_forms_and_tables():
     for t in (0.3, 1.0, 2.5, 10.0):
-        assert E.t_pvalue(t, 1) == pytest.approx(1 - 2 / math.pi * math.atan(t), abs=1e-10)  # Cauchy
+        assert stats.t_pvalue(t, 1) == pytest.approx(1 - 2 / math.pi * math.atan(t), abs=1e-10)  # Cauchy
         for df in (2, 8, 30):
-            assert E.t_pvalue(t, df) == pytest.approx(_t_pvalue_even_df(t, df), abs=1e-10)
-    assert E.t_pvalue(2.228139, 10) == pytest.approx(0.05, abs=1e-5)  # the textbook 97.5% quantile
-    assert E.t_pvalue(0.0, 5) == pytest.approx(1.0)
+            assert stats.t_pvalue(t, df) == pytest.approx(_t_pvalue_even_df(t, df), abs=1e-10)
+    assert stats.t_pvalue(2.228139, 10) == pytest.approx(0.05, abs=1e-5)  # the textbook 97.5% quantile
+    assert stats.t_pvalue(0.0, 5) == pytest.approx(1.0)
 
 
 def test_spearman_t_approximation_for_larger_n():
     x = list(range(10))
     y = [1, 0, 3, 2, 5, 4, 7, 6, 9, 8]  # each pair swapped: sum d^2 = 10
-    rho, p = E.spearman(x, y)
+    rho, p = stats.spearman(x, y)
     assert rho == pytest.approx(1 - 6 * 10 / (10 * 99))
     t = rho * math.sqrt(8 / (1 - rho**2))
     assert p == pytest.approx(_t_pvalue_even_df(t, 8), rel=1e-8) and p < 1e-3
-    assert E.spearman(x, x[::-1]) == (pytest.approx(-1.0), 0.0)
+    assert stats.spearman(x, x[::-1]) == (pytest.approx(-1.0), 0.0)
     with pytest.raises(UserError, match="pairs"):
-        E.spearman([1, 2], [1])
+        stats.spearman([1, 2], [1])
     with pytest.raises(UserError, match="finite"):
-        E.spearman([1, 2, float("nan")], [1, 2, 3])
+        stats.spearman([1, 2, float("nan")], [1, 2, 3])
 
 
 @pytest.mark.parametrize("family", ["internvl", "qwen2_vl", "text"])
