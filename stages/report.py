@@ -329,6 +329,15 @@ def images_html(art: Artifact) -> str:
     return f'<div class="figures">{"".join(out)}</div>' if out else ""
 
 
+def tracking_html(art: Artifact) -> str:
+    """Where a run's TensorBoard event files are (`--report-to tensorboard`): the page cannot show them."""
+    events = [rel for rel in art.manifest["files"] if rel.startswith("tensorboard/")]
+    if not events:
+        return ""
+    return (f'<p>TensorBoard event files: {len(events)} in <code>tensorboard/</code>; view them with '
+            f'<code>tensorboard --logdir {esc(str(art.path / "tensorboard"))}</code></p>')
+
+
 def _artifact_section(i: int, node: dict, art: Optional[Artifact], edges: list) -> str:
     users = [dst for src, dst, _ in edges if src == node["ref"]]
     used_by = f"<p>input of {esc(', '.join(dict.fromkeys(users)))}</p>" if users else ""
@@ -344,6 +353,7 @@ def _artifact_section(i: int, node: dict, art: Optional[Artifact], edges: list) 
             f'{esc(m.get("stage", "?"))}, {esc(m.get("created", "?"))}{took}</small></h3>{used_by}'
             + (f"<p>inputs:</p><ul>{inputs}</ul>" if inputs else "<p>no inputs: a base model or raw data</p>")
             + images_html(art)
+            + tracking_html(art)
             + (f"<details open><summary>metrics ({len(art.metrics)})</summary>{kv_table(art.metrics)}</details>"
                if art.metrics else "")
             + (f"<details><summary>settings ({len(config)})</summary>{kv_table(config)}</details>" if config else "")

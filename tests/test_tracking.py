@@ -49,6 +49,10 @@ def test_sft_logs_loss_and_learning_rate_to_tensorboard(ready):
     assert len(found["train/loss"]) == 3 and len(found["train/learning_rate"]) == 3, sorted(found)
     assert any(f.startswith("tensorboard/") for f in art.manifest["files"])
     assert art.manifest["config"]["report_to"] == ["tensorboard"]
+    code, out, err = ready("report", "m", "--out", "page.html")
+    assert code == 0, err
+    page = open("page.html").read()  # in the working directory: the fixture's tmp_path
+    assert "TensorBoard event files: " in page and "tensorboard --logdir " in page
 
 
 def test_rl_logs_reward_and_the_run_config(ready):
