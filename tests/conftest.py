@@ -28,3 +28,44 @@ def cli(tmp_path, capsys):
 
     run.store = Store(root)
     return run
+
+
+class Publisher:
+    """Artifacts written straight into a store as the stages lay them out, for tests of the stages that
+    read them (no stage runs): `publisher(store).dataset("d", {"train": rows})`."""
+
+    def __init__(self, store):
+        self.store = store
+
+    def dataset(self, name, splits, stage="synth"):
+        from r1v3 import data
+
+        with self.store.publish(name, "dataset", stage=stage) as d:
+            data.write_splits(d.path, splits)
+        return d.artifact
+
+    def model(self, name, seed=0, family="internvl"):
+        from r1v3.models import build_tiny, save_model
+
+        model, processor = build_tiny(family, seed=seed)
+        with self.store.publish(name, "model", stage="init-model") as d:
+            save_model(model, processor, d.path)
+        return d.artifact
+
+    def run(self, name, base, train, steps, families=None, config=None):
+        """A run artifact as `r1v3 rl` lays it out: checkpoints/step-K/ model directories."""
+        from r1v3.models import build_tiny, save_model
+
+        families = families or ["internvl"] * len(steps)
+        with self.store.publish(name, "run", stage="rl", inputs=[base, train],
+                                config=config or {"split": "train", "accuracy_weight": 0.7, "format_weight": 0.3}) as d:
+            for k, (step, family) in enumerate(zip(steps, families)):
+                model, processor = build_tiny(family, seed=100 + k)
+                save_model(model, processor, d.path / "checkpoints" / f"step-{step}")
+            (d.path / "log.json").write_text("[]\n")
+        return d.artifact
+
+
+@pytest.fixture(scope="session")
+def publisher():
+    return Publisher

@@ -26,3 +26,16 @@ def test_no_stage_imports_another(path):
 def test_every_stage_has_a_config_and_a_run(module_name):
     module = importlib.import_module(module_name)
     assert hasattr(module, "Config") and callable(module.run)
+
+
+def _commands():
+    return [(group, name) for group, name, _, _ in cli.STAGES]
+
+
+@pytest.mark.parametrize("group, name", _commands(), ids=lambda v: v or "-")
+def test_every_stage_command_builds_its_help(group, name, capsys):
+    """The stage commands are built when invoked, so `r1v3 --help` alone cannot show a broken one."""
+    words = [w for w in (group, *name.split()) if w]
+    assert cli.main([*words, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "Usage: r1v3 " + " ".join(words) in " ".join(out.split())

@@ -148,3 +148,13 @@ def test_a_reward_file_s_content_enters_both_keys(tmp_path, monkeypatch):
     assert config.to_dict(after)["reads"]["reward"]["rw.py:fn"] == config.path_digests("rw.py")["rw.py"]
     module = rl.Config(**{**given, "reward": ["json:dumps"]})
     assert config.undigested(module) == [("reward", "json:dumps")]
+
+
+@pytest.mark.parametrize("module_name", MODULES)
+def test_every_stage_config_constructs_from_its_defaults_and_every_preset(module_name):
+    cls = importlib.import_module(module_name).Config
+    assert cls(**GIVEN[module_name])
+    for preset in config.preset_names(cls.STAGE):
+        cfg = cls(**GIVEN[module_name], preset=preset)
+        for key, value in config.preset_values(cls.STAGE, preset).items():
+            assert getattr(cfg, key) == value or key == "trainable", (preset, key)  # trainable is normalised

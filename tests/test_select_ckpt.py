@@ -8,7 +8,7 @@ import torch
 
 from r1v3 import data, entropy, mmmu, synthetic
 from r1v3.errors import UserError
-from r1v3.models import build_tiny, save_model
+from r1v3.models import build_tiny
 from stages import select_ckpt as S
 
 
@@ -81,38 +81,14 @@ def test_correlation_across_checkpoints():
 # --- a tiny run ----------------------------------------------------------------------------------
 
 
-def publish_model(store, name, seed, family="internvl"):
-    model, processor = build_tiny(family, seed=seed)
-    with store.publish(name, "model", stage="init-model") as d:
-        save_model(model, processor, d.path)
-    return d.artifact
-
-
-def publish_dataset(store, name, splits):
-    with store.publish(name, "dataset", stage="synth") as d:
-        data.write_splits(d.path, splits)
-    return d.artifact
-
-
-def publish_run(store, name, base, train, steps, families=None, config=None):
-    """A run artifact as `r1v3 rl` lays it out: checkpoints/step-K/ model directories."""
-    families = families or ["internvl"] * len(steps)
-    with store.publish(name, "run", stage="rl", config=config or {"split": "train", "accuracy_weight": 0.7, "format_weight": 0.3},
-                       inputs=[base, train]) as d:
-        for k, (step, family) in enumerate(zip(steps, families)):
-            model, processor = build_tiny(family, seed=100 + k)
-            save_model(model, processor, d.path / "checkpoints" / f"step-{step}")
-        (d.path / "log.json").write_text("[]\n")
-    return d.artifact
-
-
 @pytest.fixture
-def tiny_run(store):
+def tiny_run(store, publisher):
     splits = synthetic.generate(40, 0, tasks=["counting", "color"], difficulties=["normal"])
     splits = {k: synthetic.with_solutions(v, "reflect", reflect_share=1.0) for k, v in splits.items()}
-    rows = publish_dataset(store, "problems", splits)
-    base = publish_model(store, "start", 0)
-    run = publish_run(store, "rl", base, rows, [5, 10, 15])
+    made = publisher(store)
+    rows = made.dataset("problems", splits)
+    base = made.model("start", 0)
+    run = made.run("rl", base, rows, [5, 10, 15])
     return store, run
 
 

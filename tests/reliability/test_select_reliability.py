@@ -8,7 +8,6 @@ import pytest
 from r1v3 import synthetic
 from r1v3.artifacts import Store
 from r1v3.cli import main
-from tests.test_select_ckpt import publish_dataset, publish_model, publish_run
 
 pytestmark = pytest.mark.reliability
 
@@ -18,15 +17,16 @@ def snapshot(root):
 
 
 @pytest.fixture(scope="module")
-def bad_store(tmp_path_factory):
+def bad_store(tmp_path_factory, publisher):
     root = tmp_path_factory.mktemp("select") / "store"
     store = Store(root)
+    made = publisher(store)
     splits = synthetic.generate(30, 0, tasks=["counting"], difficulties=["normal"])
-    train = publish_dataset(store, "problems", splits)
-    publish_dataset(store, "blind", {"validation": [dict(r, images=[]) for r in splits["validation"]]})
-    base = publish_model(store, "start", 0)
-    publish_run(store, "rl", base, train, [2, 4])
-    publish_run(store, "mixed", base, train, [2, 4], families=["internvl", "llava"])
+    train = made.dataset("problems", splits)
+    made.dataset("blind", {"validation": [dict(r, images=[]) for r in splits["validation"]]})
+    base = made.model("start", 0)
+    made.run("rl", base, train, [2, 4])
+    made.run("mixed", base, train, [2, 4], families=["internvl", "llava"])
     with store.publish("empty", "run", stage="rl", inputs=[base, train]) as d:
         (d.path / "log.json").write_text("[]\n")
     return root
