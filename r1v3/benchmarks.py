@@ -51,3 +51,15 @@ def groups(benchmark, scores: dict) -> list[tuple[str, dict[str, tuple]]]:
         if rows:
             out.append((label, rows))
     return out
+
+
+def print_overall(table, scores: dict, console) -> None:
+    """What every benchmark's score printer ends with: the overall row, the table, then parse failures
+    and, with several samples per item, mean@k and pass@k."""
+    o = scores["overall"]
+    table.add_row("[bold]Overall[/bold]", str(o["n"]), f"[bold]{100 * o['acc']:.1f}[/bold]")
+    console.print(table)
+    k = scores.get("samples", 1)
+    pf = scores["parse_failures"]
+    extra = f"  mean@{k} {100 * scores[f'mean@{k}']:.1f}  pass@{k} {100 * scores[f'pass@{k}']:.1f}" if k > 1 else ""
+    console.print(f"parse failures: {pf['n']} ({100 * pf['rate']:.1f}%){extra}")

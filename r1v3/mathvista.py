@@ -434,13 +434,9 @@ def print_scores(scores: dict, console) -> None:
         table.add_row(f"[bold]{key}[/bold]", "", "")
         for name, g in scores[key].items():  # the dataset's own category names: any text at all
             table.add_row(shown(f"  {name}"), str(g["total"]), f"{100 * g['accuracy']:.1f}")
-    o = scores["overall"]
-    table.add_row("[bold]Overall[/bold]", str(o["n"]), f"[bold]{100 * o['acc']:.1f}[/bold]")
-    console.print(table)
-    k = scores.get("samples", 1)
-    pf = scores["parse_failures"]
-    extra = f"  mean@{k} {100 * scores[f'mean@{k}']:.1f}  pass@{k} {100 * scores[f'pass@{k}']:.1f}" if k > 1 else ""
-    console.print(f"parse failures: {pf['n']} ({100 * pf['rate']:.1f}%){extra}")
+    from r1v3.benchmarks import print_overall
+
+    print_overall(table, scores, console)
 
 
 # --------------------------------------------------------------------------------------

@@ -329,13 +329,9 @@ def print_scores(scores: dict, console) -> None:
     for subject, s in scores["subjects"].items():  # a dataset's own subjects: any text at all
         if subject not in listed:
             table.add_row(shown(subject or "(no subject)"), str(s["n"]), f"{100 * s['acc']:.1f}")
-    o = scores["overall"]
-    table.add_row("[bold]Overall[/bold]", str(o["n"]), f"[bold]{100 * o['acc']:.1f}[/bold]")
-    console.print(table)
-    k = scores.get("samples", 1)
-    pf = scores["parse_failures"]
-    extra = f"  mean@{k} {100 * scores[f'mean@{k}']:.1f}  pass@{k} {100 * scores[f'pass@{k}']:.1f}" if k > 1 else ""
-    console.print(f"parse failures: {pf['n']} ({100 * pf['rate']:.1f}%){extra}")
+    from r1v3.benchmarks import print_overall
+
+    print_overall(table, scores, console)
 
 
 # mean@k and pass@k read only ids and `correct`: every benchmark's records use them
