@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import save_file
 
 from r1v3 import training
-from r1v3.artifacts import WORK_STATE
+from r1v3.work import WORK_STATE
 from r1v3.errors import UserError
 
 from test_sft import SHORT, changed_parts, ready, snapshot, state_dict  # noqa: F401  (ready is a fixture)
