@@ -7,15 +7,7 @@ import torch
 
 from r1v3.errors import UserError
 from r1v3.generation.base import (
-    Backend,
-    Completion,
-    OnResult,
-    Progress,
-    Request,
-    Sampling,
-    ban_spellings,
-    rgb_images,
-    row_seed,
+    Backend, Completion, OnResult, Progress, Request, Sampling, ban_spellings, rgb_images, row_seed,
     special_ids_to_drop,
 )
 

@@ -6,18 +6,8 @@ from pathlib import Path
 
 from r1v3.errors import UserError
 from r1v3.generation.base import (
-    VLLM_INSTALL,
-    Backend,
-    Completion,
-    OnResult,
-    Progress,
-    Request,
-    Sampling,
-    ban_spellings,
-    rgb_images,
-    row_seed,
-    special_ids_to_drop,
-    think_tags_are_special,
+    VLLM_INSTALL, Backend, Completion, OnResult, Progress, Request, Sampling, ban_spellings, rgb_images, row_seed,
+    special_ids_to_drop, think_tags_are_special,
 )
 
 
