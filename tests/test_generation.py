@@ -200,12 +200,16 @@ def test_think_tags_survive_decoding_even_when_special(internvl):
     assert b._completion(torch.tensor(ids)).text == "<think> Wait </think> ok"
 
 
-def test_text_only_requests_and_progress_bar(internvl, capsys):
+def test_text_only_requests_and_progress_bar(internvl, capsys, monkeypatch):
     requests = make_requests(3, with_images=False)
     b = TransformersBackend(*internvl, batch_size=2, progress=True)
     got = b.generate_all(requests, Sampling(max_new_tokens=3))
     assert all(len(cs) == 1 and cs[0].n_tokens <= 3 for cs in got.values())
-    assert capsys.readouterr().out == ""  # the bar draws on stderr: stdout holds a command's --json alone
+    assert capsys.readouterr() == ("", "")  # no terminal: no bar (an error stays one line on stderr)
+    monkeypatch.setenv("TTY_COMPATIBLE", "1")  # what rich takes for a terminal
+    b.generate_all(requests, Sampling(max_new_tokens=3))
+    out, err = capsys.readouterr()
+    assert out == "" and "items/s" in err  # on stderr: stdout holds a command's --json alone
 
 
 def _holds(ids: tuple, seq: list) -> bool:

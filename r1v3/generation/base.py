@@ -131,16 +131,21 @@ def rgb_images(images: list) -> list:
 
 
 class Progress:
-    """A rich progress bar showing items/s and generated tokens/s; a no-op when disabled. It draws on
-    stderr, so that a command's stdout (`--json`) holds its result alone. `completed` items (a resumed
+    """A rich progress bar showing items/s and generated tokens/s while it runs; a no-op when disabled.
+    It draws on stderr, so that a command's stdout (`--json`) holds its result alone, and only on a
+    terminal (the run's rates are in its metrics). `completed` items (a resumed
     run's) start the bar without counting in the rates."""
 
     def __init__(self, total: int, enabled: bool, description: str = "generating", completed: int = 0):
-        self.enabled = enabled and total > completed
         self.items = self.tokens = 0
         self.start = time.perf_counter()
+        self.enabled = enabled and total > completed
         if self.enabled:
             from rich.console import Console
+
+            console = Console(stderr=True)
+            self.enabled = console.is_terminal
+        if self.enabled:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
             self.bar = Progress(
@@ -149,7 +154,8 @@ class Progress:
                 MofNCompleteColumn(),
                 TextColumn("{task.fields[rates]}"),
                 TimeElapsedColumn(),
-                console=Console(stderr=True),
+                console=console,
+                transient=True,  # gone when done: an error after it stays the one line under the command
             )
             self.task = self.bar.add_task(description, total=total, completed=completed, rates="")
             self.bar.start()
@@ -173,7 +179,6 @@ class Backend:
     handing each request's completions to `_deliver`."""
 
     BANS_WORDS = True  # whether it can honour Sampling.ban_words
-    progress = True
 
     def generate(
         self, requests: Iterable[Request], sampling: Sampling, on_result: OnResult | None = None
