@@ -281,7 +281,9 @@ def _done_file(work_path: Path, step: int) -> Path:
 
 
 def _has_progress(work_path: Path) -> bool:
-    return any(work_path.glob("step-*.jsonl"))
+    from r1v3.generation import read_records
+
+    return any(read_records(f) for f in work_path.glob("step-*.jsonl"))
 
 
 def _finished(step: int):
