@@ -336,7 +336,10 @@ def _difficulty_after_kill(stage: Stage, store: Store) -> tuple[list[str], dict]
     from r1v3.generation import read_records
     from stages import difficulty
 
-    return _saved(stage, store, "difficulty", lambda w: len(read_records(w / difficulty.PARTIAL)))
+    # rows with both their samples (--samples 2): a torn write can leave a row its first one alone,
+    # and a resumed run asks that row for the second only
+    return _saved(stage, store, "difficulty",
+                  lambda w: sum(len(s) == 2 for s in read_records(w / difficulty.PARTIAL).values()))
 
 
 def _difficulty_rerun(facts: dict, art, store: Store) -> list[str]:
