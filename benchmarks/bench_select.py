@@ -5,8 +5,8 @@
 Builds a tiny random-weight InternVL model offline and synthetic probe rows (reflect traces), then
 times, in one run and on the same model:
   (a) generation alone: TransformersBackend.generate over the probe prompts, sampled with a seed;
-  (b) scoring: stages.select_ckpt.score, the same generation recording each token's entropy as it
-      goes (no second forward pass since 2026-11-30; a teacher-forced pass per completion before,
+  (b) scoring: the same generation recording each token's entropy as it goes, then
+      stages.select_ckpt.score per completion (no second forward pass since 2026-11-30; a teacher-forced pass per completion before,
       1.34-1.41x), the critical positions, and the accuracy and format judgments.
 Both draw identical completions (the seeded sampler), which is checked. The target is (b)/(a)
 within 1.25x. Each is timed three times, alternating, and the fastest of each kept.
@@ -52,7 +52,10 @@ def main() -> None:
         return dict(backend.generate(requests, sampling))
 
     def score():
-        return select_ckpt.score(cfg, model, processor, rows, requests, step=1, progress=False)
+        backend = TransformersBackend(model, processor, batch_size=args.batch_size, progress=False, entropies=True)
+        found = dict(backend.generate(requests, sampling))
+        return [select_ckpt.score(cfg, model, processor, r, q, j, c, step=1)
+                for q, r in zip(requests, rows) for j, c in enumerate(found[q.id])]
 
     times = {"generate": [], "score": []}
     for _ in range(3):

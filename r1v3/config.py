@@ -222,6 +222,47 @@ class TrainingSettings(Settings):
                                 "pip install 'r1v3[tracking]'")
 
 
+GEN_PANEL = "Generation"
+
+
+@dataclasses.dataclass
+class GenerationSettings(Settings):
+    """The settings of the generating stages (eval, difficulty, distill, select-ckpt) that mean the same
+    in each, read by one loop (r1v3/generation/records.py `generate_records`) and one backend opener
+    (`generation.open_backend`). A stage sets its own defaults in DEFAULTS and restates a setting's help
+    or role with `retold` (everything else it declares carries over)."""
+
+    max_new_tokens: int = setting(1024, ge=1, panel=GEN_PANEL, help="Generation budget per response.", le=MAX_TOKENS)
+    temperature: float = setting(1.0, ge=0, panel=GEN_PANEL, help="Sampling temperature; 0 is greedy.")
+    top_p: float = setting(1.0, gt=0, le=1, panel=GEN_PANEL, help="Nucleus sampling.")
+    samples: int = setting(1, ge=1, panel=GEN_PANEL, help="Responses per item.", le=MAX_SAMPLES)
+    seed: int = setting(0, panel=GEN_PANEL, help=(
+        "Random seed (per request and sample: results do not depend on batching)."), ge=0, le=MAX_SEED)
+    limit: Optional[int] = setting(None, ge=1, aliases=("--n",), shown="all", panel=GEN_PANEL,
+                                   help="Only the first N items, for quick checks.", le=MAX_ROWS)
+    batch_size: int = setting(8, ge=1, panel=RUN_PANEL, result=False,
+                              help="Generated sequences per batch, transformers backend.", le=MAX_BATCH)
+    resume: bool = setting(False, panel=RUN_PANEL, result=False, help=(
+        "Continue an interrupted run of the same name without generating again what it saved."))
+    trust_remote_code: bool = setting(False, panel=RUN_PANEL, help="Allow the model's own Python code.", result=False)
+
+
+@dataclasses.dataclass
+class BackendSettings(GenerationSettings):
+    """GenerationSettings plus the choice of backend, for the stages that can run on vLLM."""
+
+    backend: Literal["auto", "transformers", "vllm"] = setting(
+        "auto", panel=RUN_PANEL, help="auto = vllm when CUDA and vLLM are present, else transformers.", result=False)
+    tensor_parallel_size: int = setting(1, ge=1, panel=RUN_PANEL, help="GPUs per model, vllm backend.", le=MAX_DEVICES)
+
+
+def retold(cls, name: str, **changes) -> dataclasses.Field:
+    """`cls`'s setting `name` redeclared with other help, shown text, bounds or role: everything else it
+    declares stays, and it keeps its place among the options."""
+    f = cls.__dataclass_fields__[name]
+    return dataclasses.field(default=f.default, metadata={**f.metadata, **changes})
+
+
 def _trl_overrides(class_name: str, values: dict) -> dict:
     """`values` checked against the installed TRL's config dataclass: each key a field of it, each value
     coerced to the field's type. One line naming the key when not."""

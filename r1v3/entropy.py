@@ -60,7 +60,7 @@ import torch
 
 from r1v3 import jsonio
 from r1v3.errors import UserError
-from r1v3.generation import THINK_TAGS, Request, _rgb, entropy
+from r1v3.generation import THINK_TAGS, Request, entropy, rgb_images
 
 DEFAULT_WORDS = ("Wait", "Alternatively", "Hmm")
 HIGH_ENTROPY = 0.672
@@ -235,7 +235,7 @@ def _inputs(processor, text: str, images: list, completion: list[int]) -> tuple[
             raise UserError(f"{len(images)} images given but the model has a tokenizer, not an image processor")
         enc = processor([text], add_special_tokens=False, return_tensors="pt")
     else:
-        enc = processor(text=[text], images=_rgb(images) or None, add_special_tokens=False, return_tensors="pt")
+        enc = processor(text=[text], images=rgb_images(images) or None, add_special_tokens=False, return_tensors="pt")
     n_prompt = enc["input_ids"].shape[1]
     tail = torch.tensor([completion], dtype=torch.long)
     inputs = {}

@@ -15,43 +15,37 @@ verdicts. Responses are appended (fsynced) to the run's work directory as batche
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Literal, Optional
+from typing import Optional
 
 from r1v3 import config, data, jsonl, mmmu, rewards
 from r1v3.artifacts import Artifact, Store, check_name
-from r1v3.config import Settings, setting, to_dict
+from r1v3.config import BackendSettings, retold, setting, to_dict
 from r1v3.errors import UserError
 
-PARTIAL = "responses.partial.jsonl"
+PARTIAL = "responses.partial.jsonl"  # one line per sample, appended as batches finish
 
 
 @dataclass
-class Config(Settings):
+class Config(BackendSettings):
     STAGE = "difficulty"
+    DEFAULTS = {"samples": 8, "max_new_tokens": 4096}
 
     model: str = setting(help="Model artifact whose pass rates to measure (the policy RL will start from).", artifact="input")
     data: str = setting(help="Dataset artifact of problem rows.", artifact="input")
     name: str = setting(help="Name of the dataset artifact published with pass rates.", artifact="output")
     splits: list[str] = setting([], shown="every split", help="Splits to measure; the others are published unmeasured.")
-    samples: int = setting(8, ge=1, le=config.MAX_SAMPLES, help="Answers per problem k: pass rate = right answers / k.")
-    max_new_tokens: int = setting(4096, ge=1, le=config.MAX_TOKENS, help="Generation budget per answer (rl's default completion length).")
-    temperature: float = setting(1.0, gt=0, help="Sampling temperature (rl's rollout temperature).")
-    top_p: float = setting(1.0, gt=0, le=1, help="Nucleus sampling.")
-    seed: int = setting(0, ge=0, le=config.MAX_SEED, help="Random seed.")
-    limit: Optional[int] = setting(None, ge=1, le=config.MAX_ROWS, shown="all", help=(
+    samples: int = retold(BackendSettings, "samples", help="Answers per problem k: pass rate = right answers / k.")
+    max_new_tokens: int = retold(BackendSettings, "max_new_tokens", help=(
+        "Generation budget per answer (rl's default completion length)."))
+    # a pass rate needs samples that can differ: no greedy here
+    temperature: float = retold(BackendSettings, "temperature", ge=None, gt=0,
+                                help="Sampling temperature (rl's rollout temperature).")
+    limit: Optional[int] = retold(BackendSettings, "limit", help=(
         "Measure only the first N rows of each measured split and publish those alone (size it to the rows RL "
         "will train on)."))
     drop_solved: bool = setting(False, help="Leave out rows every sample answered right.", resumable=True)
     drop_unsolved: bool = setting(False, help="Leave out rows no sample answered right.", resumable=True)
-    backend: Literal["auto", "transformers", "vllm"] = setting(
-        "auto", help="auto = vllm when CUDA and vLLM are present, else transformers.", result=False)
-    batch_size: int = setting(8, ge=1, help="Sequences per batch, transformers backend.", result=False, le=config.MAX_BATCH)
-    tensor_parallel_size: int = setting(1, ge=1, help="GPUs per model, vllm backend.", le=config.MAX_DEVICES)
-    resume: bool = setting(False, help="Continue an interrupted run of the same name without redoing finished rows.", result=False)
-    trust_remote_code: bool = setting(False, help="Allow the model's own Python code.", result=False)
 
     def check(self) -> None:
         check_name(self.name)
@@ -75,42 +69,26 @@ def _rows(cfg: Config, dataset: Artifact) -> tuple[dict[str, list[dict]], list[s
     return rows, measured
 
 
-def _is_samples_record(rec) -> bool:
-    return (isinstance(rec, dict) and isinstance(rec.get("id"), str) and isinstance(rec.get("samples"), list)
-            and all(isinstance(s, dict) and isinstance(s.get("text"), str) for s in rec["samples"]))
+def _is_answer(rec) -> bool:
+    return isinstance(rec.get("text"), str) and isinstance(rec.get("n_tokens"), int)
 
 
-def _read_partial(path: Path) -> dict[str, list[dict]]:
-    return {rec["id"]: rec["samples"] for rec in jsonl.read(path, _is_samples_record)}
-
-
-def _has_progress(work: Path) -> bool:
-    return bool(_read_partial(work / PARTIAL))
+def _answer(request, sample: int, c) -> dict:
+    return {"text": c.text, "n_tokens": c.n_tokens}
 
 
 def generate(cfg: Config, work, model: Artifact, rows: list[dict], where: str) -> tuple[dict, dict]:
     """Samples by row id (an interrupted run's included on resume) and timing."""
-    from r1v3.generation import Sampling, open_backend
+    from r1v3.generation import generate_records, open_backend, sampling_of
 
-    partial = work.path / PARTIAL
-    done = _read_partial(partial) if work.resumed else {}
-    todo = [mmmu.request(r, "reasoning") for r in rows if r["id"] not in done]
-    jsonl.rewrite(partial, ({"id": i, "samples": s} for i, s in done.items()))
-    sampling = Sampling(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                        n=cfg.samples, seed=cfg.seed)
-    start, tokens = time.perf_counter(), 0
-    if todo:
-        backend = open_backend(cfg, model, rows, where)
-        with open(partial, "a") as out:
-            for rid, completions in backend.generate(todo, sampling):
-                samples = [{"text": c.text, "n_tokens": c.n_tokens} for c in completions]
-                tokens += sum(c.n_tokens for c in completions)
-                done[rid] = samples
-                jsonl.append(out, [{"id": rid, "samples": samples}])
-    seconds = time.perf_counter() - start
-    return done, {"generation_seconds": round(seconds, 2), "generated_tokens": tokens, "rows_generated": len(todo),
-                  "rows_resumed": len(rows) - len(todo),
-                  "rows_per_second": round(len(todo) / seconds, 3) if todo and seconds > 0 else None}
+    requests = [mmmu.request(r, "reasoning") for r in rows]
+    done, n = generate_records(work.path / PARTIAL, requests, sampling_of(cfg), _answer,
+                               lambda: open_backend(cfg, model.path, rows, where), resumed=work.resumed,
+                               valid=_is_answer)
+    asked, seconds = n["requests_asked"], n["seconds"]
+    return {r["id"]: [done[r["id"]][k] for k in range(cfg.samples)] for r in rows}, {
+        "generation_seconds": seconds, "generated_tokens": n["generated_tokens"], "rows_generated": asked,
+        "rows_resumed": n["requests_resumed"], "rows_per_second": round(asked / seconds, 3) if asked and seconds > 0 else None}
 
 
 def judge(row: dict, samples: list[dict]) -> list[bool]:
@@ -122,7 +100,7 @@ def judge(row: dict, samples: list[dict]) -> list[bool]:
 
 
 def run(cfg: Config, store: Store) -> Artifact:
-    from r1v3.generation import resolve_backend
+    from r1v3.generation import has_records, resolve_backend
 
     model = store.resolve(cfg.model, kind="model")
     dataset = store.resolve(cfg.data, kind="dataset")
@@ -131,7 +109,8 @@ def run(cfg: Config, store: Store) -> Artifact:
     for r in rows:
         mmmu.request(r, "reasoning")  # every prompt checked before any work
     with store.work(cfg.name, "difficulty", settings=config.resume_settings(cfg, backend=resolve_backend(cfg.backend)),
-                    inputs={"model": model, "data": dataset}, resume=cfg.resume, has_progress=_has_progress) as work:
+                    inputs={"model": model, "data": dataset}, resume=cfg.resume,
+                    has_progress=has_records(PARTIAL, _is_answer)) as work:
         done, timing = generate(cfg, work, model, rows, f"{dataset.ref} splits {', '.join(measured)}")
         return publish(cfg, store, splits, measured, done, timing, [model, dataset])
 

@@ -53,7 +53,7 @@ from typing import Literal, NamedTuple, Optional
 
 from r1v3 import answers, config, data, jsonl, mmmu, models, plots, prompts, smol
 from r1v3.artifacts import Artifact, Store, check_name, printable, sha256_file, shown
-from r1v3.config import Settings, setting, to_dict
+from r1v3.config import BackendSettings, retold, setting, to_dict
 from r1v3.errors import NothingKept, UserError
 
 SMOL = "smol"
@@ -62,8 +62,9 @@ ATTEMPTS = "attempts.jsonl"
 
 
 @dataclass
-class Config(Settings):
+class Config(BackendSettings):
     STAGE = "distill"
+    DEFAULTS = {"samples": 4, "max_new_tokens": 4096}
 
     teacher: str = setting(help=f"{SMOL} (SmolLM2-135M-Instruct), a text-only model artifact, or an "
                                 "OpenAI-compatible endpoint http(s)://host:port/v1.", artifact="input")
@@ -71,16 +72,20 @@ class Config(Settings):
     name: str = setting(help="Artifact name for the trace dataset.", artifact="output")
     teacher_model: Optional[str] = setting(None, help="Model name at the endpoint (with an http(s) --teacher).")
     split: str = setting("train", help="Dataset split to distill; the traces are published under the same split.")
-    limit: Optional[int] = setting(None, ge=1, shown="all", help="Only the first N problems, for quick checks.", resumable=True, le=config.MAX_ROWS)
-    samples: int = setting(4, ge=1, help="Teacher outputs per problem k (rejection sampling).", resumable=True, le=config.MAX_SAMPLES)
+    # judging happens once, at the end, over everything generated: more samples or problems continue a run
+    limit: Optional[int] = retold(BackendSettings, "limit", help="Only the first N problems, for quick checks.",
+                                  resumable=True)
+    samples: int = retold(BackendSettings, "samples", help="Teacher outputs per problem k (rejection sampling).",
+                          resumable=True)
+    temperature: float = retold(BackendSettings, "temperature", help="Sampling temperature; 0 is greedy (then --samples 1).")
+    backend: Literal["auto", "transformers", "vllm"] = retold(BackendSettings, "backend", help=(
+        "Local teachers: auto = vllm when CUDA and vLLM are present, else transformers."))
+    # distill counts it with the transport settings (concurrency, timeout): not part of its resume key
+    tensor_parallel_size: int = retold(BackendSettings, "tensor_parallel_size", result=False)
     keep: int = setting(1, ge=1, help="At most this many verified traces per problem, shortest first.", resumable=True, le=config.MAX_SAMPLES)
     template: str = setting(DEFAULT_TEMPLATE, shown="a description-reading prompt", help=(
         "Teacher prompt; placeholders {caption}, {question}, {options} (one '(A) text' line each), "
         "{instruction} (reason, then \\boxed{} answer); {{ and }} are literal braces."))
-    max_new_tokens: int = setting(4096, ge=1, le=config.MAX_TOKENS, help="Generation budget per teacher output.")
-    temperature: float = setting(1.0, ge=0, help="Sampling temperature; 0 is greedy (then --samples 1).")
-    top_p: float = setting(1.0, gt=0, le=1, help="Nucleus sampling.")
-    seed: int = setting(0, help="Random seed.", ge=0, le=config.MAX_SEED)
     min_think_chars: int = setting(20, ge=1, help="Shortest reasoning kept, in characters.", resumable=True, le=config.MAX_CHARS)
     max_think_chars: int = setting(32000, ge=1, help="Longest reasoning kept, in characters.", resumable=True, le=config.MAX_CHARS)
     max_compression_ratio: float = setting(4.0, gt=1, help=(
@@ -88,17 +93,11 @@ class Config(Settings):
     extend: Optional[str] = setting(None, metavar="REF", help=(
         "A previous distill dataset of the same teacher, template, sampling and data: reuse its "
         "attempts and ask only for missing samples."), artifact="input", resumable=True)
-    backend: Literal["auto", "transformers", "vllm"] = setting(
-        "auto", help="Local teachers: auto = vllm when CUDA and vLLM are present, else transformers.", result=False)
-    batch_size: int = setting(8, ge=1, help="Sequences per batch, transformers backend.", result=False, le=config.MAX_BATCH)
-    tensor_parallel_size: int = setting(1, ge=1, help="GPUs per model, vllm backend.", result=False, le=config.MAX_DEVICES)
     api_key_env: str = setting("OPENAI_API_KEY", help="Environment variable holding the endpoint's API key; "
                                                       "empty: the endpoint takes no key.", result=False)
     concurrency: int = setting(4, ge=1, help="HTTP teacher: calls in flight at once.", result=False, le=config.MAX_DEVICES)
     max_retries: int = setting(3, ge=0, help="HTTP teacher: retries of a failed call, with back-off.", result=False, le=100)
     timeout: float = setting(600.0, gt=0, help="HTTP teacher: seconds per call (connect and whole answer).", result=False)
-    resume: bool = setting(False, help="Continue an interrupted run of the same name without asking again.", result=False)
-    trust_remote_code: bool = setting(False, help="Allow the teacher model's own Python code.", result=False)
 
     def check(self) -> None:
         check_name(self.name)
@@ -265,23 +264,14 @@ def resolve_teacher(cfg: Config, store: Store) -> Teacher:
 
 
 def open_backend(cfg: Config, teacher: Teacher):
-    from r1v3.generation import OpenAIBackend, TransformersBackend, VLLMBackend
+    from r1v3.generation import OpenAIBackend, TransformersBackend, open_backend
 
     if is_url(cfg.teacher):
         return OpenAIBackend(cfg.teacher, cfg.teacher_model, api_key_env=cfg.api_key_env, timeout=cfg.timeout,
-                             max_retries=cfg.max_retries, concurrency=cfg.concurrency)
-    if teacher.settings["backend"] == "vllm":
-        return VLLMBackend(teacher.artifact.path, tensor_parallel_size=cfg.tensor_parallel_size,
-                           trust_remote_code=cfg.trust_remote_code)
+                             max_retries=cfg.max_retries, concurrency=cfg.concurrency, progress=False)
     if teacher.artifact is None:
-        model, tokenizer = smol.load_smol_llm()
-    else:
-        model, tokenizer = models.load_llm(teacher.artifact.path, trust_remote_code=cfg.trust_remote_code)
-    import torch
-
-    if torch.cuda.is_available():
-        model = model.to("cuda")
-    return TransformersBackend(model, tokenizer, batch_size=cfg.batch_size)
+        return TransformersBackend.on_device(*smol.load_smol_llm(), batch_size=cfg.batch_size, progress=False)
+    return open_backend(cfg, teacher.artifact.path, text_only=True)
 
 
 def generation_settings(cfg: Config, teacher: Teacher) -> dict:
@@ -297,35 +287,22 @@ RAW_KEYS = ("id", "sample", "response", "n_tokens", "finish_reason")
 
 
 def _is_attempt(rec) -> bool:
-    return (isinstance(rec, dict) and isinstance(rec.get("id"), str) and isinstance(rec.get("sample"), int)
-            and rec["sample"] >= 0 and isinstance(rec.get("response"), str)
-            and isinstance(rec.get("n_tokens"), int) and isinstance(rec.get("finish_reason"), str))
+    return (isinstance(rec.get("response"), str) and isinstance(rec.get("n_tokens"), int)
+            and isinstance(rec.get("finish_reason"), str))
+
+
+def _attempt(request, sample: int, c) -> dict:
+    return {"response": c.text, "n_tokens": c.n_tokens, "finish_reason": c.finish_reason}
 
 
 def read_attempts(path: Path, strict: bool = False) -> dict[str, dict[int, dict]]:
     """{problem id: {sample index: record}}. A line a crash cut short ends the reading (what
     follows was never acknowledged); with `strict` (a published file) it is an error instead."""
-    done: dict[str, dict[int, dict]] = {}
-    for rec in jsonl.read(path, _is_attempt,
-                            "an attempt record (id, sample, response, n_tokens, finish_reason)" if strict else None):
-        done.setdefault(rec["id"], {})[rec["sample"]] = {k: rec[k] for k in RAW_KEYS}
-    return done
+    from r1v3.generation import read_records
 
-
-def _has_progress(work: Path) -> bool:
-    return bool(read_attempts(work / ATTEMPTS))
-
-
-def missing(rows: list[dict], done: dict, samples: int) -> dict[int, list[dict]]:
-    """Rows still short of `samples` outputs, by the first sample index they lack (samples come
-    back in order, so what a row has is always 0..first-1)."""
-    todo: dict[int, list[dict]] = {}
-    for row in rows:
-        have = done.get(row["id"], {})
-        first = next((j for j in range(samples) if j not in have), samples)
-        if first < samples:
-            todo.setdefault(first, []).append(row)
-    return todo
+    found = read_records(path, _is_attempt,
+                         "an attempt record (id, sample, response, n_tokens, finish_reason)" if strict else None)
+    return {rid: {k: {key: r[key] for key in RAW_KEYS} for k, r in recs.items()} for rid, recs in found.items()}
 
 
 def _extend_from(cfg: Config, store: Store, dataset: Artifact, settings: dict) -> tuple[Artifact, dict]:
@@ -342,41 +319,22 @@ def _extend_from(cfg: Config, store: Store, dataset: Artifact, settings: dict) -
     return prev, read_attempts(prev.file(ATTEMPTS), strict=True)
 
 
-def generate(cfg: Config, work, teacher: Teacher, rows: list[dict], done: dict) -> dict:
-    """Ask the teacher for every missing sample, appending each problem's outputs as they come."""
-    from r1v3.generation import Request, Sampling
+def generate(cfg: Config, work, teacher: Teacher, rows: list[dict], previous: dict) -> tuple[dict, dict]:
+    """Every problem's samples (the interrupted run's and `previous` ones included), asking the
+    teacher only for the missing ones; and what this run asked for."""
+    from r1v3.generation import Request, generate_records, sampling_of
 
-    todo = missing(rows, done, cfg.samples)
-    path = work.path / ATTEMPTS
-    jsonl.rewrite(path, (r for s in done.values() for r in s.values()))
-    if not todo:
-        return {"problems_asked": 0, "outputs_generated": 0}
-    backend = open_backend(cfg, teacher)
-    generated = 0
-    with open(path, "a") as out:
-        def save(request_id, completions, first):
-            nonlocal generated
-            recs = [{"id": request_id, "sample": first + j, "response": c.text, "n_tokens": c.n_tokens,
-                     "finish_reason": c.finish_reason} for j, c in enumerate(completions)]
-            jsonl.append(out, recs)
-            done.setdefault(request_id, {}).update({r["sample"]: r for r in recs})
-            generated += len(recs)
-
-        try:
-            for first, group in sorted(todo.items()):
-                sampling = Sampling(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                                    n=cfg.samples - first, seed=cfg.seed, first=first)
-                requests = [Request(r["id"], [{"role": "user", "content": prompts.teacher_prompt(r, cfg.template)}])
-                            for r in group]
-                for _ in backend.generate(requests, sampling, on_result=lambda i, c, f=first: save(i, c, f)):
-                    pass
-        except UserError as e:
-            kept = (f"the outputs of {len(done)} problems are saved in {work.path}: rerun with --resume to continue"
-                    if done else "nothing was saved")
-            raise UserError(f"teacher {teacher.label}: {e}; {kept}") from None
-        finally:
-            getattr(backend, "close", lambda: None)()
-    return {"problems_asked": sum(len(g) for g in todo.values()), "outputs_generated": generated}
+    requests = [Request(r["id"], [{"role": "user", "content": prompts.teacher_prompt(r, cfg.template)}]) for r in rows]
+    done: dict = {}
+    try:
+        _, n = generate_records(work.path / ATTEMPTS, requests, sampling_of(cfg), _attempt,
+                                lambda: open_backend(cfg, teacher), resumed=work.resumed, valid=_is_attempt,
+                                previous=previous, done=done)
+    except UserError as e:
+        kept = (f"the outputs of {len(done)} problems are saved in {work.path}: rerun with --resume to continue"
+                if done else "nothing was saved")
+        raise UserError(f"teacher {teacher.label}: {e}; {kept}") from None
+    return done, {"problems_asked": n["requests_asked"], "outputs_generated": n["outputs_generated"]}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -490,12 +448,11 @@ def run(cfg: Config, store: Store) -> Artifact:
     settings = generation_settings(cfg, teacher)
     prev, previous = _extend_from(cfg, store, dataset, settings) if cfg.extend else (None, {})
     inputs = {"data": dataset} | ({"teacher": teacher.artifact} if teacher.artifact else {})
+    from r1v3.generation import has_records
+
     with store.work(cfg.name, "distill", settings=settings, inputs=inputs, resume=cfg.resume,
-                    has_progress=_has_progress) as work:
-        done = read_attempts(work.path / ATTEMPTS) if work.resumed else {}
-        for rid, samples in previous.items():
-            done.setdefault(rid, {}).update({j: r for j, r in samples.items() if j not in done[rid]})
-        timing = generate(cfg, work, teacher, rows, done)
+                    has_progress=has_records(ATTEMPTS, _is_attempt)) as work:
+        done, timing = generate(cfg, work, teacher, rows, previous)
         out_rows, attempts = judge_all(cfg, rows, done)
         summary = report(attempts, teacher, timing)
         if not out_rows:

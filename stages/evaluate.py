@@ -13,29 +13,31 @@ scorer); `Config` is `eval mmmu`'s, `MathVistaConfig` `eval mathvista`'s. Two mo
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal, Optional
 
 from r1v3 import benchmarks, config, data, jsonl, mathvista, mmmu, models, plots
 from r1v3.artifacts import Artifact, Store, check_name
-from r1v3.config import Settings, setting, to_dict
+from r1v3.config import BackendSettings, retold, setting, to_dict
 from r1v3.errors import UserError
 
 PAPER_BUDGET = 16384  # R1V3's MMMU setting for the think template
 
 
 @dataclass
-class Config(Settings):
+class Config(BackendSettings):
     """`run` returns (artifact or None, scores): with --responses and no --name it scores without publishing."""
 
     STAGE = "eval-mmmu"
     SECTIONS = ("eval",)  # the section name of recipes written before it matched the stage name
     BENCHMARK: ClassVar[str] = "mmmu"
     RESCORING: ClassVar[tuple[str, ...]] = ("responses", "name", "style")  # the settings --responses takes
+    DEFAULTS = {
+        "max_new_tokens": lambda c: PAPER_BUDGET if c.style == "reasoning" else c.benchmark().OFFICIAL_BUDGET,
+        "temperature": lambda c: 1.0 if c.style == "reasoning" else 0.0,
+    }
 
     model: Optional[str] = setting(None, help="Model artifact to evaluate.", artifact="input")
     data: Optional[str] = setting(None, help="Dataset artifact (from `r1v3 data mmmu`, or any problem dataset).", artifact="input")
@@ -44,26 +46,19 @@ class Config(Settings):
         None, metavar="PATH", help="Re-score saved responses: <Subject>/output.json dir or one JSON list.", reads=config.path_digests)
     split: str = setting("validation", help="Dataset split.")
     subjects: list[str] = setting([], shown="all in the split", help="Only these subjects, comma-separated.")
-    limit: Optional[int] = setting(None, ge=1, le=config.MAX_ROWS, aliases=("--n",), shown="all",
-                                   help="Only the first N items (after --subjects), for quick checks.")
+    limit: Optional[int] = retold(BackendSettings, "limit", help="Only the first N items (after --subjects), for quick checks.")
     style: Literal["official", "reasoning"] = setting(
         lambda c: "official" if c.responses else "reasoning", shown="reasoning; official with --responses",
         help="official: the benchmark's prompt; reasoning: <think> + \\boxed{}.")
-    max_new_tokens: int = setting(
-        lambda c: PAPER_BUDGET if c.style == "reasoning" else c.benchmark().OFFICIAL_BUDGET, ge=1,
-        shown=f"{PAPER_BUDGET} reasoning, {mmmu.OFFICIAL_BUDGET} official", help="Generation budget per response.", le=config.MAX_TOKENS)
-    temperature: float = setting(
-        lambda c: 1.0 if c.style == "reasoning" else 0.0, ge=0, shown="1.0 reasoning (the paper), 0 official",
-        help="Sampling temperature; 0 is greedy.")
-    top_p: float = setting(1.0, gt=0, le=1, help="Nucleus sampling.")
-    samples: int = setting(1, ge=1, le=config.MAX_SAMPLES, help="Responses per item k; reports mean@k and pass@k (the paper: 5).")
-    seed: int = setting(0, ge=0, le=config.MAX_SEED, help="Random seed.")
-    backend: Literal["auto", "transformers", "vllm"] = setting(
-        "auto", help="auto = vllm when CUDA and vLLM are present, else transformers.", result=False)
-    batch_size: int = setting(8, ge=1, help="Prompts per batch, transformers backend.", result=False, le=config.MAX_BATCH)
-    tensor_parallel_size: int = setting(1, ge=1, help="GPUs per model, vllm backend.", le=config.MAX_DEVICES)
-    resume: bool = setting(False, help="Continue an interrupted eval of the same name without redoing finished items.", result=False)
-    trust_remote_code: bool = setting(False, help="Allow the model's own Python code.", result=False)
+    max_new_tokens: int = retold(BackendSettings, "max_new_tokens", shown=f"{PAPER_BUDGET} reasoning, {mmmu.OFFICIAL_BUDGET} official")
+    temperature: float = retold(BackendSettings, "temperature", shown="1.0 reasoning (the paper), 0 official")
+    samples: int = retold(BackendSettings, "samples", help="Responses per item k; reports mean@k and pass@k (the paper: 5).")
+    ban_words: list[str] = setting([], metavar="WORD,..", shown="none", help=(
+        "Words the model may not write, banned while decoding (the paper's NoWait: Wait,Alternatively,Hmm): each "
+        "word as given and with its first letter's case swapped, alone and after a space, as the model's "
+        "tokenizer spells them (transformers bad_words_ids, vLLM bad_words); another tokenization of the same "
+        "letters is not refused."))
+    resume: bool = retold(BackendSettings, "resume", help="Continue an interrupted eval of the same name without redoing finished items.")
     blank_images: bool = setting(False, help=(
         "Replace every image with a white one of its size: the score without looking (a blind baseline), so a "
         "gain can be told apart from learning the answer format and the answer priors."))
@@ -74,7 +69,7 @@ class Config(Settings):
         if self.responses:
             fields = config.fields_by_name(self)
             ignored = [k for k in fields if k in self._given and k not in self.RESCORING
-                       and (callable(d := fields[k].metadata["default"]) or getattr(self, k) != d)]
+                       and (callable(d := config.default_of(type(self), fields[k])) or getattr(self, k) != d)]
             if ignored:
                 raise UserError(f"--responses re-scores saved responses: {', '.join(ignored)} do not apply to it")
             return
@@ -84,6 +79,10 @@ class Config(Settings):
             raise UserError("give --name for the eval artifact")
         if self.samples > 1 and self.temperature == 0:
             raise UserError("--samples > 1 with --temperature 0 gives k identical greedy answers; set temperature > 0")
+        bad = [w for w in self.ban_words if not w.strip() or w != w.strip()]
+        if bad:
+            raise UserError(f"{self.label('ban_words')}: {bad[0]!r} is not a word; give words without blanks, "
+                            "e.g. Wait,Alternatively,Hmm")
 
     @classmethod
     def benchmark(cls):
@@ -92,12 +91,6 @@ class Config(Settings):
     def scoring(self) -> dict:
         """The benchmark's own scoring options (judge's keyword arguments)."""
         return {}
-
-
-def _retold(name: str, **changes):
-    """Config's setting `name` with other help, default or shown text: everything else it declares stays."""
-    f = Config.__dataclass_fields__[name]
-    return dataclasses.field(default=f.default, metadata={**f.metadata, **changes})
 
 
 @dataclass
@@ -109,14 +102,14 @@ class MathVistaConfig(Config):
     BENCHMARK: ClassVar[str] = "mathvista"
     RESCORING: ClassVar[tuple[str, ...]] = (*Config.RESCORING, "integer_answers")
 
-    data: Optional[str] = _retold("data", help="Dataset artifact (from `r1v3 data mathvista`).")
-    responses: Optional[str] = _retold("responses", help=(
+    data: Optional[str] = retold(Config, "data", help="Dataset artifact (from `r1v3 data mathvista`).")
+    responses: Optional[str] = retold(Config, "responses", help=(
         "Re-score saved responses: the official output JSON (pid -> problem); an `extraction` field is scored "
         "as the official script scores it, else the response is read by our rules."))
-    split: str = _retold("split", default="testmini")
-    subjects: list[str] = _retold("subjects", help=(
+    split: str = retold(Config, "split", default="testmini")
+    subjects: list[str] = retold(Config, "subjects", help=(
         "Only these tasks (MathVista's metadata task, e.g. 'geometry problem solving'), comma-separated."))
-    max_new_tokens: int = _retold("max_new_tokens", shown=f"{PAPER_BUDGET} reasoning, {mathvista.OFFICIAL_BUDGET} official")
+    max_new_tokens: int = retold(Config, "max_new_tokens", shown=f"{PAPER_BUDGET} reasoning, {mathvista.OFFICIAL_BUDGET} official")
     integer_answers: Literal["float", "int"] = setting("float", help=(
         "How the official scorer reads an integer answer: float = int(float(x)), calculate_score.py as published "
         "('1.5' counts as 1); int = int(x) ('1.5' is no answer), the scorer that wrote most of the repository's "
@@ -147,20 +140,18 @@ def load_rows(cfg: Config, dataset: Artifact) -> list[dict]:
     return rows
 
 
-PARTIAL = "predictions.partial.jsonl"  # raw responses, appended as batches finish
+PARTIAL = "predictions.partial.jsonl"  # raw responses, one line per sample, appended as batches finish
 
 
-def _has_progress(work: Path) -> bool:
-    return bool(_read_partial(work / PARTIAL))
+def _is_response(rec) -> bool:
+    return (isinstance(rec.get("response"), str) and isinstance(rec.get("n_tokens"), int)
+            and isinstance(rec.get("finish_reason"), str))
 
 
-def _is_response_record(rec) -> bool:
-    return (isinstance(rec, dict) and isinstance(rec.get("id"), str) and isinstance(rec.get("samples"), list)
-            and all(isinstance(x, dict) and isinstance(x.get("response"), str) for x in rec["samples"]))
-
-
-def _read_partial(path: Path) -> dict[str, dict]:
-    return {rec["id"]: rec for rec in jsonl.read(path, _is_response_record)}
+def _response(request, sample: int, c) -> dict:
+    # raw responses only: judging happens once, at the end, so a resumed run is scored by one version
+    # of the rules
+    return {"response": c.text, "n_tokens": c.n_tokens, "finish_reason": c.finish_reason}
 
 
 def _inputs(cfg: Config, store: Store) -> tuple[Artifact, Artifact, list[dict], list]:
@@ -173,34 +164,17 @@ def _inputs(cfg: Config, store: Store) -> tuple[Artifact, Artifact, list[dict], 
 
 
 def generate(cfg: Config, work, model: Artifact, rows: list[dict], requests: list,
-             where: str) -> tuple[dict[str, dict], dict]:
-    """Responses by request id, the interrupted run's included when `work` resumed it; and timing.
+             where: str) -> tuple[dict[str, list[dict]], dict]:
+    """Each request's samples, the interrupted run's included when `work` resumed it; and timing.
     `where` names the rows in errors (dataset and split)."""
-    from r1v3.generation import Sampling, open_backend
+    from r1v3.generation import generate_records, open_backend, sampling_of
 
-    partial = work.path / PARTIAL
-    done = _read_partial(partial) if work.resumed else {}
-    todo = [q for q in requests if q.id not in done]
-    sampling = Sampling(
-        max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, n=cfg.samples, seed=cfg.seed
-    )
-    backend = open_backend(cfg, model, rows, where) if todo else None
-    jsonl.rewrite(partial, done.values())
-    start, new_tokens = time.perf_counter(), 0
-    if backend is not None:
-        with open(partial, "a") as out:
-            for request_id, completions in backend.generate(todo, sampling):
-                # raw responses only: judging happens once, at the end, so a resumed run is
-                # scored by one version of the rules
-                samples = [{"response": c.text, "n_tokens": c.n_tokens, "finish_reason": c.finish_reason}
-                           for c in completions]
-                new_tokens += sum(c.n_tokens for c in completions)
-                rec = {"id": request_id, "samples": samples}
-                done[request_id] = rec
-                jsonl.append(out, [rec])
-    timing = {"generation_seconds": round(time.perf_counter() - start, 2), "generated_tokens": new_tokens,
-              "items_generated": len(todo), "items_resumed": len(requests) - len(todo)}
-    return done, timing
+    done, n = generate_records(work.path / PARTIAL, requests, sampling_of(cfg, ban_words=tuple(cfg.ban_words)),
+                               _response, lambda: open_backend(cfg, model.path, rows, where), resumed=work.resumed,
+                               valid=_is_response)
+    timing = {"generation_seconds": n["seconds"], "generated_tokens": n["generated_tokens"],
+              "items_generated": n["requests_asked"], "items_resumed": n["requests_resumed"]}
+    return {q.id: [done[q.id][k] for k in range(cfg.samples)] for q in requests}, timing
 
 
 def judge_all(cfg: Config, rows: list[dict], done: dict[str, dict]) -> list[dict]:
@@ -209,7 +183,7 @@ def judge_all(cfg: Config, rows: list[dict], done: dict[str, dict]) -> list[dict
         judge(r, s["response"], cfg.style, **options)
         | {"sample": i, "n_tokens": s["n_tokens"], "finish_reason": s["finish_reason"]}
         for r in rows
-        for i, s in enumerate(done[r["id"]]["samples"])
+        for i, s in enumerate(done[r["id"]])
     ]
 
 
@@ -244,13 +218,14 @@ def run(cfg: Config, store: Store) -> tuple[Optional[Artifact], dict]:
         predictions = bench.judge_responses(bench.load_responses(cfg.responses), cfg.style, **cfg.scoring())
         samples = max(p["sample"] for p in predictions) + 1
         return publish(cfg, store, predictions, samples, {}, [])
-    from r1v3.generation import resolve_backend
+    from r1v3.generation import has_records, resolve_backend
 
     model, dataset, rows, requests = _inputs(cfg, store)
     # the store is touched only from here; on success the work directory and its lock go
     with store.work(cfg.name, "eval", settings=config.resume_settings(
         cfg, backend=resolve_backend(cfg.backend)),  # vLLM and transformers sample differently for one seed
-                    inputs={"model": model, "data": dataset}, resume=cfg.resume, has_progress=_has_progress) as work:
+                    inputs={"model": model, "data": dataset}, resume=cfg.resume,
+                    has_progress=has_records(PARTIAL, _is_response)) as work:
         done, timing = generate(cfg, work, model, rows, requests, f"{dataset.ref} split {cfg.split}")
         return publish(cfg, store, judge_all(cfg, rows, done), cfg.samples, timing, [model, dataset])
 

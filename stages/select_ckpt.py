@@ -22,8 +22,9 @@ p-value; probe.jsonl: entropy.py's records, one per generation, with the checkpo
 generation's judgments; entropy-vs-accuracy.png), and a model artifact of the chosen checkpoint
 whose inputs are the run and the selection.
 
-Resumable per checkpoint: a checkpoint's records are written to the work directory in one atomic
-write when it is done; `--resume` reuses them and generates only for the others.
+Resumable: each checkpoint's records are appended to its work file as batches finish
+(generation.generate_records); `--resume` reuses them, loads no checkpoint whose records are all
+there, and generates only what the others lack.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from typing import Literal, Optional
 
 from r1v3 import config, data, entropy, jsonl, mmmu, models, plots, rewards, stats
 from r1v3.artifacts import Artifact, Store, check_name, printable, shown
-from r1v3.config import Settings, setting, to_dict
+from r1v3.config import GenerationSettings, retold, setting, to_dict
 from r1v3.errors import UserError
 
 BY = ("critical-entropy", "accuracy", "reward")
@@ -50,7 +51,7 @@ CHECKPOINT = re.compile(r"checkpoints/step-([0-9]{1,9})/config\.json")
 
 
 @dataclass
-class Config(Settings):
+class Config(GenerationSettings):
     STAGE = "select-ckpt"
 
     run: str = setting(help="Run artifact (from `r1v3 rl`) whose checkpoints/step-K/ models are compared.", artifact="input")
@@ -59,7 +60,6 @@ class Config(Settings):
     model_name: Optional[str] = setting(lambda c: f"{c.name}-model", shown="NAME-model",
                                         help="Name of the model artifact of the chosen checkpoint.", artifact="output")
     split: str = setting("validation", help="Probe split (held out from the run's training rows).")
-    limit: Optional[int] = setting(None, ge=1, le=config.MAX_ROWS, aliases=("--n",), shown="all", help="Only the first N probe rows.")
     base: bool = setting(False, help="Also score the run's starting model (its model input) as step 0.")
     words: list[str] = setting(list(entropy.DEFAULT_WORDS), help="Critical words, comma-separated.")
     ignore_case: bool = setting(False, help=(
@@ -73,15 +73,14 @@ class Config(Settings):
         "Guard: a checkpoint whose probe accuracy is more than this below the first checkpoint's is out."))
     max_format_drop: float = setting(0.2, ge=0, le=1, help=(
         "Guard: a checkpoint whose format rate is more than this below the first checkpoint's is out."))
-    max_new_tokens: int = setting(1024, ge=1, le=config.MAX_TOKENS, help="Generation budget per response.")
-    temperature: float = setting(1.0, ge=0, help="Sampling temperature (the paper: 1.0); 0 is greedy.")
-    top_p: float = setting(1.0, gt=0, le=1, help="Nucleus sampling.")
-    samples: int = setting(1, ge=1, help="Responses per probe row.", le=config.MAX_SAMPLES)
-    seed: int = setting(0, help="Random seed (per request and sample: results do not depend on batching).", ge=0, le=config.MAX_SEED)
-    batch_size: int = setting(8, ge=1, help="Generated sequences per batch.", result=False, le=config.MAX_BATCH)
+    limit: Optional[int] = retold(GenerationSettings, "limit", help="Only the first N probe rows.")
+    temperature: float = retold(GenerationSettings, "temperature", help="Sampling temperature (the paper: 1.0); 0 is greedy.")
+    samples: int = retold(GenerationSettings, "samples", help="Responses per probe row.")
+    # the transformers backend only: it records each token's entropy as it generates
+    batch_size: int = retold(GenerationSettings, "batch_size", help="Generated sequences per batch.")
+    resume: bool = retold(GenerationSettings, "resume", help=(
+        "Continue an interrupted selection of the same name; what it generated is kept."))
     force_overlap: bool = setting(False, help="Score even when probe rows are among the run's training rows.")
-    resume: bool = setting(False, help="Continue an interrupted selection of the same name; finished checkpoints are kept.", result=False)
-    trust_remote_code: bool = setting(False, help="Allow the model's own Python code.", result=False)
 
     def check(self) -> None:
         check_name(self.name)
@@ -189,31 +188,19 @@ def reward_weights(run: Artifact) -> dict:
 # scoring one checkpoint
 
 
-def score(cfg: Config, model, processor, rows: list[dict], requests: list, step: int, batch_size: int | None = None,
-          progress: bool = True) -> list[dict]:
-    """Generate for every request, the entropies recorded on the way: the probe records (entropy.py's
-    format) with the checkpoint's step and each generation's judgments."""
-    from r1v3.generation import Sampling, TransformersBackend
-
-    batch_size = batch_size or cfg.batch_size
-    backend = TransformersBackend(model, processor, batch_size=batch_size, progress=progress, entropies=True)
-    sampling = Sampling(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                        n=cfg.samples, seed=cfg.seed)
-    found = dict(backend.generate(requests, sampling))
-    gens = [(q, r, j, c) for q, r in zip(requests, rows) for j, c in enumerate(found[q.id])]  # request order
-    measured = [(c.prompt_tokens, list(c.entropies)) for _, _, _, c in gens]
-    if any(len(e) != len(c.token_ids) for (_, e), (_, _, _, c) in zip(measured, gens)):
+def score(cfg: Config, model, processor, row: dict, request, sample: int, c, step: int) -> dict:
+    """One generation's probe record (entropy.py's format, from the entropies recorded while generating)
+    with the checkpoint's step and the generation's judgments."""
+    if len(c.entropies) != len(c.token_ids):
         raise RuntimeError("the generation backend returned completions without their entropies")
-    records = []
-    for (request, row, j, c), m in zip(gens, measured):
-        record = entropy.make_record(model, processor, request, c.token_ids, sample=j, words=cfg.words,
-                                     case_sensitive=not cfg.ignore_case, high_threshold=cfg.high_entropy, measured=m)
-        correct = rewards.accuracy([""], [c.text], answer=[row["answer"]], question_type=[row["question_type"]],
-                                   options=[row["options"] or None])[0]
-        record.update(step=step, correct=bool(correct), well_formed=rewards.well_formed(c.text, record["think_open"]),
-                      finish_reason=c.finish_reason)
-        records.append(record)
-    return records
+    record = entropy.make_record(model, processor, request, c.token_ids, sample=sample, words=cfg.words,
+                                 case_sensitive=not cfg.ignore_case, high_threshold=cfg.high_entropy,
+                                 measured=(c.prompt_tokens, list(c.entropies)))
+    correct = rewards.accuracy([""], [c.text], answer=[row["answer"]], question_type=[row["question_type"]],
+                               options=[row["options"] or None])[0]
+    record.update(step=step, correct=bool(correct), well_formed=rewards.well_formed(c.text, record["think_open"]),
+                  finish_reason=c.finish_reason)
+    return record
 
 
 def figures(step: int, label: str, records: list[dict], weights: dict) -> dict:
@@ -294,30 +281,37 @@ def _done_file(work_path: Path, step: int) -> Path:
 
 
 def _has_progress(work_path: Path) -> bool:
-    return any(work_path.glob("step-*.jsonl"))
+    from r1v3.generation import read_records
+
+    return any(read_records(f) for f in work_path.glob("step-*.jsonl"))
 
 
-def _read_done(path: Path, step: int) -> list[dict]:
-    records = entropy.read_records(path)
-    for n, r in enumerate(records, 1):
-        if r.get("step") != step or not isinstance(r.get("correct"), bool) or not isinstance(r.get("well_formed"), bool):
-            raise UserError(f"{path} record {n}: not a finished record of step {step}; drop --resume to start over")
-    return records
+def _finished(step: int):
+    return lambda r: r.get("step") == step and isinstance(r.get("correct"), bool) and isinstance(r.get("well_formed"), bool)
 
 
-def _score_checkpoint(cfg: Config, c: Checkpoint, rows, requests, where: str) -> list[dict]:
-    import torch
+def _score_checkpoint(cfg: Config, c: Checkpoint, rows, requests, where: str, work) -> list[dict]:
+    """The checkpoint's probe records in request order, generating what its work file lacks."""
+    from r1v3.generation import generate_records, open_backend, sampling_of
 
-    from r1v3.models import load_model
+    opened = []  # the backend, once the loop needs it: records are made with its model
 
-    model, processor = load_model(c.path, trust_remote_code=cfg.trust_remote_code)
-    if torch.cuda.is_available():
-        model = model.to("cuda")
-    data.check_images(rows, processor, where)
-    return score(cfg, model, processor, rows, requests, c.step)
+    def open_checkpoint():
+        opened.append(open_backend(cfg, c.path, rows, where, entropies=True))
+        return opened[0]
+
+    by_id = {r["id"]: r for r in rows}
+    done, _ = generate_records(
+        _done_file(work.path, c.step), requests, sampling_of(cfg),
+        lambda q, k, comp: score(cfg, opened[0].model, opened[0].processor, by_id[q.id], q, k, comp, c.step),
+        open_checkpoint, resumed=work.resumed, valid=_finished(c.step), description=f"step {c.step}")
+    return [done[q.id][k] for q in requests for k in range(cfg.samples)]
 
 
 def run(cfg: Config, store: Store) -> tuple[Artifact, Artifact]:
+    from r1v3.generation import read_records
+    from r1v3.generation.records import missing
+
     run_art = store.resolve(cfg.run, kind="run")
     probe = store.resolve(cfg.probe, kind="dataset")
     ckpts = checkpoints(store, run_art, cfg.base)
@@ -331,14 +325,13 @@ def run(cfg: Config, store: Store) -> tuple[Artifact, Artifact]:
                     has_progress=_has_progress) as work:
         table, records, timing = [], [], {"checkpoints_scored": 0, "checkpoints_resumed": 0, "seconds": 0.0}
         for c in ckpts:
-            done = _done_file(work.path, c.step)
-            if work.resumed and done.exists():
-                recs = _read_done(done, c.step)
+            saved = read_records(_done_file(work.path, c.step), _finished(c.step)) if work.resumed else {}
+            if not missing([q.id for q in requests], saved, cfg.samples):
+                recs = [saved[q.id][k] for q in requests for k in range(cfg.samples)]
                 timing["checkpoints_resumed"] += 1
             else:
                 start = time.perf_counter()
-                recs = _score_checkpoint(cfg, c, rows, requests, f"{probe.ref} split {cfg.split}")
-                jsonl.rewrite(done, recs)
+                recs = _score_checkpoint(cfg, c, rows, requests, f"{probe.ref} split {cfg.split}", work)
                 timing["checkpoints_scored"] += 1
                 timing["seconds"] += time.perf_counter() - start
             table.append(figures(c.step, c.label, recs, weights))

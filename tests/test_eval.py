@@ -137,7 +137,8 @@ def test_resume_with_an_unreadable_state_file(ready):
     assert code == 0, err
     work.mkdir(parents=True, exist_ok=True)
     (work / "r1v3-run.json").write_text("{\"ke")
-    (work / "predictions.partial.jsonl").write_text(json.dumps({"id": "x", "samples": [{"response": "A"}]}) + "\n")
+    (work / "predictions.partial.jsonl").write_text(
+        json.dumps({"id": "x", "sample": 0, "response": "A", "n_tokens": 1, "finish_reason": "stop"}) + "\n")
     code, _, err = ready(*EVAL, "--name", "torn", "--limit", "2", "--resume")
     assert code == 2 and "cannot tell which settings" in err
 
@@ -169,3 +170,26 @@ def test_text_only_model_is_refused(ready, tmp_path):
     assert ready("import-model", tmp_path / "llm", "--name", "textlm")[0] == 0
     code, _, err = ready("eval", "mmmu", "--model", "textlm", "--data", "mmmu", "--name", "e")
     assert code == 2 and "is a text-only model" in err
+
+
+def test_ban_words_reach_the_backend_and_the_key(ready, monkeypatch):
+    from r1v3 import generation
+
+    seen = []
+    real = generation.TransformersBackend.generate
+
+    def spy(self, requests, sampling, on_result=None):
+        seen.append(sampling.ban_words)
+        yield from real(self, requests, sampling, on_result)
+
+    monkeypatch.setattr(generation.TransformersBackend, "generate", spy)
+    code, out, err = ready(*EVAL, "--name", "nowait", "--limit", "3", "--ban-words", "Wait,Hmm", "--json")
+    assert code == 0, err
+    assert seen == [("Wait", "Hmm")]
+    assert json.loads(out)["overall"]["n"] == 3  # the progress bar stays off stdout
+    assert ready.store.resolve("nowait", kind="eval").manifest["config"]["ban_words"] == ["Wait", "Hmm"]
+    from r1v3.errors import UserError
+    from stages import evaluate
+
+    with pytest.raises(UserError, match=r"--ban-words \(ban_words\): ' Hmm' is not a word"):
+        evaluate.Config(model="m", data="d", name="n", ban_words=["Wait", " Hmm"])

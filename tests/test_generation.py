@@ -17,6 +17,8 @@ from r1v3.generation import (
     SeededSampler,
     TransformersBackend,
     VLLMBackend,
+    bad_words_ids,
+    ban_spellings,
     make_backend,
     special_ids_to_drop,
     think_tags_are_special,
@@ -198,11 +200,57 @@ def test_think_tags_survive_decoding_even_when_special(internvl):
     assert b._completion(torch.tensor(ids)).text == "<think> Wait </think> ok"
 
 
-def test_text_only_requests_and_progress_bar(internvl, capsys):
+def test_text_only_requests_and_progress_bar(internvl, capsys, monkeypatch):
     requests = make_requests(3, with_images=False)
     b = TransformersBackend(*internvl, batch_size=2, progress=True)
     got = b.generate_all(requests, Sampling(max_new_tokens=3))
     assert all(len(cs) == 1 and cs[0].n_tokens <= 3 for cs in got.values())
+    assert capsys.readouterr() == ("", "")  # no terminal: no bar (an error stays one line on stderr)
+    monkeypatch.setenv("TTY_COMPATIBLE", "1")  # what rich takes for a terminal
+    b.generate_all(requests, Sampling(max_new_tokens=3))
+    out, err = capsys.readouterr()
+    assert out == "" and "items/s" in err  # on stderr: stdout holds a command's --json alone
+
+
+def _holds(ids: tuple, seq: list) -> bool:
+    return any(list(ids[i : i + len(seq)]) == seq for i in range(len(ids) - len(seq) + 1))
+
+
+def test_banned_words_are_never_generated(internvl):
+    model, processor = internvl
+    tok = processor.tokenizer
+    requests = make_requests(6)
+    b = backend(internvl, batch_size=3)
+    free = b.generate_all(requests, Sampling(max_new_tokens=12))
+    # a word the greedy model writes, spelled by the tokenizer as one token
+    emitted = [t for cs in free.values() for t in cs[0].token_ids]
+    word = next(w for t in emitted if (w := tok.decode([t]).strip()).isalpha() and len(w) > 1
+                and [t] in bad_words_ids(tok, [w]))
+    banned = bad_words_ids(tok, [word])
+    assert sum(_holds(cs[0].token_ids, seq) for cs in free.values() for seq in banned) > 0
+    for sampling in (Sampling(max_new_tokens=12, ban_words=(word,)),
+                     Sampling(max_new_tokens=12, temperature=1.0, n=2, seed=3, ban_words=(word,))):
+        got = b.generate_all(requests, sampling)
+        assert list(got) == [r.id for r in requests]
+        for cs in got.values():
+            assert len(cs) == sampling.n and all(c.n_tokens > 0 for c in cs)
+            assert not any(_holds(c.token_ids, seq) for c in cs for seq in banned), word
+        if sampling.greedy:
+            assert got != free
+    # each spelling is banned alone and after a space, in both cases of its first letter
+    assert ban_spellings(["Wait", "hmm"]) == ["Wait", "wait", "hmm", "Hmm"]
+    assert tok(" Wait", add_special_tokens=False)["input_ids"] in bad_words_ids(tok, ["wait"])
+    with pytest.raises(UserError, match="banned word"):
+        b.generate_all(requests[:1], Sampling(ban_words=(" Wait",)))
+
+
+def test_banned_words_reach_vllm_and_are_refused_over_http():
+    kwargs = vllm_sampling_kwargs(Sampling(ban_words=("Wait", "Hmm")), "q1")
+    assert kwargs["bad_words"] == ["Wait", "wait", "Hmm", "hmm"]
+    assert "bad_words" not in vllm_sampling_kwargs(Sampling(), "q1")
+    http = OpenAIBackend("http://127.0.0.1:9/v1", "m", progress=False)  # nothing listens: no call is made
+    with pytest.raises(UserError, match="OpenAIBackend cannot ban words while decoding"):
+        http.generate_all([text_request("a", "hi")], Sampling(ban_words=("Wait",)))
 
 
 def test_bad_requests_are_user_errors(internvl):

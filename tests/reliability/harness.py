@@ -333,9 +333,13 @@ STAGES["distill"] = Stage(
 
 
 def _difficulty_after_kill(stage: Stage, store: Store) -> tuple[list[str], dict]:
+    from r1v3.generation import read_records
     from stages import difficulty
 
-    return _saved(stage, store, "difficulty", lambda w: len(difficulty._read_partial(w / difficulty.PARTIAL)))
+    # rows with both their samples (--samples 2): a torn write can leave a row its first one alone,
+    # and a resumed run asks that row for the second only
+    return _saved(stage, store, "difficulty",
+                  lambda w: sum(len(s) == 2 for s in read_records(w / difficulty.PARTIAL).values()))
 
 
 def _difficulty_rerun(facts: dict, art, store: Store) -> list[str]:
@@ -417,7 +421,11 @@ STAGES["rl"] = Stage(
 
 
 def _select_after_kill(stage: Stage, store: Store) -> tuple[list[str], dict]:
-    return _saved(stage, store, "select-ckpt", lambda w: len(list(w.glob("step-*.jsonl"))))
+    from r1v3.generation import read_records
+
+    # a checkpoint is finished when its work file holds a record of each of the 3 probe rows (--limit 3)
+    return _saved(stage, store, "select-ckpt",
+                  lambda w: sum(len(read_records(f)) == 3 for f in w.glob("step-*.jsonl")))
 
 
 def _select_rerun(facts: dict, art, store: Store) -> list[str]:

@@ -158,12 +158,13 @@ def test_response_files_only_raise_user_errors(value):
 @FAST
 @given(st.binary(max_size=2000))
 def test_resume_reads_any_work_file(blob):
-    from stages.evaluate import _read_partial
+    from r1v3.generation import read_records
 
     path = _STORE.parent / "partial.jsonl"
     path.write_bytes(blob)
-    done = _read_partial(path)
-    assert all(isinstance(k, str) and isinstance(v, dict) for k, v in done.items())
+    done = read_records(path)
+    assert all(isinstance(k, str) and all(isinstance(j, int) and r["id"] == k and r["sample"] == j
+                                          for j, r in v.items()) for k, v in done.items())
 
 
 @FAST
