@@ -25,6 +25,7 @@ $R1V3 data synth --name "$TRANSFER" --problems "$TRANSFER_N" --seed 2 --tasks "$
 start_evals
 evaluate_on "$TRANSFER" "$START" "$TRANSFER-start"
 evaluate_on "$TRANSFER" "$START" "$TRANSFER-start-blind" --blank-images
+trained=()
 for seed in $SEEDS; do
     rl_arm hard "$seed"
     evaluate "$RL_NAME-final" "$RL_NAME-eval"
@@ -33,6 +34,7 @@ for seed in $SEEDS; do
     $R1V3 sft --model "$START" --data "$TRAIN" --trainable connector+llm --lr "$SFT_LR" --max-steps "$SFT_STEPS" \
         --batch-size 8 --save-steps "$SFT_STEPS" --seed "$seed" --name "$sft" --resume
     evaluate "$sft" "$sft-eval"
+    trained+=("$RL_NAME" "$sft")
     evaluate_on "$TRANSFER" "$sft" "$sft-$TRANSFER"
     compare_json "start-s$seed.json" rl-start "$RL_NAME-eval" "$sft-eval"
     compare_json "sft-s$seed.json" "$sft-eval" "$RL_NAME-eval"
@@ -48,4 +50,7 @@ for seed in $SEEDS; do
     claim "transfer-sft-s$seed.json" "$RL_NAME-$TRANSFER" "$seed" + "RL vs SFT ($TRANSFER_TASK, unseen)" \
         "MathVista 75.9 vs 77.2 (+1.3)" all "$TRANSFER-start-blind"
 done
+echo
+echo "== the budget: what each training took (the same wall clock is the comparison's premise) =="
+ablations walltime "${trained[@]}"
 findings_table

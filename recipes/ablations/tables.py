@@ -8,6 +8,7 @@ Usage (the scripts call it): python recipes/ablations/tables.py COMMAND ... --st
   require REF KIND           exit 2 with one line when the store has no such artifact
   dynamics RUN...            reward, gradient norm and per-phase reward of RL runs
   repetition EVAL...         how repetitive held-out responses are: zlib compression, distinct bigrams
+  walltime REF...            what making each artifact took (its manifest's seconds)
   entropy SELECTION          select-ckpt's evidence per checkpoint, and Spearman of three entropy measures
   best-step SELECTION        the checkpoint with the highest probe (validation) accuracy
   budget OUT.png LABEL=EVAL,EVAL... [--blind EVAL]   accuracy against the generation budget, drawn
@@ -240,6 +241,14 @@ def print_repetition(rows: list[dict]) -> None:
               f"{pct(r['truncated'])} | {pct(r['critical'])} | {r['tokens']:.0f} |")
 
 
+def print_walltime(store: Store, refs: list[str]) -> None:
+    print("| artifact | stage | made in (s) |\n|---|---|---:|")
+    for ref in refs:
+        art = store.resolve(ref)
+        seconds = art.manifest.get("seconds")
+        print(f"| {art.ref} | {art.manifest['stage']} | {'n/a' if seconds is None else f'{seconds:.0f}'} |")
+
+
 # ---------------------------------------------------------------------------------------------
 # critical-token entropy
 
@@ -346,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("kind")
     sub.add_parser("dynamics", parents=[common]).add_argument("runs", nargs="+")
     sub.add_parser("repetition", parents=[common]).add_argument("evals", nargs="+")
+    sub.add_parser("walltime", parents=[common]).add_argument("refs", nargs="+")
     sub.add_parser("entropy", parents=[common]).add_argument("selection")
     sub.add_parser("best-step", parents=[common]).add_argument("selection")
     p = sub.add_parser("budget", parents=[common])
@@ -364,6 +374,8 @@ def main(argv: list[str] | None = None) -> int:
             print_dynamics([run_dynamics(store, r) for r in args.runs])
         elif args.command == "repetition":
             print_repetition([repetition(store, r) for r in args.evals])
+        elif args.command == "walltime":
+            print_walltime(store, args.refs)
         elif args.command == "entropy":
             table, corr = entropy_table(store, args.selection)
             print_entropy(table, corr, store.resolve(args.selection, kind="selection").metrics["step"])
