@@ -32,6 +32,7 @@ for seed in $SEEDS; do
     rl_model=$RL_NAME-final
     evaluate "$rl_model" "$RL_NAME-eval"
     evals=()
+    retuned=()
     for parts in connector connector+llm all; do
         name="retune-${parts//+/-}-s$seed"
         $R1V3 sft --preset connector-retune --model "$rl_model" --data "$RETUNE_DATA" --trainable "$parts" \
@@ -40,7 +41,11 @@ for seed in $SEEDS; do
         evaluate "$name" "$name-eval"
         evaluate "$name" "$name-blind" --blank-images
         evals+=("$name-eval")
+        retuned+=("$name")
     done
+    echo
+    echo "== seed $seed: the re-tunes' validation loss (early stopping keeps the best checkpoint) =="
+    ablations validation "${retuned[@]}"
     compare_json "rl-s$seed.json" "$RL_NAME-eval" "${evals[@]}"
     for parts in connector connector+llm all; do
         name="retune-${parts//+/-}-s$seed"

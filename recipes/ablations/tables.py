@@ -9,6 +9,7 @@ Usage (the scripts call it): python recipes/ablations/tables.py COMMAND ... --st
   dynamics RUN...            reward, gradient norm and per-phase reward of RL runs
   repetition EVAL...         how repetitive held-out responses are: zlib compression, distinct bigrams
   walltime REF...            what making each artifact took (its manifest's seconds)
+  validation MODEL...        an SFT run's validation loss, the checkpoint kept and whether it stopped early
   entropy SELECTION          select-ckpt's evidence per checkpoint, and Spearman of three entropy measures
   best-step SELECTION        the checkpoint with the highest probe (validation) accuracy
   budget OUT.png LABEL=EVAL,EVAL... [--blind EVAL]   accuracy against the generation budget, drawn
@@ -249,6 +250,18 @@ def print_walltime(store: Store, refs: list[str]) -> None:
         print(f"| {art.ref} | {art.manifest['stage']} | {'n/a' if seconds is None else f'{seconds:.0f}'} |")
 
 
+def print_validation(store: Store, refs: list[str]) -> None:
+    print("| model | trained | steps | validation loss, first -> kept (step) | stopped early |\n|---|---|---:|---|---|")
+    for ref in refs:
+        art = store.resolve(ref, kind="model")
+        m = art.metrics
+        curve = m.get("eval_loss_curve") or []
+        first = f"{curve[0][1]:.4f} -> " if curve else ""
+        kept = "n/a" if m.get("eval_loss") is None else f"{first}{m['eval_loss']:.4f} ({m.get('best_checkpoint_step')})"
+        print(f"| {art.ref} | {'+'.join(m.get('trainable') or [])} | {m.get('steps')} | {kept} | "
+              f"{'yes' if m.get('stopped_early') else 'no'} |")
+
+
 # ---------------------------------------------------------------------------------------------
 # critical-token entropy
 
@@ -334,6 +347,8 @@ def budget(store: Store, path: Path, series: list[str], blind: str | None) -> No
         if blind_acc is not None:
             ax.axhline(100 * blind_acc, color="#c44e52", ls="--", label="blind (images blanked)")
         ax.set_xscale("log", base=2)
+        ticks = sorted({b for points in curves.values() for b, _ in points})
+        ax.set_xticks(ticks, [str(b) for b in ticks])
         ax.set_xlabel("generation budget (max new tokens)")
         ax.set_ylabel("accuracy (%)")
         ax.legend(fontsize=8)
@@ -356,6 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("dynamics", parents=[common]).add_argument("runs", nargs="+")
     sub.add_parser("repetition", parents=[common]).add_argument("evals", nargs="+")
     sub.add_parser("walltime", parents=[common]).add_argument("refs", nargs="+")
+    sub.add_parser("validation", parents=[common]).add_argument("models", nargs="+")
     sub.add_parser("entropy", parents=[common]).add_argument("selection")
     sub.add_parser("best-step", parents=[common]).add_argument("selection")
     p = sub.add_parser("budget", parents=[common])
@@ -376,6 +392,8 @@ def main(argv: list[str] | None = None) -> int:
             print_repetition([repetition(store, r) for r in args.evals])
         elif args.command == "walltime":
             print_walltime(store, args.refs)
+        elif args.command == "validation":
+            print_validation(store, args.models)
         elif args.command == "entropy":
             table, corr = entropy_table(store, args.selection)
             print_entropy(table, corr, store.resolve(args.selection, kind="selection").metrics["step"])
