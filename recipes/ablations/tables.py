@@ -270,14 +270,14 @@ def entropy_table(store: Store, ref: str) -> tuple[list[dict], dict]:
     """select-ckpt's figures per checkpoint, and Spearman's rho with probe accuracy of the critical-token
     entropy (the rule), the mean token entropy and the share of tokens above the high-entropy threshold (the
     literature's "top 20%" tokens), the last two measurable even where no critical word is left."""
-    from r1v3 import entropy
+    from r1v3 import stats
 
     sel = store.resolve(ref, kind="selection")
     table = sel.metrics["table"]
     out = {}
     for key in ("critical_entropy", "token_entropy", "high_entropy_share"):
         pairs = [(r[key], r["accuracy"]) for r in table if r.get(key) is not None]
-        rho, p = (entropy.spearman(*zip(*pairs)) if len(pairs) >= 2 else (math.nan, math.nan))
+        rho, p = (stats.spearman(*zip(*pairs)) if len(pairs) >= 2 else (math.nan, math.nan))
         out[key] = {"n": len(pairs), "rho": None if math.isnan(rho) else rho, "p": None if math.isnan(p) else p}
     return table, out
 
