@@ -1,4 +1,4 @@
-"""What every trainer stage shares (sft now; rl through TRL's GRPOTrainer next).
+"""What every trainer stage shares (sft through TRL's SFTTrainer, rl through its GRPOTrainer).
 
 Any transformers Trainer subclass (TRL's SFTTrainer, GRPOTrainer, ...) goes through the same steps:
 
@@ -107,7 +107,7 @@ class TrainingFixes:
     # transformers 5.23's Trainer reloads checkpoint weights with load_state_dict(strict=False), but
     # save_pretrained writes InternVL, Qwen2-VL, Qwen2.5-VL and LLaVA under their hub key names, which
     # are not the module names: nothing matches, and a resumed run silently goes on from the base
-    # weights (transformers#43701; our kill-and-resume test caught it). DeepSpeed and FSDP
+    # weights (transformers#43701; tests/test_sft.py::test_kill_and_resume_gives_the_same_weights). DeepSpeed and FSDP
     # checkpoints use their own formats and loaders and are left alone.
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         if self.is_deepspeed_enabled or self.is_fsdp_enabled:
@@ -121,7 +121,7 @@ class TrainingFixes:
 
     # Resumed from the checkpoint of a run that had already finished (killed while publishing),
     # transformers 5.23 still trains the rest of the epoch it stopped in (step max_steps+1, ...), or
-    # past an early stop; the kill-in-publish tests caught it. Nothing is left to train then.
+    # past an early stop (the crash table's "publish" kill points of sft and rl). Nothing is left to train then.
     def _init_training_state(self, max_steps, *args, **kwargs):
         out = super()._init_training_state(max_steps, *args, **kwargs)
         # self.control is the checkpoint's here (restore_callback_states_from_checkpoint), before
@@ -403,7 +403,7 @@ def tokenizer_settings(processor, restore: tuple | None = None) -> tuple | None:
     A collator's padded calls switch padding on in the backend, and save_pretrained writes that
     into tokenizer.json, where loading takes it for the default pad side and length. So the
     published tokenizer.json depended on whether the publishing process had trained (a run
-    resumed after training ended had not; the kill-in-publish tests caught it). Read it right
+    resumed after training ended had not: the crash table's sft "draft half written" point). Read it right
     after loading, hand it to publish_trained_model.
     """
     backend = getattr(getattr(processor, "tokenizer", processor), "backend_tokenizer", None)

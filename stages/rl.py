@@ -1,6 +1,6 @@
 """`r1v3 rl`: curriculum-ordered GRPO on a vision-language model through TRL's GRPOTrainer.
 
-Defaults are the paper's (Skywork-R1V3; ../shared/DESIGN.md, row "RL, GRPO"): group size 32,
+Defaults are the paper's (Skywork-R1V3, arXiv 2507.06167, sections 3.3 and 5): group size 32,
 clip 0.2 (no clip-higher), no KL term (beta 0, so TRL builds no reference model), learning rate
 1e-5, 4096-token completions, temperature 1.0, reward 0.8 * accuracy + 0.2 * format, connector +
 LLM trained. The paper-scale layout (1024 rollouts per step on 8 GPUs) is recipes/rl/r1v3-38b.yaml;
