@@ -93,6 +93,15 @@ def printable(text: str) -> str:
     return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
 
 
+def published(art: Artifact, console) -> None:
+    """A stage's `report` when the artifact it published is all there is to say."""
+    from rich.text import Text
+
+    # a store directory may hold [brackets]: shown as written, never read as markup
+    console.print(Text.assemble(("published", "green"), printable(f" {art.ref} ({art.kind}) at {art.path}")),
+                  highlight=False, soft_wrap=True)
+
+
 def shown(value, limit: int = 80, style: str = ""):
     """`value` for a rich console or table: a Text, so neither [markup] nor :emoji: codes in it are
     read, cut to `limit` characters, control characters shown as escapes."""

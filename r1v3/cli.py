@@ -172,11 +172,11 @@ def _build_stage(name: str, module_name: str, options: dict):
 
 
 def _stage_command(group: typer.Typer, name: str, module, *, doc: str, fixed: dict | None = None,
-                   hide: tuple[str, ...] = (), extra: tuple[inspect.Parameter, ...] = (), report=None,
+                   hide: tuple[str, ...] = (), extra: tuple[inspect.Parameter, ...] = (),
                    config_class: str = "Config", publishes: dict[str, str] | None = None) -> None:
     """Register `name` on `group`: its options are the fields of the module's `config_class` (less
-    `fixed` and `hide`), plus --config, key=value overrides and `extra`; `report(result, **extra)`
-    prints the result. `publishes` maps the settings naming what it publishes to their kinds
+    `fixed` and `hide`), plus --config, key=value overrides and `extra`; the module's
+    `report(result, console, **extra)` prints the result. `publishes` maps the settings naming what it publishes to their kinds
     ({"name": "model"}): a name holding another kind is refused before the stage runs, unless --force-kind."""
     cls = getattr(module, config_class)
     hints = typing.get_type_hints(cls)
@@ -248,15 +248,11 @@ def _stage_command(group: typer.Typer, name: str, module, *, doc: str, fixed: di
             # --trust-remote-code or a library, tried to end the process. What the run saved stays.
             raise UserError(f"{name}: the run was ended by {error_text(e)} from code it ran (the model's own code, "
                             "a plug-in or a library); nothing was published") from e
-        (report or _published)(result, **extras)
+        module.report(result, console, **extras)
 
     command.__signature__ = inspect.Signature(params)
     command.__name__ = name.replace("-", "_")
     group.command(name, help=doc)(command)
-
-
-def _published(art) -> None:
-    console.print(f"[green]published[/green] {art.ref} ({art.kind}) at {art.path}")
 
 
 def _remember_store(value: Optional[str]) -> None:
@@ -350,26 +346,12 @@ eval_app = typer.Typer(help="Evaluate models on benchmarks.", no_args_is_help=Tr
 app.add_typer(eval_app, name="eval")
 
 
-def _report_eval(benchmark: str, result, as_json: bool) -> None:
-    from r1v3 import benchmarks
-
-    bench = benchmarks.get(benchmark)
-    art, scores = result  # scores without an artifact: --responses without --name publishes nothing
-    if as_json:
-        print(json.dumps({k: scores[k] for k in bench.JSON_KEYS} | {k: v for k, v in scores.items() if "@" in k},
-                         indent=2))
-        return
-    bench.print_scores(scores, console)
-    if art is not None:
-        console.print(f"[green]published[/green] {art.ref} (eval) at {art.path}")
-
-
 _EVAL_JSON = (inspect.Parameter("as_json", inspect.Parameter.KEYWORD_ONLY, annotation=bool, default=typer.Option(
     False, "--json", help="Print the scores as JSON on stdout.")),)
-stage_command("eval", "mmmu", "stages.evaluate", publishes={"name": "eval"}, report=functools.partial(_report_eval, "mmmu"), extra=_EVAL_JSON,
+stage_command("eval", "mmmu", "stages.evaluate", publishes={"name": "eval"}, extra=_EVAL_JSON,
               doc="MMMU accuracy by the official rules: per subject, per discipline, overall (weighted by items).")
 stage_command("eval", "mathvista", "stages.evaluate", config_class="MathVistaConfig", publishes={"name": "eval"},
-              report=functools.partial(_report_eval, "mathvista"), extra=_EVAL_JSON, doc=(
+              extra=_EVAL_JSON, doc=(
                   "MathVista accuracy by the official calculate_score.py: overall and per question type, answer type, "
                   "language, source, category, task, context, grade and skill."))
 
@@ -377,65 +359,23 @@ stage_command("eval", "mathvista", "stages.evaluate", config_class="MathVistaCon
 # ---- training --------------------------------------------------------------------------------
 
 
-def _loss(value) -> str:
-    return "n/a" if value is None else f"{value:.4f}"  # None: no loss was logged
-
-
-def _report_sft(art) -> None:
-    if os.environ.get("RANK", "0") == "0":  # under `accelerate launch` every process runs this; one reports
-        m = art.metrics
-        console.print(
-            f"[green]published[/green] {art.ref} (model) at {art.path}\n"
-            f"{m['steps']} steps, final loss {_loss(m['final_loss'])}, {m['tokens_seen']} tokens seen, "
-            f"trainable {m['parameters']['trainable']:,} of {m['parameters']['total']:,} parameters ({'+'.join(m['trainable'])})",
-            highlight=False,
-        )
-
-
-stage_command("", "sft", "stages.sft", publishes={"name": "model"}, report=_report_sft, doc=(
+stage_command("", "sft", "stages.sft", publishes={"name": "model"}, doc=(
     "Supervised fine-tuning of chosen parts (TRL SFTTrainer): loss on assistant tokens, checkpoints, --resume."))
 stage_command("", "compose", "stages.compose", publishes={"name": "model"}, doc=(
     "Replace a VLM's language model with a text reasoning LLM (R1V): LLM tokenizer and chat template, VLM image tokens."))
 
 
-def _report_distill(art) -> None:
-    from stages import distill
-
-    distill.print_report(art.metrics)
-    _published(art)
-
-
-stage_command("", "distill", "stages.distill", publishes={"name": "dataset"}, report=_report_distill, doc=(
+stage_command("", "distill", "stages.distill", publishes={"name": "dataset"}, doc=(
     "Cold-start traces from a text-only teacher reading each image's caption: rejection-sampled, verified "
     "with the eval's answer rules, filtered, published as a think-template dataset for `sft --preset cold-start`."))
 
 
-def _report_select(result) -> None:
-    from stages import select_ckpt
-
-    select_ckpt.print_report(*result, console)
-
-
-stage_command("", "select-ckpt", "stages.select_ckpt", publishes={"name": "selection", "model_name": "model"}, report=_report_select, doc=(
+stage_command("", "select-ckpt", "stages.select_ckpt", publishes={"name": "selection", "model_name": "model"}, doc=(
     "Choose an RL checkpoint by the entropy of its critical reasoning tokens (Wait, Alternatively, Hmm) on a held-out "
     "probe split, with guards on accuracy and format; publishes the figures, the probe records and the chosen model."))
 
 
-def _report_rl(art) -> None:
-    if os.environ.get("RANK", "0") == "0":  # under `accelerate launch` every process runs this; one reports
-        m = art.metrics
-        last = m["checkpoints"][-1] if m["checkpoints"] else {}
-        reward = last.get("reward")
-        console.print(
-            f"[green]published[/green] {art.ref} (run) at {art.path}\n"
-            f"{m['steps']} steps, curriculum {m['curriculum']}, checkpoints at steps "
-            f"{', '.join(str(c['step']) for c in m['checkpoints'])}; last reward {'n/a' if reward is None else f'{reward:.4f}'}\n"
-            f"export one as a model: r1v3 rl export {art.ref} --step K --name M (default: the final step)",
-            highlight=False,
-        )
-
-
-stage_command("", "rl", "stages.rl", publishes={"name": "run"}, report=_report_rl, doc=(
+stage_command("", "rl", "stages.rl", publishes={"name": "run"}, doc=(
     "Curriculum-ordered GRPO on a VLM (TRL GRPOTrainer): paper defaults, accuracy/format/custom rewards, "
     "checkpoints with metrics in a run artifact, --resume. `r1v3 rl export RUN` publishes a checkpoint as a model."))
 stage_command("", "rl export", "stages.rl_export", publishes={"name": "model"}, doc=(
@@ -445,24 +385,14 @@ stage_command("", "difficulty", "stages.difficulty", publishes={"name": "dataset
     "(for --drop-solved/--drop-unsolved and the pass-rate curriculum)."))
 
 
-def _report_compare(result, as_json: bool = False) -> None:
-    from stages import compare
-
-    compare.report(result, console, as_json=as_json)
-
-
-stage_command("", "compare", "stages.compare", report=_report_compare, extra=(
+stage_command("", "compare", "stages.compare", extra=(
     inspect.Parameter("as_json", inspect.Parameter.KEYWORD_ONLY, annotation=bool, default=typer.Option(
         False, "--json", help="Print the figures as JSON on stdout.")),
 ), doc=("Did it help, by how much, could it be noise: evals against the first on the same items, with paired "
         "bootstrap intervals and McNemar p, overall and by subject and difficulty."))
 
 
-def _report_page(path) -> None:
-    console.print(f"wrote {printable(str(path))}", markup=False, highlight=False, soft_wrap=True)
-
-
-stage_command("", "report", "stages.report", report=_report_page, doc=(
+stage_command("", "report", "stages.report", doc=(
     "Write a self-contained HTML page about an artifact: its lineage graph, each stage's settings, metrics and "
     "plots, and the scores of every eval of its models. Opens offline; no script, no external reference."))
 

@@ -1,12 +1,7 @@
 #!/usr/bin/env bash
 # The recipe on the embedded defaults, on a laptop CPU: every stage that has landed so far.
 # Usage: bash recipes/demo.sh   (after ./setup.sh; R1V3_STORE picks the store, default: the repository's artifacts/)
-set -euo pipefail
-# a relative store counts from where you are, not from the repository
-export R1V3_STORE=$(realpath -m "${R1V3_STORE:-$(dirname "$0")/../artifacts}")
-cd "$(dirname "$0")/.."
-R1V3=${R1V3:-.venv/bin/r1v3}  # split at spaces, so it may be "python -m r1v3.cli"
-export HF_HUB_OFFLINE=1
+source "$(dirname "$0")/lib.sh"
 
 # 1. The smol VLM: SmolLM2-135M-Instruct + a small vision tower + a fresh connector.
 $R1V3 init smol --name smol

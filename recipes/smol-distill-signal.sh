@@ -16,13 +16,7 @@
 # The taught teacher learned from the generator's traces of other problems, so this measures the
 # pipeline (teacher prompt, sampling, verification, filters, SFT on what survives) with a teacher
 # that can read a caption, not a teacher that knows more than the generator.
-set -euo pipefail
-export R1V3_STORE=$(realpath -m "${R1V3_STORE:-$(dirname "$0")/../artifacts}")
-cd "$(dirname "$0")/.."
-R1V3=${R1V3:-.venv/bin/r1v3}
-PYTHON=${PYTHON:-.venv/bin/python}
-"$PYTHON" -c "import r1v3" 2>/dev/null || { echo "error: $PYTHON cannot import r1v3 (run ./setup.sh, or set PYTHON)" >&2; exit 2; }
-export HF_HUB_OFFLINE=1
+source "$(dirname "$0")/lib.sh"
 LIMIT=${LIMIT:-100}                 # problems the packaged teacher tries (it rambles to its budget: slow)
 SAMPLES=${SAMPLES:-2}               # teacher outputs per problem
 TAUGHT_LIMIT=${TAUGHT_LIMIT:-}      # problems the taught teacher tries (default: all 800)
@@ -34,67 +28,29 @@ for needed in signal-problems smol-aligned signal-trained; do
     [ -d "$R1V3_STORE/$needed" ] || { echo "error: $R1V3_STORE has no $needed: run recipes/smol-signal.sh first" >&2; exit 2; }
 done
 
-timed() {
-    local label=$1 t0=$SECONDS
-    shift
-    "$@" || return  # explicit: set -e does not apply inside a function called left of ||
-    printf '%s\t%s\n' "$label" "$((SECONDS - t0))" >> "$TIMES"
-}
 evaluate() {  # as smol-signal.sh: held-out validation split, reasoning prompt, greedy, 48 new tokens
     local model=$1 name=$2
     shift 2
-    timed "eval $name" $R1V3 eval mmmu --model "$model" --data signal-problems --split validation \
+    timed "eval $name" "$name" $R1V3 eval mmmu --model "$model" --data signal-problems --split validation \
         --style reasoning --temperature 0 --max-new-tokens 48 --batch-size 16 --name "$name" --reuse "$@"
 }
 
 # 1. the packaged teacher; keeping nothing is a result here, not a failure of the script
-timed "distill (packaged smol)" $R1V3 distill --teacher smol --data signal-problems --limit "$LIMIT" \
+timed "distill (packaged smol)" traces-smol $R1V3 distill --teacher smol --data signal-problems --limit "$LIMIT" \
     --samples "$SAMPLES" --max-new-tokens 96 --batch-size 16 --name traces-smol --reuse \
     || { [ $? -eq 3 ] && echo "(the packaged teacher kept no trace; its outputs and report are in the store's .work/traces-smol)"; }
 # 2. teach a text teacher on other problems, then distill every training problem with it
-timed "data synth (teacher problems)" $R1V3 data synth --name teacher-problems --n 1000 --seed 2 --messages brief \
+timed "data synth (teacher problems)" teacher-problems $R1V3 data synth --name teacher-problems --n 1000 --seed 2 --messages brief \
     --tasks color,counting --difficulty normal --reuse
-timed "init smol-llm" $R1V3 init smol-llm --name smol-llm --reuse
-timed "sft text teacher" $R1V3 sft --model smol-llm --data teacher-problems --format text-rendering --trainable llm \
+timed "init smol-llm" smol-llm $R1V3 init smol-llm --name smol-llm --reuse
+timed "sft text teacher" text-teacher $R1V3 sft --model smol-llm --data teacher-problems --format text-rendering --trainable llm \
     --lr 1e-4 --max-steps "$TEACHER_STEPS" --batch-size 8 --name text-teacher --reuse
-timed "distill (taught teacher)" $R1V3 distill --teacher text-teacher --data signal-problems --samples "$SAMPLES" \
+timed "distill (taught teacher)" traces-taught $R1V3 distill --teacher text-teacher --data signal-problems --samples "$SAMPLES" \
     ${TAUGHT_LIMIT:+--limit "$TAUGHT_LIMIT"} --max-new-tokens 64 --batch-size 16 --name traces-taught --reuse --resume
 # 3. cold start on the verified traces: the SFT of smol-signal.sh with the data swapped
-timed "sft on distilled traces" $R1V3 sft --model smol-aligned --data traces-taught --name smol-distilled \
+timed "sft on distilled traces" smol-distilled $R1V3 sft --model smol-aligned --data traces-taught --name smol-distilled \
     --trainable connector+llm --lr 1e-4 --max-steps "$SFT_STEPS" --batch-size 8 --reuse
 evaluate smol-distilled signal-distilled
 evaluate smol-distilled signal-distilled-blind --blank-images
 
-"$PYTHON" - "$R1V3_STORE" "$TIMES" <<'EOF'
-import json, sys
-from pathlib import Path
-
-from r1v3.artifacts import Store
-
-store, times = Store(sys.argv[1]), [l.split("\t") for l in Path(sys.argv[2]).read_text().splitlines()]
-print("\n| teacher | problems | outputs | pass rate | chance | colour | counting | problems with a kept trace | kept |")
-print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-for label, name in (("packaged SmolLM2-135M", "traces-smol"), ("SmolLM2 taught on captions", "traces-taught")):
-    if store.versions(name):
-        m = store.resolve(name, kind="dataset").metrics
-    else:  # nothing kept, nothing published: the report is in the attempts of the work directory
-        print(f"| {label} | | | | | | | 0 | 0 |")
-        continue
-    subj = {k: f"{100 * v['verified'] / max(1, v['outputs']):.0f}%" for k, v in m["subjects"].items()}
-    kept_problems = sum(g["problems_kept"] for g in m["subjects"].values())
-    problems = sum(g["problems"] for g in m["subjects"].values())
-    print(f"| {label} | {problems} | {m['outputs']} | {100 * m['pass_rate']:.1f}% | {100 * m['chance_rate']:.1f}% | "
-          f"{subj.get('color', '')} | {subj.get('counting', '')} | {kept_problems} | {m['kept']} |")
-print("\n| cold start (150 steps from smol-aligned) | overall | colour | counting | blind |")
-print("|---|---:|---:|---:|---:|")
-for label, name, blind in (("generator's brief traces (smol-signal.sh)", "signal-trained", "signal-trained-blind"),
-                           ("distilled traces (taught teacher)", "signal-distilled", "signal-distilled-blind")):
-    s = json.loads(store.resolve(name, kind="eval").file("scores.json").read_text())
-    b = json.loads(store.resolve(blind, kind="eval").file("scores.json").read_text()) if store.versions(blind) else None
-    cells = [f"{100 * s['overall']['acc']:.0f}%"] + [f"{100 * s['subjects'][t]['acc']:.0f}%" for t in ("color", "counting")]
-    blind_cell = f"{100 * b['overall']['acc']:.0f}%" if b else ""
-    print(f"| {label} (n={s['overall']['n']}) | " + " | ".join(cells) + f" | {blind_cell} |")
-aligned = json.loads(store.resolve("signal-aligned", kind="eval").file("scores.json").read_text())
-print(f"aligned model before any SFT: {100 * aligned['overall']['acc']:.0f}%")
-print("wall time:", ", ".join(f"{k} {v}s" for k, v in times))
-EOF
+"$PYTHON" recipes/signal_tables.py distill "$R1V3_STORE" "$TIMES"

@@ -19,12 +19,8 @@
 #   `difficulty` output with DROP="--drop-solved --drop-unsolved" to keep rows a group can learn from),
 #   SAMPLES (>0: also evaluate each model at temperature 1, mean@SAMPLES, the paper's Avg@k).
 # Time on 2 cores: about 12 min per RL run of 40 steps (group 4) and 12 min per greedy eval of 1200 items.
-set -euo pipefail
-export R1V3_STORE=$(realpath -m "${R1V3_STORE:-$(dirname "$0")/../artifacts}")
-cd "$(dirname "$0")/.."
-R1V3=${R1V3:-.venv/bin/r1v3}
-$R1V3 --version >/dev/null || { echo "error: $R1V3 does not run (run ./setup.sh, or set R1V3)" >&2; exit 2; }
-export HF_HUB_OFFLINE=1 R1V3_REUSE=1
+source "$(dirname "$0")/lib.sh"
+export R1V3_REUSE=1
 START=${START:-smol-signal}
 DATA=${DATA:-rl-problems}
 PROBLEMS=${PROBLEMS:-12000}

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from r1v3 import compose, config, models, smol
-from r1v3.artifacts import Artifact, Store, check_name, sha256_file
+from r1v3.artifacts import Artifact, Store, check_name, sha256_file, published
 from r1v3.config import Settings, setting, to_dict
 from r1v3.errors import UserError
 
@@ -79,6 +79,9 @@ def _llm(cfg: Config, store: Store):
     except UserError as e:
         raise UserError(f"--llm {cfg.llm}: {e}") from None
     return art, config, tokenizer, art.ref
+
+
+report = published  # what the terminal shows: the artifact published
 
 
 def run(cfg: Config, store: Store) -> Artifact:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from r1v3 import config, data, jsonl, mmmu, rewards
-from r1v3.artifacts import Artifact, Store, check_name
+from r1v3.artifacts import Artifact, Store, check_name, published
 from r1v3.config import BackendSettings, retold, setting, to_dict
 from r1v3.errors import UserError
 
@@ -97,6 +97,9 @@ def judge(row: dict, samples: list[dict]) -> list[bool]:
     scores = rewards.accuracy(prompts=[None] * k, completions=[s["text"] for s in samples], answer=[row["answer"]] * k,
                               question_type=[row["question_type"]] * k, options=[list(row["options"])] * k)
     return [s == 1.0 for s in scores]
+
+
+report = published  # what the terminal shows: the artifact published
 
 
 def run(cfg: Config, store: Store) -> Artifact:

@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Literal, NamedTuple, Optional
 
 from r1v3 import answers, config, data, jsonl, mmmu, models, plots, prompts, smol
-from r1v3.artifacts import Artifact, Store, check_name, printable, sha256_file, shown
+from r1v3.artifacts import Artifact, Store, check_name, printable, published, sha256_file, shown
 from r1v3.config import BackendSettings, retold, setting, to_dict
 from r1v3.errors import NothingKept, UserError
 
@@ -400,7 +400,7 @@ def _groups(attempts: list[dict], key) -> dict:
                 "kept": g["kept"], "problems_kept": len(g["problems_kept"])} for k, g in sorted(out.items())}
 
 
-def report(attempts: list[dict], teacher: Teacher, timing: dict) -> dict:
+def summarize(attempts: list[dict], teacher: Teacher, timing: dict) -> dict:
     n = len(attempts)
     mc = [a for a in attempts if a["chance"] > 0]
     p_mc = sum(a["correct"] for a in mc) / len(mc) if mc else 0.0
@@ -454,7 +454,7 @@ def run(cfg: Config, store: Store) -> Artifact:
                     has_progress=has_records(ATTEMPTS, _is_attempt)) as work:
         done, timing = generate(cfg, work, teacher, rows, previous)
         out_rows, attempts = judge_all(cfg, rows, done)
-        summary = report(attempts, teacher, timing)
+        summary = summarize(attempts, teacher, timing)
         if not out_rows:
             raise NothingKept(f"no trace of {len(attempts)} teacher outputs passed ({_reasons(summary)}): nothing to "
                             f"publish; the outputs stay in {work.path} for --resume with a larger --samples")
@@ -479,11 +479,11 @@ def publish(cfg: Config, store: Store, rows: list[dict], attempts: list[dict], s
     return draft.artifact
 
 
-def print_report(metrics: dict) -> None:
-    from rich.console import Console
+def report(art: Artifact, console) -> None:
+    """The published dataset's teacher outputs by subject and difficulty, pass rate against chance, why rows went."""
     from rich.table import Table
 
-    console = Console()
+    metrics = art.metrics
     for by in ("subjects", "difficulty"):
         table = Table(title=f"distill: teacher outputs by {by.rstrip('s')}")
         for col in (by.rstrip("s"), "problems", "outputs", "verified", "kept", "problems kept"):
@@ -500,3 +500,4 @@ def print_report(metrics: dict) -> None:
         markup=False, highlight=False)
     console.print(f"kept {metrics['kept']} of {metrics['outputs']} outputs; reasons: {_reasons(metrics)}",
                   markup=False, highlight=False)
+    published(art, console)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import ClassVar, Literal, Optional
 
 from r1v3 import benchmarks, config, data, jsonl, mathvista, mmmu, models, plots
-from r1v3.artifacts import Artifact, Store, check_name
+from r1v3.artifacts import Artifact, Store, check_name, published
 from r1v3.config import BackendSettings, retold, setting, to_dict
 from r1v3.errors import UserError
 
@@ -234,6 +234,7 @@ def publish(cfg: Config, store: Store, predictions: list[dict], samples: int, ti
             inputs: list[Artifact]) -> tuple[Optional[Artifact], dict]:
     scores = scores_for(cfg.benchmark(), predictions, samples)
     scores["style"] = cfg.style
+    scores["benchmark"] = cfg.BENCHMARK  # which module's tables `report` prints
     if not cfg.name:
         return None, scores
     with store.publish(cfg.name, "eval", stage=cfg.STAGE, config=to_dict(cfg), inputs=inputs) as draft:
@@ -245,3 +246,16 @@ def publish(cfg: Config, store: Store, predictions: list[dict], samples: int, ti
             parse_failure_rate=scores["parse_failures"]["rate"], **timing,
         )
     return draft.artifact, scores
+
+
+def report(result: tuple[Optional[Artifact], dict], console, as_json: bool = False) -> None:
+    """The benchmark's score tables (or, with --json, its figures on stdout) and what was published."""
+    art, scores = result  # scores without an artifact: --responses without --name publishes nothing
+    bench = benchmarks.get(scores["benchmark"])
+    if as_json:
+        print(json.dumps({k: scores[k] for k in bench.JSON_KEYS} | {k: v for k, v in scores.items() if "@" in k},
+                         indent=2))
+        return
+    bench.print_scores(scores, console)
+    if art is not None:
+        published(art, console)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from r1v3 import config, jsonio, models
 from r1v3.shards import check_shards
-from r1v3.artifacts import MANIFEST, Artifact, Store, check_name
+from r1v3.artifacts import MANIFEST, Artifact, Store, check_name, published
 from r1v3.config import Settings, setting, to_dict
 from r1v3.errors import UserError
 
@@ -147,6 +147,9 @@ def check_loadable(src: Path, model_class: str, tensors: dict, trust_remote_code
     if unexpected:
         raise UserError(f"{src / _file_of(unexpected[0], tensors)}: tensor {unexpected[0]!r} is not part of the "
                         f"config's model ({len(unexpected)} such tensor(s))")
+
+
+report = published  # what the terminal shows: the artifact published
 
 
 def run(cfg: Config, store: Store) -> Artifact:

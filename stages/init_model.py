@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from r1v3 import config, families, models, smol
-from r1v3.artifacts import Artifact, Store, check_name
+from r1v3.artifacts import Artifact, Store, check_name, published
 from r1v3.config import Settings, setting, to_dict
 
 
@@ -25,6 +25,9 @@ class Config(Settings):
 
     def check(self) -> None:
         check_name(self.name)
+
+
+report = published  # what the terminal shows: the artifact published
 
 
 def run(cfg: Config, store: Store) -> Artifact:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Literal, Optional
 
 from r1v3 import config, data, mmmu
-from r1v3.artifacts import Artifact, Store, check_name
+from r1v3.artifacts import Artifact, Store, check_name, published
 from r1v3.config import Settings, setting, to_dict
 from r1v3.errors import UserError
 
@@ -48,6 +48,9 @@ def _download(cfg: Config, subjects: list[str]) -> tuple[Path, str]:
     except Exception as e:  # offline, unknown revision, ...: the hub client's own message says which
         raise UserError(f"cannot download {HUB_REPO}@{cfg.revision}: {str(e).splitlines()[0]}") from None
     return Path(local), Path(local).name  # snapshots/<commit>
+
+
+report = published  # what the terminal shows: the artifact published
 
 
 def run(cfg: Config, store: Store) -> Artifact:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Optional
 
 from r1v3 import __version__, benchmarks, jsonio
-from r1v3.artifacts import Artifact, Store, clip, write_atomic
+from r1v3.artifacts import Artifact, Store, clip, printable, write_atomic
 from r1v3.config import Settings, setting
 from r1v3.errors import UserError
 
@@ -435,3 +435,7 @@ def _page(title: str, body: str, status: str) -> str:
             f'<meta name="viewport" content="width=device-width, initial-scale=1">\n'
             f"<title>{esc(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n{body}\n"
             f'<footer class="dim"><p>{esc(status)}</p></footer>\n</body>\n</html>\n')
+
+
+def report(path: Path, console) -> None:
+    console.print(f"wrote {printable(str(path))}", markup=False, highlight=False, soft_wrap=True)

@@ -31,10 +31,10 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 from r1v3 import config, curriculum, data, entropy, families, models, plots, prompts, rewards, training
-from r1v3.artifacts import Artifact, Store, check_name, fsync_path, printable
+from r1v3.artifacts import Artifact, Store, check_name, fsync_path, printable, published
 from r1v3.config import TrainingSettings, setting, to_dict
 from r1v3.errors import UserError
 
@@ -430,7 +430,22 @@ def _plan(cfg: Config, args, rows: list[dict], dataset: Artifact):
     return schedule
 
 
-def _setup(cfg: Config, store: Store):
+@dataclass
+class Setup:
+    """Everything `_setup` read, checked and built before the store is touched."""
+    args: Any  # TRL's GRPOConfig
+    model: Any
+    processor: Any
+    params: dict  # families.set_trainable's count of trainable parameters by part
+    rewards: rewards.Rewards
+    dataset: Any  # the RL rows as a datasets.Dataset, in the curriculum's order
+    schedule: curriculum.Schedule
+    total_steps: int
+    inputs: list[Artifact]
+    rows: int
+
+
+def _setup(cfg: Config, store: Store) -> tuple[Any, Setup]:
     """Every input read and checked, the order planned, the model loaded; nothing in the store touched yet."""
     model_art = store.resolve(cfg.model, kind="model")
     data_art = store.resolve(cfg.data, kind="dataset")
@@ -450,13 +465,13 @@ def _setup(cfg: Config, store: Store):
     rewards_ = build_rewards(cfg, store, think_in_prompt(processor))
     data.check_images(rows, processor, where)
     tuned = to_dataset(examples).select(schedule.order)
-    return work, dict(args=args, model=model, processor=processor, params=params, rewards=rewards_, dataset=tuned,
-                      schedule=schedule, total_steps=total, inputs=[model_art, data_art], rows=len(rows))
+    return work, Setup(args=args, model=model, processor=processor, params=params, rewards=rewards_, dataset=tuned,
+                       schedule=schedule, total_steps=total, inputs=[model_art, data_art], rows=len(rows))
 
 
-def _say_plan(cfg: Config, setup: dict) -> None:
-    schedule, r = setup["schedule"], setup["rewards"]
-    print(f"curriculum {cfg.curriculum}: {setup['total_steps']} steps; phases "
+def _say_plan(cfg: Config, setup: Setup) -> None:
+    schedule, r = setup.schedule, setup.rewards
+    print(f"curriculum {cfg.curriculum}: {setup.total_steps} steps; phases "
           + ", ".join(f"{p.name} (steps {p.first_step + 1}-{p.first_step + p.steps}, {p.rows} prompts)"
                       for p in schedule.phases)
           + "; dropped " + ", ".join(f"{k} {v}" for k, v in schedule.dropped.items()))
@@ -476,16 +491,16 @@ def _resume_point(cfg: Config, work) -> str | None:
     return found
 
 
-def _train(cfg: Config, store: Store, work, setup: dict):
+def _train(cfg: Config, store: Store, work, setup: Setup):
     from trl import GRPOTrainer
 
-    args, schedule = setup["args"], setup["schedule"]
+    args, schedule = setup.args, setup.schedule
     main = args.distributed_state.is_main_process
     resume_from = _resume_point(cfg, work) if main else (training.last_checkpoint(work.path) if cfg.resume else None)
     processor_dir = work.path / "processor"
     if main:
         shutil.rmtree(processor_dir, ignore_errors=True)
-        setup["processor"].save_pretrained(processor_dir)
+        setup.processor.save_pretrained(processor_dir)
         if resume_from and not (work.path / PRODUCT / f"step-{Path(resume_from).name.split('-')[1]}").is_dir():
             # killed between the checkpoint's save and its published copy: no later save redoes it
             state = json.loads((Path(resume_from) / "trainer_state.json").read_text())
@@ -496,12 +511,12 @@ def _train(cfg: Config, store: Store, work, setup: dict):
             print(f"resuming {cfg.name!r} from {Path(resume_from).name}")
     args.distributed_state.wait_for_everyone()
     stats = StepStats()
-    funcs = stats.wrap(FirstBatch(setup["rewards"], show=main and not resume_from).wrap())
+    funcs = stats.wrap(FirstBatch(setup.rewards, show=main and not resume_from).wrap())
     trainer = training.trainer_class(GRPOTrainer)(
-        model=setup["model"], args=args, reward_funcs=funcs, train_dataset=setup["dataset"],
-        processing_class=setup["processor"],
-        callbacks=[stats.callback(), *_callbacks(schedule, work.path / PRODUCT, processor_dir, setup["total_steps"])])
-    training.track(trainer, cfg, work.path, store, setup["inputs"])
+        model=setup.model, args=args, reward_funcs=funcs, train_dataset=setup.dataset,
+        processing_class=setup.processor,
+        callbacks=[stats.callback(), *_callbacks(schedule, work.path / PRODUCT, processor_dir, setup.total_steps)])
+    training.track(trainer, cfg, work.path, store, setup.inputs)
     run = training.train(trainer, resume_from)
     return trainer, run
 
@@ -519,7 +534,7 @@ def _run(cfg: Config, store: Store, start: float) -> Artifact:
         if note.startswith("warning"):
             print(note)
     work, setup = _setup(cfg, store)
-    dist = setup["args"].distributed_state
+    dist = setup.args.distributed_state
     with work.claim(main=dist.is_main_process):
         dist.wait_for_everyone()
         trainer, trained = _train(cfg, store, work, setup)
@@ -585,8 +600,8 @@ def _phase_metrics(log: list[dict], schedule) -> dict:
     return out
 
 
-def publish(cfg: Config, store: Store, work, trainer, trained, setup: dict, seconds: float) -> Artifact:
-    schedule, log = setup["schedule"], trained.log
+def publish(cfg: Config, store: Store, work, trainer, trained, setup: Setup, seconds: float) -> Artifact:
+    schedule, log = setup.schedule, trained.log
     product = work.path / PRODUCT
     steps = sorted(int(d.name.split("-")[1]) for d in product.iterdir() if re.fullmatch(r"step-[0-9]+", d.name))
     final = product / f"step-{trainer.state.global_step}"
@@ -595,7 +610,7 @@ def publish(cfg: Config, store: Store, work, trainer, trained, setup: dict, seco
         raise training.NonFiniteTraining(f"the trained weights hold NaN or inf in {bad[0]}; nothing was published. "
                                          f"Lower the learning rate (it is {cfg.learning_rate:g})")
     per_step = {s: json.loads((product / f"step-{s}" / "metrics.json").read_text()) for s in steps}
-    with store.publish(cfg.name, "run", stage="rl", config=to_dict(cfg), inputs=setup["inputs"]) as draft:
+    with store.publish(cfg.name, "run", stage="rl", config=to_dict(cfg), inputs=setup.inputs) as draft:
         # linked, not moved: a publish killed before its commit must leave the copies to --resume
         shutil.copytree(product, draft.path / PRODUCT, copy_function=_link_or_copy)
         (draft.path / "log_history.json").write_text(json.dumps(log, indent=1) + "\n")
@@ -615,10 +630,10 @@ def publish(cfg: Config, store: Store, work, trainer, trained, setup: dict, seco
             phases=_phase_metrics(log, schedule),
             dropped=schedule.dropped,
             curriculum_fingerprint=schedule.fingerprint(),
-            rows=setup["rows"],
-            rewards=dict(zip(setup["rewards"].names, setup["rewards"].weights)),
-            trainable=setup["params"]["parts"],
-            parameters={"total": setup["params"]["total"], "trainable": setup["params"]["trainable"]},
+            rows=setup.rows,
+            rewards=dict(zip(setup.rewards.names, setup.rewards.weights)),
+            trainable=setup.params["parts"],
+            parameters={"total": setup.params["total"], "trainable": setup.params["trainable"]},
             world_size=trainer.args.world_size,
             optimizer_parameters=trained.optimizer_parameters,
             frozen_check=trained.frozen_check,
@@ -629,3 +644,18 @@ def publish(cfg: Config, store: Store, work, trainer, trained, setup: dict, seco
             reward_curve=[[h["step"], h["reward"]] for h in log if "reward" in h],
         )
     return draft.artifact
+
+
+def report(art: Artifact, console) -> None:
+    """Steps, curriculum, checkpoints and the last reward of the published run, and how to export a checkpoint."""
+    if os.environ.get("RANK", "0") != "0":  # under `accelerate launch` every process runs this; one reports
+        return
+    m = art.metrics
+    reward = (m["checkpoints"][-1] if m["checkpoints"] else {}).get("reward")
+    published(art, console)
+    console.print(
+        f"{m['steps']} steps, curriculum {m['curriculum']}, checkpoints at steps "
+        f"{', '.join(str(c['step']) for c in m['checkpoints'])}; last reward {'n/a' if reward is None else f'{reward:.4f}'}\n"
+        f"export one as a model: r1v3 rl export {art.ref} --step K --name M (default: the final step)",
+        markup=False, highlight=False,
+    )

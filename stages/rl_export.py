@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from r1v3 import config
-from r1v3.artifacts import Artifact, Store, check_name
+from r1v3.artifacts import Artifact, Store, check_name, published
 from r1v3.config import Settings, setting, to_dict
 from r1v3.errors import UserError
 
@@ -26,6 +26,9 @@ class Config(Settings):
 
     def check(self) -> None:
         check_name(self.name)
+
+
+report = published  # what the terminal shows: the artifact published
 
 
 def run(cfg: Config, store: Store) -> Artifact:

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Literal, Optional
 
 from r1v3 import config, data, entropy, jsonl, mmmu, models, plots, rewards, stats
-from r1v3.artifacts import Artifact, Store, check_name, printable, shown
+from r1v3.artifacts import Artifact, Store, check_name, printable, published, shown
 from r1v3.config import GenerationSettings, retold, setting, to_dict
 from r1v3.errors import UserError
 
@@ -396,9 +396,11 @@ def plot(table: list[dict], chosen: int, path: Path, title: str) -> None:
         ax.grid(alpha=0.3)
 
 
-def print_report(selection: Artifact, model: Artifact, console) -> None:
+def report(result: tuple[Artifact, Artifact], console) -> None:
+    """The checkpoints' entropy table, the choice and its reason, the Spearman figure, what was published."""
     from rich.table import Table
 
+    selection, model = result
     metrics = selection.metrics
     table = Table(title=shown(f"select-ckpt {selection.ref}: entropy (nats) at critical words, by checkpoint", 200))
     words = list(metrics["table"][0]["per_word"])
@@ -419,4 +421,5 @@ def print_report(selection: Artifact, model: Artifact, console) -> None:
                   highlight=False)
     console.print(f"Spearman, critical entropy vs probe accuracy over {s['n']} checkpoints: {rho}", markup=False,
                   highlight=False)
-    console.print(f"[green]published[/green] {model.ref} (model) at {model.path}, then {selection.ref} (selection) naming it")
+    published(model, console)
+    published(selection, console)  # after the model: the selection names it

@@ -33,14 +33,15 @@ runs this same code in every process; only the main process publishes.
 from __future__ import annotations
 
 import math
+import os
 import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Any, Literal, NamedTuple, Optional
 
 from r1v3 import config, data, families, models, prompts, training
-from r1v3.artifacts import Artifact, Store, check_name
+from r1v3.artifacts import Artifact, Store, check_name, published
 from r1v3.config import TrainingSettings, setting, to_dict
 from r1v3.errors import UserError
 
@@ -204,7 +205,14 @@ def load_examples(dataset: Artifact, split: str, cfg: Config, text_only: bool = 
     return [conversation(r, cfg, f"{where} row {r['id']}", text_only) | {"id": r["id"]} for r in rows]
 
 
-def training_template(processor, ref: str) -> tuple[str | None, bool]:
+class Route(NamedTuple):
+    """How rows are rendered for training: `template` (None: the processor's own chat template) and
+    whether sft marks the assistant tokens itself (`own_mask`: a template TRL cannot mark)."""
+    template: str | None
+    own_mask: bool
+
+
+def training_template(processor, ref: str) -> Route:
     """(the chat template the collator renders with, whether sft marks the assistant tokens itself).
 
     The processor's own template when it has {% generation %} markers, else TRL's training version
@@ -216,12 +224,12 @@ def training_template(processor, ref: str) -> tuple[str | None, bool]:
     if not template:
         raise UserError(f"{ref}: the processor has no chat template")
     if has_generation_markers(template):
-        return None, False
+        return Route(None, False)
     try:
         patched = get_training_chat_template(processor)
     except (ValueError, KeyError):
         patched = None
-    return (patched, False) if patched else (None, True)
+    return Route(patched, False) if patched else Route(None, True)
 
 
 def measure(processor, examples: list[dict], template: str | None, where: str, own_mask: bool = False) -> list[tuple]:
@@ -304,10 +312,10 @@ def _arguments(cfg: Config, output_dir: Path):
     )
 
 
-def _fitting(cfg: Config, processor, route: tuple, where: str, split: str, examples: list[dict]) -> tuple[list[dict], int, int]:
+def _fitting(cfg: Config, processor, route: Route, where: str, split: str, examples: list[dict]) -> tuple[list[dict], int, int]:
     """The examples no longer than max_length tokens, how many were dropped, and how many assistant
     turns of the kept ones are context only (see r1v3.chat)."""
-    lengths = measure(processor, examples, route[0], f"{where} [{split}]", own_mask=route[1])
+    lengths = measure(processor, examples, route.template, f"{where} [{split}]", own_mask=route.own_mask)
     kept = [(e, c) for e, (n, _, c) in zip(examples, lengths) if n <= cfg.max_length]
     if not kept:
         raise UserError(
@@ -341,36 +349,36 @@ def _metrics(cfg: Config, trainer, params: dict, examples: dict, dropped: dict, 
     )
 
 
-def _train_and_publish(cfg: Config, store: Store, work, setup: dict, start: float) -> Artifact | None:
+def _train_and_publish(cfg: Config, store: Store, work, setup: Setup, start: float) -> Artifact | None:
     from transformers import EarlyStoppingCallback
     from trl import SFTTrainer
 
     from r1v3 import chat
 
-    args, examples = setup["args"], setup["examples"]
+    args, examples = setup.args, setup.examples
     resume_from = training.last_checkpoint(work.path) if cfg.resume else None
     if resume_from and args.distributed_state.is_main_process:
         print(f"resuming {cfg.name!r} from {Path(resume_from).name}")
     trainer = training.trainer_class(SFTTrainer)(
-        model=setup["model"],
+        model=setup.model,
         args=args,
         train_dataset=to_dataset(examples[cfg.split]),
         eval_dataset=to_dataset(examples[cfg.eval_split]) if cfg.eval_split else None,
-        processing_class=setup["processor"],
+        processing_class=setup.processor,
         callbacks=[EarlyStoppingCallback(cfg.early_stopping_patience)] if cfg.early_stopping_patience else [],
     )
-    if setup["own_mask"] and not setup["text_only"]:  # TRL's collator (built with its pad-token setup) renders; our masks pick the labels
+    if setup.own_mask and not setup.text_only:  # TRL's collator (built with its pad-token setup) renders; our masks pick the labels
         trainer.data_collator = chat.OwnMaskCollator(trainer.data_collator)
-    training.track(trainer, cfg, work.path, store, setup["inputs"])
+    training.track(trainer, cfg, work.path, store, setup.inputs)
     trained = training.train(trainer, resume_from)
     # the published model's own validation loss: after early stopping, that of the best checkpoint
     final_eval = trainer.evaluate() if cfg.eval_split else {}
-    metrics = _metrics(cfg, trainer, setup["params"], examples, setup["dropped"], final_eval)
+    metrics = _metrics(cfg, trainer, setup.params, examples, setup.dropped, final_eval)
     return training.publish_trained_model(
-        trainer, trained, store, cfg.name, stage="sft", config=to_dict(cfg), inputs=setup["inputs"], work=work.path,
+        trainer, trained, store, cfg.name, stage="sft", config=to_dict(cfg), inputs=setup.inputs, work=work.path,
         metrics=metrics | {"wall_seconds": round(time.perf_counter() - start, 2)},
         title=f"{cfg.name}: {cfg.preset or cfg.trainable}, {trainer.state.global_step} steps",
-        tokenizer_state=setup["tokenizer_state"],
+        tokenizer_state=setup.tokenizer_state,
     )
 
 
@@ -405,7 +413,22 @@ def _train_whole_llm(model, cfg: Config) -> dict:
     return {"parts": ["llm"], "by_part": {"llm": n}, "total": n, "trainable": n}
 
 
-def _setup(cfg: Config, store: Store):
+@dataclass
+class Setup:
+    """Everything `_setup` read, checked and built before the store is touched."""
+    args: Any  # TRL's SFTConfig
+    model: Any
+    processor: Any
+    params: dict  # families.set_trainable's count of trainable parameters by part
+    examples: dict[str, list[dict]]  # split -> the rows that fit max_length
+    dropped: dict[str, int]  # split -> rows longer than max_length
+    tokenizer_state: dict
+    inputs: list[Artifact]
+    own_mask: bool
+    text_only: bool
+
+
+def _setup(cfg: Config, store: Store) -> tuple[Any, Setup]:
     """Every input read and checked, the model loaded; nothing in the store touched yet."""
     model_art = store.resolve(cfg.model, kind="model")
     data_art = store.resolve(cfg.data, kind="dataset")
@@ -423,8 +446,8 @@ def _setup(cfg: Config, store: Store):
         model, processor = models.load_model(model_art.path, trust_remote_code=cfg.trust_remote_code, dtype=cfg.dtype)
         params = families.set_trainable(model, cfg.trainable)
     tokenizer_state = training.tokenizer_settings(processor)  # as loaded, before any collator pads with it
-    route = (None, True) if text_only else training_template(processor, model_art.ref)
-    args.assistant_only_loss = not route[1]  # TRL would refuse a template it cannot mark
+    route = Route(None, True) if text_only else training_template(processor, model_art.ref)
+    args.assistant_only_loss = not route.own_mask  # TRL would refuse a template it cannot mark
     dropped, context_only = {}, {}
     for split in examples:
         examples[split], dropped[split], context_only[split] = _fitting(
@@ -437,17 +460,31 @@ def _setup(cfg: Config, store: Store):
             print("note: the chat template rewrites earlier assistant turns once later ones follow (as it shows them "
                   "at inference); those turns are context, not trained: "
                   + ", ".join(f"{k} {v}" for k, v in context_only.items()))
-    return work, dict(args=args, model=model, processor=processor, params=params, examples=examples,
-                      dropped=dropped, tokenizer_state=tokenizer_state, inputs=[model_art, data_art],
-                      own_mask=route[1], text_only=text_only)
+    return work, Setup(args=args, model=model, processor=processor, params=params, examples=examples,
+                       dropped=dropped, tokenizer_state=tokenizer_state, inputs=[model_art, data_art],
+                       own_mask=route.own_mask, text_only=text_only)
 
 
 def run(cfg: Config, store: Store) -> Artifact:
     start = time.perf_counter()
     work, setup = _setup(cfg, store)
-    dist = setup["args"].distributed_state
+    dist = setup.args.distributed_state
     with work.claim(main=dist.is_main_process):  # locks the work directory, keeps or discards its checkpoints
         dist.wait_for_everyone()
         art = _train_and_publish(cfg, store, work, setup, start)
     dist.wait_for_everyone()  # the main process has published and removed the work directory
     return art if art is not None else store.resolve(cfg.name, kind="model")
+
+
+def report(art: Artifact, console) -> None:
+    """Steps, final loss, tokens seen and the trainable parameters of the published model."""
+    if os.environ.get("RANK", "0") != "0":  # under `accelerate launch` every process runs this; one reports
+        return
+    m = art.metrics
+    loss = "n/a" if m["final_loss"] is None else f"{m['final_loss']:.4f}"  # None: no loss was logged
+    published(art, console)
+    console.print(
+        f"{m['steps']} steps, final loss {loss}, {m['tokens_seen']} tokens seen, trainable "
+        f"{m['parameters']['trainable']:,} of {m['parameters']['total']:,} parameters ({'+'.join(m['trainable'])})",
+        markup=False, highlight=False,
+    )

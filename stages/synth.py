@@ -10,7 +10,7 @@ from itertools import groupby
 from typing import Literal, Union
 
 from r1v3 import config, data, synthetic
-from r1v3.artifacts import Artifact, Store, check_name
+from r1v3.artifacts import Artifact, Store, check_name, published
 from r1v3.config import Settings, setting, to_dict
 from r1v3.errors import UserError
 
@@ -56,6 +56,9 @@ def _progress(total: int):
                   console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task("synth", total=total)
         yield lambda: bar.advance(task)
+
+
+report = published  # what the terminal shows: the artifact published
 
 
 def run(cfg: Config, store: Store) -> Artifact:

@@ -11,6 +11,19 @@ from r1v3.artifacts import Store  # noqa: E402
 from r1v3.cli import main  # noqa: E402
 
 
+# An integration test runs the CLI (a stage, often on a model), a recipe, a subprocess or a server;
+# `pytest -m "not integration"` is the unit loop: functions on values, in about a minute.
+INTEGRATION_FIXTURES = {"cli", "ready", "teacher", "problems"}
+INTEGRATION_MODULES = {"test_recipes.py", "test_distributed.py", "test_ablations.py", "test_tracking.py"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if (INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ())) or item.path.name in INTEGRATION_MODULES
+                or "reliability" in item.path.parts):
+            item.add_marker(pytest.mark.integration)
+
+
 @pytest.fixture
 def store(tmp_path):
     return Store(tmp_path / "store")
@@ -69,3 +82,13 @@ class Publisher:
 @pytest.fixture(scope="session")
 def publisher():
     return Publisher
+
+
+@pytest.fixture
+def ready(cli):
+    """`cli` with a tiny InternVL model `tiny` and a think-template dataset `sftdata` (train 8, validation 4)."""
+    from tests.helpers import publish_dataset, think_rows
+
+    assert cli("init", "tiny", "--name", "tiny", "--family", "internvl")[0] == 0
+    publish_dataset(cli.store, "sftdata", {"train": think_rows(8), "validation": think_rows(4, seed=1, prefix="v")})
+    return cli

@@ -9,7 +9,7 @@ from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
 from r1v3 import chat, compose, models, synthetic
 from r1v3.errors import UserError
-from test_sft import publish_dataset, think_rows
+from tests.helpers import publish_dataset, think_rows
 
 BOS, EOS, USER, ASSISTANT = "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜User｜>", "<｜Assistant｜>"
 

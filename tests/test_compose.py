@@ -11,25 +11,8 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 from r1v3 import compose, families, models, smol
 from r1v3.errors import UserError
 
-# a Llama-3-style template: not ChatML, so compose must keep it and only teach it image parts
-LLAMA3_TEMPLATE = (
-    "{{- bos_token }}"
-    "{%- for message in messages %}"
-    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' }}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{%- endif %}"
-)
-# a Qwen2.5-style ChatML template with a default system prompt, without {% generation %} markers
-QWEN_TEMPLATE = (
-    "{%- for message in messages %}"
-    "{%- if loop.first and messages[0]['role'] != 'system' %}"
-    "{{- '<|im_start|>system\nYou are a tiny Qwen.<|im_end|>\n' }}"
-    "{%- endif %}"
-    "{{- '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}{%- endif %}"
-)
-TEXT = dict(intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+from tests.helpers import LLAMA3_TEMPLATE, tiny_llm
+
 CHATS = [
     [{"role": "user", "content": "What is 2 + 3?"}],
     [
@@ -51,30 +34,6 @@ def one_thread(request):
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-def tiny_llm(kind: str, hidden: int = 48, template: str | None = "default", seed: int = 1):
-    """(model, tokenizer) of a random text-only causal LM with its own tokenizer and chat template."""
-    if kind == "llama":
-        specials = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
-        tok = models.tiny_tokenizer(
-            specials,
-            chat_template=LLAMA3_TEMPLATE if template == "default" else template,
-            bos_token="<|begin_of_text|>",
-            eos_token="<|eot_id|>",
-            pad_token=None,  # like Llama 3: compose must add one
-        )
-        config = tf.LlamaConfig(hidden_size=hidden, tie_word_embeddings=True, **TEXT)
-    else:
-        tok = models.tiny_tokenizer(chat_template=QWEN_TEMPLATE if template == "default" else template)
-        config_cls = tf.Qwen2Config if kind == "qwen2" else tf.Qwen3Config
-        extra = {"head_dim": hidden // 4} if kind == "qwen3" else {}
-        config = config_cls(hidden_size=hidden, tie_word_embeddings=False, **TEXT, **extra)
-    config.vocab_size = len(tok)
-    config.bos_token_id, config.eos_token_id, config.pad_token_id = tok.bos_token_id, tok.eos_token_id, tok.pad_token_id
-    torch.manual_seed(seed)
-    model = tf.AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
-    return model, tok
 
 
 def image():

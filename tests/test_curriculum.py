@@ -195,6 +195,7 @@ def prompts_seen(calls, n):
     return seen
 
 
+@pytest.mark.integration
 def test_grpo_trains_normal_epochs_then_hard_and_resumes_in_order(tmp_path):
     """hard, 2 normal epochs then 1 hard epoch, 2 micro-steps per optimizer step: the prompts
     generated for are the schedule, each step's prompts belong to the phase its step number says,
@@ -217,6 +218,7 @@ def test_grpo_trains_normal_epochs_then_hard_and_resumes_in_order(tmp_path):
     assert [step for step, _ in resumed] == [2, 3]
 
 
+@pytest.mark.integration
 def test_grpo_reusing_generations_keeps_the_pass_rate_order(tmp_path):
     """pass-rate with num_iterations=2 and steps_per_generation (1) unlike gradient accumulation (2):
     each generation batch (1 prompt) is served for 2 micro-steps, one optimizer step."""
@@ -231,6 +233,7 @@ def test_grpo_reusing_generations_keeps_the_pass_rate_order(tmp_path):
 
 
 @pytest.mark.parametrize("mode", ["none", "normal"])
+@pytest.mark.integration
 def test_grpo_trains_in_the_order_of_single_phase_modes(tmp_path, mode):
     """Two generation batches per optimizer step (steps_per_generation 1, accumulation 2), two epochs."""
     rows = rows_of(normal=2, hard=2)

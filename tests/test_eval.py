@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from mmmu_fixture import write_sample_copy
+from tests.mmmu_fixture import write_sample_copy
 
 
 @pytest.fixture(scope="module")

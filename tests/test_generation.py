@@ -375,6 +375,7 @@ def text_request(rid, text, system=None):
     return Request(rid, messages, [])
 
 
+@pytest.mark.integration
 def test_openai_backend_against_local_server(server, monkeypatch):
     monkeypatch.setenv("TEST_KEY", server.key)
     b = OpenAIBackend(server.url, "teacher", api_key_env="TEST_KEY", timeout=5, progress=False)
@@ -390,6 +391,7 @@ def test_openai_backend_against_local_server(server, monkeypatch):
     assert body["messages"] == [{"role": "system", "content": "Think."}, {"role": "user", "content": "2+2?"}]
 
 
+@pytest.mark.integration
 def test_openai_backend_retries_then_gives_up_without_leaking_key(monkeypatch):
     monkeypatch.setenv("TEST_KEY", "sk-test-SECRET")
     flaky = FakeServer(fail_first=2)
@@ -413,6 +415,7 @@ def test_openai_backend_retries_then_gives_up_without_leaking_key(monkeypatch):
         flaky.close()
 
 
+@pytest.mark.integration
 def test_openai_backend_is_text_only(server):
     b = OpenAIBackend(server.url, "t", progress=False)
     with pytest.raises(UserError, match="'q1' has images.*text-only"):
@@ -494,6 +497,7 @@ def http_backend(url, **kw):
 
 
 @pytest.mark.parametrize("concurrency,n", [(1, 1), (4, 1), (6, 3)])
+@pytest.mark.integration
 def test_openai_backend_keeps_concurrency_calls_in_flight(scripted, concurrency, n):
     server = scripted(lambda k: (200, {}, 0.15))
     requests = [text_request(f"r{i}", f"p{i}") for i in range(12 // n + 2)]
@@ -509,6 +513,7 @@ def test_openai_backend_keeps_concurrency_calls_in_flight(scripted, concurrency,
     assert got == {r.id: [Completion(f"p{r.id[1:]} seed={5 + j}", 3, "stop") for j in range(n)] for r in requests}
 
 
+@pytest.mark.integration
 def test_openai_backend_honours_retry_after_within_its_cap(scripted):
     server = scripted(lambda k: (429, {"Retry-After": "1"}, 0) if k == 0 else (200, {}, 0))
     start = time.perf_counter()
@@ -529,6 +534,7 @@ def test_retry_after_values():
         assert retry_after_seconds(bad) is None, bad
 
 
+@pytest.mark.integration
 def test_openai_backend_retries_500_three_times_then_succeeds(scripted):
     server = scripted(lambda k: (500, {}, 0) if k < 3 else (200, {}, 0))
     got = http_backend(server.url, max_retries=3).generate_all([text_request("a", "x")], Sampling())
@@ -540,6 +546,7 @@ def test_openai_backend_retries_500_three_times_then_succeeds(scripted):
 
 
 @pytest.mark.parametrize("concurrency", [1, 3])
+@pytest.mark.integration
 def test_openai_backend_failing_for_good_delivers_what_was_done_first(scripted, concurrency):
     # calls 0-4 answer (the later ones slowly, so they are in flight when the endpoint breaks), then only 500s
     server = scripted(lambda k: (200, {}, 0.02 * k) if k < 5 else (500, {}, 0))
@@ -558,6 +565,7 @@ def test_openai_backend_failing_for_good_delivers_what_was_done_first(scripted, 
     assert len(server.calls) <= 5 + 3 * concurrency  # no new call started after the failure
 
 
+@pytest.mark.integration
 def test_openai_backend_unreachable_endpoint_is_one_clear_line():
     import socket
 
@@ -571,6 +579,7 @@ def test_openai_backend_unreachable_endpoint_is_one_clear_line():
     assert "gave up after 3 attempts" in message and "Connection refused" in message and "0 of 1 requests completed" in message
 
 
+@pytest.mark.integration
 def test_openai_backend_timeout_covers_the_whole_answer(scripted):
     server = scripted(lambda k: (200, {}, 2.0))
     start = time.perf_counter()
@@ -579,6 +588,7 @@ def test_openai_backend_timeout_covers_the_whole_answer(scripted):
     assert time.perf_counter() - start < 1.5
 
 
+@pytest.mark.integration
 def test_openai_backend_timeout_stops_a_trickling_answer():
     class Trickle(BaseHTTPRequestHandler):
         def log_message(self, *args):
@@ -608,6 +618,7 @@ def test_openai_backend_timeout_stops_a_trickling_answer():
         httpd.server_close()
 
 
+@pytest.mark.integration
 def test_openai_backend_settings_are_checked():
     for kw, flag in [({"concurrency": 0}, "concurrency"), ({"timeout": 0}, "timeout"), ({"max_retries": -1}, "max_retries"),
                      ({"max_wait": float("inf")}, "max_wait"), ({"backoff": "1"}, "backoff"), ({"concurrency": 2.5}, "concurrency")]:

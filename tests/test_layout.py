@@ -23,9 +23,15 @@ def test_no_stage_imports_another(path):
 
 
 @pytest.mark.parametrize("module_name", sorted({m for _, _, m, _ in cli.STAGES}))
-def test_every_stage_has_a_config_and_a_run(module_name):
+def test_every_stage_has_a_config_a_run_and_a_report(module_name):
     module = importlib.import_module(module_name)
-    assert hasattr(module, "Config") and callable(module.run)
+    assert hasattr(module, "Config") and callable(module.run) and callable(module.report)
+
+
+def test_the_cli_holds_no_stage_printer():
+    """What a stage prints lives in its module (`report`), not in the CLI."""
+    source = Path(cli.__file__).read_text()
+    assert "def _report" not in source and "print_report" not in source
 
 
 def _commands():

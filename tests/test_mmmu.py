@@ -3,8 +3,8 @@ import json
 import pytest
 from PIL import Image
 
-import mmmu_fixture
-from mmmu_fixture import hub_features, write_sample_copy
+from tests import mmmu_fixture
+from tests.mmmu_fixture import hub_features, write_sample_copy
 from r1v3 import UserError
 from r1v3 import mmmu
 

@@ -232,6 +232,7 @@ def test_load_model_dtype(tmp_path):
         load_model(tmp_path, dtype="float99")
 
 
+@pytest.mark.integration
 def test_smol_model(tmp_path, monkeypatch):
     from transformers import AutoModelForCausalLM
 

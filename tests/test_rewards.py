@@ -442,6 +442,7 @@ def test_describe_shows_each_component_and_flags_a_constant_reward():
     assert r"\boxed{A}" not in shown  # only `limit` rows
 
 
+@pytest.mark.integration
 def test_one_grpo_step_on_a_tiny_vlm_logs_each_component(workdir):
     """A real GRPOTrainer step: every reward is logged under its own name and the logged
     reward is the weighted sum of the components."""

@@ -13,59 +13,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from r1v3 import config, data, families, mmmu, models, prompts, synthetic, training
+from r1v3 import config, data, mmmu, models, prompts, synthetic, training
 from stages import sft
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def think_rows(n, seed=0, prefix="r"):
-    """Short chat rows over synthetic images: the assistant turn in the think template."""
-    rows = synthetic.generate(max(n + 2, 10), seed=seed)["train"][:n]
-    out = []
-    for i, r in enumerate(rows):
-        out.append(dict(r, id=f"{prefix}{i}", messages=[
-            {"role": "user", "content": r["question"]},
-            {"role": "assistant", "content": f"<think>The image shows {r['subject']}.</think>\n\\boxed{{{r['answer']}}}"},
-        ]))
-    return out
-
-
-def publish_dataset(store, name, splits):
-    with store.publish(name, "dataset", stage="test") as draft:
-        data.write_splits(draft.path, splits)
-    return draft.artifact
-
-
-@pytest.fixture
-def ready(cli):
-    assert cli("init", "tiny", "--name", "tiny", "--family", "internvl")[0] == 0
-    publish_dataset(cli.store, "sftdata", {"train": think_rows(8), "validation": think_rows(4, seed=1, prefix="v")})
-    return cli
-
-
-def state_dict(ref, store):
-    model, _ = models.load_model(store.resolve(ref).path)
-    parts = families.part_of_parameters(model)
-    return {n: (parts[n], p.detach().clone()) for n, p in model.named_parameters()}
-
-
-def changed_parts(before, after):
-    """part -> (tensors changed, tensors in part)."""
-    out = {}
-    for name, (part, t) in before.items():
-        moved, total = out.get(part, (0, 0))
-        out[part] = (moved + (not torch.equal(t, after[name][1])), total + 1)
-    return out
-
-
-def snapshot(store):
-    models_ = sorted(a.ref for a in store.list() if a.kind == "model")
-    work = store.root / ".work"
-    return models_, sorted(p.name for p in work.iterdir()) if work.exists() else []
-
-
-SHORT = ["--model", "tiny", "--data", "sftdata", "--batch-size", "4", "--max-steps", "3", "--save-steps", "50"]
+from tests.helpers import SHORT, changed_parts, publish_dataset, snapshot, state_dict, think_rows
 
 
 @pytest.mark.parametrize("preset, trained", [
@@ -337,7 +291,7 @@ def test_text_only_llm_learns_from_text_renderings(cli, tmp_path):
     """A distill teacher: a text-only LLM (Llama 3 template, no {% generation %} markers) trains on
     distill's teacher prompt over each row's caption -> the row's assistant turn, loss on that turn only,
     and the result is a text-only model artifact that distill takes as --teacher."""
-    from test_compose import tiny_llm
+    from tests.helpers import tiny_llm
 
     from r1v3 import chat
     from stages import distill

@@ -11,7 +11,7 @@ from r1v3 import training
 from r1v3.work import WORK_STATE
 from r1v3.errors import UserError
 
-from test_sft import SHORT, changed_parts, ready, snapshot, state_dict  # noqa: F401  (ready is a fixture)
+from tests.helpers import SHORT, changed_parts, snapshot, state_dict
 
 
 def publish_text(store, name, text):

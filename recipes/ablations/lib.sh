@@ -9,16 +9,8 @@
 #   checkpoint every 10), LR (5e-6), GROUP (4 completions a prompt, 2 prompts a step), MAX_NEW (64 new tokens).
 # Costs on 2 cores (README): a GRPO step ~16 s at group 4 and 64 tokens, an SFT step ~12 s (batch 8, connector
 # + LLM) or ~6 s (connector only), a greedy eval ~0.6 s an item at 64 tokens (1200 items: ~12 min).
-set -euo pipefail
 [ -n "${FINDING:-}" ] || { echo "error: set FINDING before sourcing lib.sh" >&2; exit 2; }
-ABLATIONS=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-# a relative store counts from where you are, not from the repository
-export R1V3_STORE=$(realpath -m "${R1V3_STORE:-$ABLATIONS/../../artifacts}")
-cd "$ABLATIONS/../.."
-R1V3=${R1V3:-.venv/bin/r1v3}        # split at spaces, so it may be "python -m r1v3.cli"
-PYTHON=${PYTHON:-.venv/bin/python}  # prints the tables: checked now, not after hours
-"$PYTHON" -c "import r1v3" 2>/dev/null || { echo "error: $PYTHON cannot import r1v3 (run ./setup.sh, or set PYTHON)" >&2; exit 2; }
-export HF_HUB_OFFLINE=1
+source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 export R1V3_REUSE=${R1V3_REUSE:-1}  # a stage whose artifact is up to date prints "up to date: NAME@vN (reused)"
 START=${START:-smol-signal}
 DATA=${DATA:-rl-problems}

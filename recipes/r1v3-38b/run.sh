@@ -16,11 +16,7 @@
 # or optimizer offload): README "On GPUs" has the memory per stage.
 #
 # Re-running skips each stage whose artifact is up to date (R1V3_REUSE=1) and resumes an interrupted one.
-set -euo pipefail
-export R1V3_STORE=$(realpath -m "${R1V3_STORE:-$(dirname "$0")/../../artifacts}")
-cd "$(dirname "$0")/../.."
-R1V3=${R1V3:-.venv/bin/r1v3}
-PYTHON=${PYTHON:-.venv/bin/python}
+source "$(dirname "$0")/../lib.sh"
 export R1V3_REUSE=${R1V3_REUSE:-1}
 : "${INTERNVL:?set INTERNVL to the InternVL3-38B directory (transformers format, safetensors)}"
 : "${R1_LLM:?set R1_LLM to the DeepSeek-R1-Distill-Qwen-32B directory}"
@@ -35,7 +31,6 @@ NODES=${NODES:-1}
 GPUS=$((8 * NODES))
 RECIPE=recipes/r1v3-38b/recipe.yaml
 TIMES="$R1V3_STORE/r1v3-38b-times.tsv"
-mkdir -p "$R1V3_STORE"
 : > "$TIMES"
 
 if [ "$NODES" -gt 1 ]; then
@@ -47,14 +42,6 @@ else
 fi
 # 1024 completions per GRPO step (paper) = 4 per GPU x GPUS x grad_accum
 RL_ACCUM=$((1024 / 4 / GPUS))
-
-timed() {  # timed LABEL ARTIFACT[,ARTIFACT] command...: run it and record its wall time
-    local label=$1 artifact=$2 t0=$SECONDS
-    shift 2
-    echo "== $label"
-    "$@" || return  # explicit: set -e does not apply inside an `if` condition
-    printf '%s\t%s\t%s\n' "$label" "$artifact" "$((SECONDS - t0))" >> "$TIMES"
-}
 
 # 1. The models and data, imported as artifacts (copied and hashed once; later runs reuse them).
 timed "import InternVL3-38B" internvl3-38b $R1V3 import-model "$INTERNVL" --name internvl3-38b

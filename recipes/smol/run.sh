@@ -20,14 +20,7 @@
 #
 # Re-running skips each stage whose artifact is up to date (same settings and inputs: R1V3_REUSE=1) and
 # resumes an interrupted one (--resume): kill it anywhere, run it again, and it finishes.
-set -euo pipefail
-# a relative store counts from where you are, not from the repository
-export R1V3_STORE=$(realpath -m "${R1V3_STORE:-$(dirname "$0")/../../artifacts}")
-cd "$(dirname "$0")/../.."
-R1V3=${R1V3:-.venv/bin/r1v3}        # split at spaces, so it may be "python -m r1v3.cli"
-PYTHON=${PYTHON:-.venv/bin/python}  # prints the summary at the end: checked now, not after an hour
-"$PYTHON" -c "import r1v3" 2>/dev/null || { echo "error: $PYTHON cannot import r1v3 (run ./setup.sh, or set PYTHON)" >&2; exit 2; }
-export HF_HUB_OFFLINE=1
+source "$(dirname "$0")/../lib.sh"
 export R1V3_REUSE=${R1V3_REUSE:-1}  # a stage whose artifact is up to date prints "up to date: NAME@vN (reused)"
 N=${N:-1000}
 ALIGN_STEPS=${ALIGN_STEPS:-150}     # batch 8, ~4 s a step (connector only)
@@ -40,15 +33,10 @@ RETUNE_STEPS=${RETUNE_STEPS:-20}
 COLD_START_DATA=${COLD_START_DATA:-synthetic}
 RECIPE=recipes/smol/recipe.yaml     # each stage's settings: its section of this file
 TIMES="$R1V3_STORE/smol-times.tsv"
-mkdir -p "$R1V3_STORE"
 : > "$TIMES"
 
-stage() {  # stage LABEL ARTIFACT[,ARTIFACT] r1v3-args...: run one stage with the recipe's settings, record its wall time
-    local label=$1 artifact=$2 t0=$SECONDS
-    shift 2
-    echo "== $label"
-    $R1V3 "$@" --config "$RECIPE" || return  # explicit: set -e does not apply inside an `if` condition
-    printf '%s\t%s\t%s\n' "$label" "$artifact" "$((SECONDS - t0))" >> "$TIMES"
+stage() {  # stage LABEL ARTIFACT[,ARTIFACT] r1v3-args...: one stage with the recipe's settings, timed
+    timed "$1" "$2" $R1V3 "${@:3}" --config "$RECIPE"
 }
 
 # 1. The smol VLM, and the same problems twice: image -> short caption pairs for alignment, and the

@@ -12,25 +12,14 @@
 # The random teacher keeps no trace (it never ends in a \boxed{} answer): distill then publishes nothing
 # and the cold start trains on the template traces of `data synth --messages reflect`, as the smol recipe
 # does when its teacher keeps none.
-set -euo pipefail
-# a relative store counts from where you are, not from the repository
-export R1V3_STORE=$(realpath -m "${R1V3_STORE:-$(dirname "$0")/../../artifacts}")
-cd "$(dirname "$0")/../.."
-R1V3=${R1V3:-.venv/bin/r1v3}        # split at spaces, so it may be "python -m r1v3.cli"
-PYTHON=${PYTHON:-.venv/bin/python}  # prints the summary at the end
-export HF_HUB_OFFLINE=1
+source "$(dirname "$0")/../lib.sh"
 export R1V3_REUSE=${R1V3_REUSE:-1}  # a stage whose artifact is up to date prints "up to date: NAME@vN (reused)"
 RECIPE=recipes/tiny/recipe.yaml     # each stage's settings: its section of this file
 TIMES="$R1V3_STORE/tiny-times.tsv"
-mkdir -p "$R1V3_STORE"
 : > "$TIMES"
 
-stage() {  # stage LABEL ARTIFACT[,ARTIFACT] r1v3-args...: run one stage with the recipe's settings, record its wall time
-    local label=$1 artifact=$2 t0=$SECONDS
-    shift 2
-    echo "== $label"
-    $R1V3 "$@" --config "$RECIPE" || return  # explicit: set -e does not apply inside an `if` condition
-    printf '%s\t%s\t%s\n' "$label" "$artifact" "$((SECONDS - t0))" >> "$TIMES"
+stage() {  # stage LABEL ARTIFACT[,ARTIFACT] r1v3-args...: one stage with the recipe's settings, timed
+    timed "$1" "$2" $R1V3 "${@:3}" --config "$RECIPE"
 }
 
 # 1. A random-weight tiny InternVL and a tiny text LLM; compose (R1V) keeps the VLM's vision tower and

@@ -246,7 +246,7 @@ def snapshot(root: Path):
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     t = tmp_path_factory.mktemp("bad")
-    from mmmu_fixture import write_sample_copy
+    from tests.mmmu_fixture import write_sample_copy
 
     store = t / "store"
     write_sample_copy(t / "mmmu", per_subject=1)

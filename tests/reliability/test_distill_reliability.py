@@ -14,7 +14,7 @@ import pytest
 
 from r1v3 import data
 from stages import distill
-from test_distill import SCRIPT, Teacher, put_dataset, row
+from tests.scripted_teacher import SCRIPT, Teacher, put_dataset, row
 
 pytestmark = pytest.mark.reliability
 REPO = Path(__file__).resolve().parents[2]

@@ -592,7 +592,9 @@ def test_stage_reports_show_text_as_written(monkeypatch, capsys, case):
                "chance_rate": 0.25, "kept": 1, "outputs": 2, "reasons": {"kept": 1, "wrong answer": 1},
                "multiple_choice": {"pass_rate": 0.5, "chance_rate": 0.25, "lucky_share": 0.2, "kept_lucky_estimate": 0.2,
                                    "kept": 1}}
-    distill.print_report(metrics)
+    from rich.console import Console as RichConsole
+
+    distill.report(types.SimpleNamespace(metrics=metrics, ref=f"{text}@v1", kind="dataset", path=text), RichConsole())
 
     def custom(prompts, completions, **kwargs):
         return [1.0] * len(completions)

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from mmmu_fixture import hub_features
+from tests.mmmu_fixture import hub_features
 from r1v3 import data, mmmu, models, synthetic
 from r1v3.errors import UserError
 

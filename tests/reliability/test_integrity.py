@@ -32,7 +32,7 @@ def run(root, *argv):
 @pytest.fixture(scope="module")
 def template(tmp_path_factory):
     """A store with one artifact of each kind made today: model m, datasets ds and mm, eval ev."""
-    from mmmu_fixture import write_sample_copy
+    from tests.mmmu_fixture import write_sample_copy
 
     t = tmp_path_factory.mktemp("integrity")
     write_sample_copy(t / "mmmu", per_subject=1)

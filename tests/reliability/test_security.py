@@ -107,7 +107,7 @@ def test_loading_never_unpickles(tmp_path, monkeypatch):
     """Run the reading stages with every unpickling entry point booby-trapped (library internals included)."""
     import torch
 
-    from mmmu_fixture import write_sample_copy
+    from tests.mmmu_fixture import write_sample_copy
 
     write_sample_copy(tmp_path / "mmmu", per_subject=1)
     root = tmp_path / "store"
@@ -336,7 +336,7 @@ def test_endpoint_errors_are_clear_and_one_line(monkeypatch):
 
 
 def test_secrets_in_the_environment_never_reach_the_store_or_the_output(tmp_path, monkeypatch):
-    from mmmu_fixture import write_sample_copy
+    from tests.mmmu_fixture import write_sample_copy
 
     secrets = {"OPENAI_API_KEY": SECRET, "HF_TOKEN": "hf_" + "Q" * 34, "R1V3_TEST_KEY": "tok-" + "z9" * 12}
     for k, v in secrets.items():
