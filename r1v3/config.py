@@ -654,6 +654,24 @@ def path_digests(value) -> dict:
     return {str(v): one(Path(v)) for v in values}
 
 
+@dataclasses.dataclass
+class HubCopySettings(Settings):
+    """Where a benchmark importer (data mmmu, data mathvista) reads from: a local copy laid out as on the
+    hub, or the hub itself at a pinned revision; exactly one. A stage restates `path`'s help with `retold`."""
+
+    name: str = setting(help="Artifact name for the dataset.", artifact="output")
+    path: Optional[str] = setting(None, metavar="DIR", help="Local copy laid out as on the hub.", reads=path_digests)
+    from_hub: bool = setting(False, help="Download from the hub instead of --path (needs network).")
+    revision: str = setting("main", help="Hub dataset revision to pin with --from-hub (the commit is recorded).")
+
+    def check(self) -> None:
+        from r1v3.artifacts import check_name
+
+        check_name(self.name)
+        if self.from_hub == (self.path is not None):
+            raise UserError("give exactly one of --path DIR (a local copy) or --from-hub")
+
+
 def resume_settings(cfg, **extra) -> dict:
     """What must match for --resume to continue an interrupted run: every setting the result depends
     on that the run's progress also depends on (not the artifact it will publish under), the digests

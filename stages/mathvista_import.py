@@ -8,27 +8,19 @@ from pathlib import Path
 from typing import Literal, Optional
 
 from r1v3 import config, data, mathvista
-from r1v3.artifacts import Artifact, Store, check_name, published
-from r1v3.config import Settings, setting, to_dict
+from r1v3.artifacts import Artifact, Store, published
+from r1v3.config import HubCopySettings, setting, to_dict
 from r1v3.errors import UserError
 
 
 @dataclass
-class Config(Settings):
+class Config(HubCopySettings):
     STAGE = "data-mathvista"
 
-    name: str = setting(help="Artifact name for the dataset.", artifact="output")
-    path: Optional[str] = setting(None, metavar="DIR", help=(
-        f"Local {mathvista.HUB_REPO} copy laid out as on the hub (data/<split>-*.parquet, images embedded)."), reads=config.path_digests)
+    path: Optional[str] = config.retold(HubCopySettings, "path", help=(
+        f"Local {mathvista.HUB_REPO} copy laid out as on the hub (data/<split>-*.parquet, images embedded)."))
     split: Literal["testmini"] = setting("testmini", help=(
         "The test split's answers are withheld by the benchmark: nothing to score."))
-    from_hub: bool = setting(False, help="Download from the hub instead of --path (needs network).")
-    revision: str = setting("main", help="Hub dataset revision to pin with --from-hub (the commit is recorded).")
-
-    def check(self) -> None:
-        check_name(self.name)
-        if self.from_hub == (self.path is not None):
-            raise UserError("give exactly one of --path DIR (a local copy) or --from-hub")
 
 
 def _download(cfg: Config) -> tuple[Path, str]:

@@ -8,29 +8,24 @@ from typing import Literal, Optional
 
 from r1v3 import config, data, mmmu
 from r1v3.artifacts import Artifact, Store, check_name, published
-from r1v3.config import Settings, setting, to_dict
+from r1v3.config import HubCopySettings, setting, to_dict
 from r1v3.errors import UserError
 
 HUB_REPO = "MMMU/MMMU"
 
 
 @dataclass
-class Config(Settings):
+class Config(HubCopySettings):
     STAGE = "data-mmmu"
 
-    name: str = setting(help="Artifact name for the dataset.", artifact="output")
-    path: Optional[str] = setting(None, metavar="DIR", help=(
-        "Local MMMU copy laid out as on the hub (<Subject>/<split>-*.parquet)."), reads=config.path_digests)
+    path: Optional[str] = config.retold(HubCopySettings, "path", help=(
+        "Local MMMU copy laid out as on the hub (<Subject>/<split>-*.parquet)."))
     split: Literal["dev", "validation"] = setting("validation", help=(
         "The test split's answers are withheld by the benchmark: nothing to score."))
     subjects: list[str] = setting([], shown="all 30", help="Subject folder names or short names, comma-separated.")
-    from_hub: bool = setting(False, help="Download from the hub instead of --path (needs network).")
-    revision: str = setting("main", help="Hub dataset revision to pin with --from-hub (the commit is recorded).")
 
     def check(self) -> None:
-        check_name(self.name)
-        if self.from_hub == (self.path is not None):
-            raise UserError("give exactly one of --path DIR (a local copy) or --from-hub")
+        super().check()
         for subject in self.subjects:  # a misspelt subject is refused before any download
             mmmu.subject_name(subject)
 
