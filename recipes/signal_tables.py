@@ -1,13 +1,13 @@
 """The tables the signal recipes end with (they read the store only). Paired comparisons of evals
 are `r1v3 compare`.
 
-    python recipes/signal_tables.py signal STORE TIMES
+    python -m recipes.signal_tables signal STORE TIMES
         recipes/smol-signal.sh: held-out accuracy of the untrained, aligned and trained smol and of the
         trained one blind, next to chance, per task; then each stage's wall time (TIMES)
-    python recipes/signal_tables.py distill STORE TIMES
+    python -m recipes.signal_tables distill STORE TIMES
         recipes/smol-distill-signal.sh: each teacher's pass rate and kept traces, then the cold start on
         distilled traces against the one on the generator's traces, with its blind score
-    python recipes/signal_tables.py headroom STORE GREEDY_EVAL RATED_DATASET
+    python -m recipes.signal_tables headroom STORE GREEDY_EVAL RATED_DATASET
         before RL: per task x level, greedy accuracy (an eval), mean@k, pass@k and the share of rows with a
         pass rate in [0.1, 0.9] (a `difficulty` run's pass_rates.jsonl on the same rows): where sampling
         finds answers greedy decoding misses, which is where GRPO at this scale can act

@@ -17,6 +17,7 @@
 # pipeline (teacher prompt, sampling, verification, filters, SFT on what survives) with a teacher
 # that can read a caption, not a teacher that knows more than the generator.
 source "$(dirname "$0")/lib.sh"
+need_python
 LIMIT=${LIMIT:-100}                 # problems the packaged teacher tries (it rambles to its budget: slow)
 SAMPLES=${SAMPLES:-2}               # teacher outputs per problem
 TAUGHT_LIMIT=${TAUGHT_LIMIT:-}      # problems the taught teacher tries (default: all 800)
@@ -53,4 +54,4 @@ timed "sft on distilled traces" smol-distilled $R1V3 sft --model smol-aligned --
 evaluate smol-distilled signal-distilled
 evaluate smol-distilled signal-distilled-blind --blank-images
 
-"$PYTHON" recipes/signal_tables.py distill "$R1V3_STORE" "$TIMES"
+"$PYTHON" -m recipes.signal_tables distill "$R1V3_STORE" "$TIMES"

@@ -15,8 +15,9 @@
 #   (after recipes/smol-signal.sh in the same store, or any cold-start model; R1V3_STORE picks the store)
 # Knobs: SEEDS ("0 1"), ARMS ("none hard coin"), STEPS (40), LR (5e-6), GROUP (group size, 4; 2 prompts
 #   a step), MAX_NEW (64 new tokens), PROBLEMS (12000 synthetic colour and counting problems, seed 1,
-#   whose test split holds EVAL_N=1200 items; the blind start on the first BLIND_N of them, default all), TRAIN (the RL rows; default DATA's train split; e.g. a
-#   `difficulty` output with DROP="--drop-solved --drop-unsolved" to keep rows a group can learn from),
+#   whose test split holds EVAL_N=1200 items; the blind start on the first BLIND_N of them, default all),
+#   TRAIN (the RL rows; default DATA's train split; e.g. a `difficulty` output with
+#   DROP="--drop-solved --drop-unsolved" to keep rows a group can learn from),
 #   SAMPLES (>0: also evaluate each model at temperature 1, mean@SAMPLES, the paper's Avg@k).
 # Time on 2 cores: about 12 min per RL run of 40 steps (group 4) and 12 min per greedy eval of 1200 items.
 source "$(dirname "$0")/lib.sh"

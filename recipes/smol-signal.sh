@@ -12,6 +12,7 @@
 # above the paper's (5e-3 for a fresh 0.6M-parameter connector, 1e-4 for the LLM) because a few
 # hundred steps is all there is.
 source "$(dirname "$0")/lib.sh"
+need_python
 N=${N:-1000}                      # problems: 80% train, 10% validation (the eval), 10% test
 ALIGN_STEPS=${ALIGN_STEPS:-150}   # batch 8, ~4 s a step
 SFT_STEPS=${SFT_STEPS:-150}       # batch 8, ~9 s a step (the LLM trains too)
@@ -44,4 +45,4 @@ evaluate smol-signal signal-trained
 evaluate smol-signal signal-trained-blind --blank-images
 
 # The accuracies next to chance, and what each stage took.
-"$PYTHON" recipes/signal_tables.py signal "$R1V3_STORE" "$TIMES"
+"$PYTHON" -m recipes.signal_tables signal "$R1V3_STORE" "$TIMES"

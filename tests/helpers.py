@@ -1,7 +1,11 @@
 """Helpers for the training tests: small think-template datasets, parameter snapshots, the short sft flags."""
 
+import io
+import json
+
 import torch
 import transformers as tf
+from PIL import Image
 
 from r1v3 import data, families, models, synthetic
 
@@ -91,3 +95,60 @@ def tiny_llm(kind: str, hidden: int = 48, template: str | None = "default", seed
     torch.manual_seed(seed)
     model = tf.AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
     return model, tok
+
+
+def png_bytes(color="red"):
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def bad_cli_inputs(tmp):
+    """(argv, expected message fragment) for user mistakes; files they need are made here."""
+    (tmp / "malformed.yaml").write_text("n: [1, 2\n")
+    (tmp / "list.yaml").write_text("- 1\n")
+    rows = {
+        "missing": {"id": "a", "images": [], "question": "q", "options": [], "question_type": "open"},
+        "truncated": {"id": "a", "images": ["trunc.png"], "question": "q", "options": [], "answer": "1",
+                      "question_type": "open"},
+        "escape": {"id": "a", "images": ["../outside.png"], "question": "q", "options": [], "answer": "1",
+                   "question_type": "open"},
+        "placeholder": {"id": "a", "images": ["ok.png"], "question": "<image 2>?", "options": [], "answer": "1",
+                        "question_type": "open"},
+    }
+    (tmp / "ds").mkdir()
+    (tmp / "ds" / "trunc.png").write_bytes(png_bytes()[:40])
+    (tmp / "ds" / "ok.png").write_bytes(png_bytes())
+    (tmp / "outside.png").write_bytes(png_bytes())
+    for name, row in rows.items():
+        (tmp / "ds" / f"{name}.jsonl").write_text(json.dumps(row) + "\n")
+    (tmp / "nomodel").mkdir()
+    (tmp / "nomodel" / "config.json").write_text(json.dumps({"model_type": "llava"}))
+    (tmp / "pickled").mkdir()
+    (tmp / "pickled" / "config.json").write_text(json.dumps({"model_type": "llava"}))
+    (tmp / "pickled" / "pytorch_model.bin").write_bytes(b"\x80\x04")
+    (tmp / "responses.json").write_text(json.dumps({"not": "a list"}))
+    return [
+        (["data", "synth", "--name", "x", "--config", tmp / "absent.yaml"], "config file not found"),
+        (["data", "synth", "--name", "x", "--config", tmp / "malformed.yaml"], "malformed YAML"),
+        (["data", "synth", "--name", "x", "--config", tmp / "list.yaml"], "must be a mapping"),
+        (["data", "synth", "--name", "x", "stepz=1"], "unknown key 'stepz'"),
+        (["data", "synth", "--name", "x", "n=ten"], "n must be int, got 'ten'"),
+        (["data", "synth", "--name", "x", "seed"], "expected key=value"),
+        (["data", "synth", "--name", "../x"], "invalid artifact name"),
+        (["data", "show", "nope"], "no artifact named 'nope'"),
+        (["data", "show", "shapes@v9"], "shapes has no version v9"),
+        (["eval", "mmmu", "--model", "shapes", "--data", "shapes", "--name", "e"], "is a dataset artifact, expected model"),
+        (["data", "import", tmp / "ds" / "missing.jsonl", "--name", "x"], "line 1: missing required field 'answer'"),
+        (["data", "import", tmp / "ds" / "truncated.jsonl", "--name", "x"], "image 1 unreadable"),
+        (["data", "import", tmp / "ds" / "escape.jsonl", "--name", "x"], "is not allowed"),
+        (["data", "import", tmp / "ds" / "placeholder.jsonl", "--name", "x"], "refers to image 2"),
+        (["data", "import", tmp / "absent.jsonl", "--name", "x"], "no such file or directory"),
+        (["init", "tiny", "--name", "x", "--family", "gpt2"], "supported"),
+        (["import-model", tmp / "nomodel", "--name", "x"], "no *.safetensors weights"),
+        (["import-model", tmp / "pickled", "--name", "x"], "pickle weights are refused"),
+        (["import-model", tmp / "absent", "--name", "x"], "not a directory"),
+        (["eval", "mmmu", "--responses", tmp / "responses.json"], "expected a JSON list"),
+        (["eval", "mmmu", "--responses", tmp / "absent.json"], "no such file or directory"),
+        (["eval", "mmmu", "--data", "shapes"], "give --model REF and --data REF"),
+    ]

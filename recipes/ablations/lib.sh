@@ -11,6 +11,7 @@
 # + LLM) or ~6 s (connector only), a greedy eval ~0.6 s an item at 64 tokens (1200 items: ~12 min).
 [ -n "${FINDING:-}" ] || { echo "error: set FINDING before sourcing lib.sh" >&2; exit 2; }
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
+need_python
 export R1V3_REUSE=${R1V3_REUSE:-1}  # a stage whose artifact is up to date prints "up to date: NAME@vN (reused)"
 START=${START:-smol-signal}
 DATA=${DATA:-rl-problems}
@@ -23,6 +24,7 @@ LR=${LR:-5e-6}
 GROUP=${GROUP:-4}
 MAX_NEW=${MAX_NEW:-64}
 EVAL_N=${EVAL_N:-1200}
+BLIND_N=${BLIND_N:-$EVAL_N}  # the blind start on the first BLIND_N items, as recipes/smol-rl-signal.sh
 OUT="$R1V3_STORE/ablations/$FINDING"  # the comparisons (compare --json), the claims file, the figures
 CLAIMS="$OUT/claims.tsv"
 mkdir -p "$OUT"
@@ -45,7 +47,7 @@ evaluate() {  # evaluate MODEL NAME [extra]: on DATA, as recipes/smol-rl-signal.
 
 start_evals() {  # the start and the start blind (images blanked) on DATA: rl-start, rl-start-blind
     evaluate "$START" rl-start
-    evaluate "$START" rl-start-blind --blank-images
+    evaluate "$START" rl-start-blind --blank-images --limit "$BLIND_N"
 }
 
 rl_arm() {  # rl_arm ARM SEED [NAME-SUFFIX [extra rl flags]]: GRPO from START, then its final step as a model

@@ -17,6 +17,7 @@
 #
 # Re-running skips each stage whose artifact is up to date (R1V3_REUSE=1) and resumes an interrupted one.
 source "$(dirname "$0")/../lib.sh"
+need_python
 export R1V3_REUSE=${R1V3_REUSE:-1}
 : "${INTERNVL:?set INTERNVL to the InternVL3-38B directory (transformers format, safetensors)}"
 : "${R1_LLM:?set R1_LLM to the DeepSeek-R1-Distill-Qwen-32B directory}"

@@ -21,6 +21,7 @@
 # Re-running skips each stage whose artifact is up to date (same settings and inputs: R1V3_REUSE=1) and
 # resumes an interrupted one (--resume): kill it anywhere, run it again, and it finishes.
 source "$(dirname "$0")/../lib.sh"
+need_python
 export R1V3_REUSE=${R1V3_REUSE:-1}  # a stage whose artifact is up to date prints "up to date: NAME@vN (reused)"
 N=${N:-1000}
 ALIGN_STEPS=${ALIGN_STEPS:-150}     # batch 8, ~4 s a step (connector only)

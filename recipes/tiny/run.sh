@@ -13,6 +13,7 @@
 # and the cold start trains on the template traces of `data synth --messages reflect`, as the smol recipe
 # does when its teacher keeps none.
 source "$(dirname "$0")/../lib.sh"
+need_python
 export R1V3_REUSE=${R1V3_REUSE:-1}  # a stage whose artifact is up to date prints "up to date: NAME@vN (reused)"
 RECIPE=recipes/tiny/recipe.yaml     # each stage's settings: its section of this file
 TIMES="$R1V3_STORE/tiny-times.tsv"

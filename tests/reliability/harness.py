@@ -523,10 +523,7 @@ def prepare_inputs(base: Path) -> Path:
 
     from r1v3 import data, models
 
-    try:  # as tests.reliability.harness (python -m tests.reliability.crash_table)
-        from ..mmmu_fixture import write_sample_copy
-    except ImportError:  # under pytest, where tests/ itself is on sys.path
-        from tests.mmmu_fixture import write_sample_copy
+    from tests.mmmu_fixture import write_sample_copy
 
     base.mkdir(parents=True, exist_ok=True)
     rows = base / "rows"

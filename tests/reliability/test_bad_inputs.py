@@ -277,18 +277,15 @@ def test_bad_input_one_line_exit_2_nothing_written(env, case):
         assert Path(argv[1]).is_file() and Path(argv[1]).read_text() == "x"
 
 
-N_CLI_TABLE = 22  # tests/test_cli.py::_bad_inputs
+N_CLI_TABLE = 22  # tests/helpers.py::bad_cli_inputs
 N_ENDPOINTS = 4  # test_security.py: closed port, bad scheme, redirect, 401
 TOTAL_BAD_INPUTS = N_CLI_TABLE + len(CASE_IDS) + N_ENDPOINTS
 
 
 def test_bad_input_count(tmp_path):
     """Keeps TOTAL_BAD_INPUTS (quoted in the README) honest when tests/test_cli.py's table changes."""
-    import importlib.util
+    from tests.helpers import bad_cli_inputs
 
-    spec = importlib.util.spec_from_file_location("_test_cli", Path(__file__).parents[1] / "test_cli.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    assert len(mod._bad_inputs(tmp_path)) == N_CLI_TABLE
+    assert len(bad_cli_inputs(tmp_path)) == N_CLI_TABLE
     assert len(set(CASE_IDS)) == len(CASE_IDS)
     assert TOTAL_BAD_INPUTS >= 30
