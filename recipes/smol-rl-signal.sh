@@ -13,8 +13,10 @@
 #
 # Usage: START=smol-signal bash recipes/smol-rl-signal.sh
 #   (after recipes/smol-signal.sh in the same store, or any cold-start model; R1V3_STORE picks the store)
-# Knobs: SEEDS ("0 1"), ARMS ("none hard coin"), STEPS (40), LR (5e-6), GROUP (group size, 4; 2 prompts
-#   a step), MAX_NEW (64 new tokens), PROBLEMS (12000 synthetic colour and counting problems, seed 1,
+# Knobs: SEEDS ("0 1"), ARMS ("none hard coin"), STEPS (40), LR (5e-6), GROUP (group size, 4), PROMPTS
+#   (prompts a step, 2: rollouts a step = GROUP x PROMPTS), RL_FLAGS (more `rl` flags or trl.KEY=VALUE, e.g.
+#   "--loss-type dr_grpo --scale-rewards none"), TAG (appended to the run names, so arms of a sweep
+#   share a store: rl-none-s0-TAG), MAX_NEW (64 new tokens), PROBLEMS (12000 synthetic colour and counting problems, seed 1,
 #   whose test split holds EVAL_N=1200 items; the blind start on the first BLIND_N of them, default all),
 #   TRAIN (the RL rows; default DATA's train split; e.g. a `difficulty` output with
 #   DROP="--drop-solved --drop-unsolved" to keep rows a group can learn from),
@@ -32,6 +34,9 @@ STEPS=${STEPS:-40}
 SAVE=${SAVE:-10}
 LR=${LR:-5e-6}
 GROUP=${GROUP:-4}
+PROMPTS=${PROMPTS:-2}
+RL_FLAGS=${RL_FLAGS:-}
+TAG=${TAG:+-$TAG}
 MAX_NEW=${MAX_NEW:-64}
 EVAL_N=${EVAL_N:-1200}
 BLIND_N=${BLIND_N:-$EVAL_N}
@@ -58,11 +63,11 @@ for seed in $SEEDS; do
         extra=(--curriculum none)
         [ "$arm" = hard ] && extra=(--curriculum hard --curriculum-unit steps --curriculum-lengths "$((STEPS / 2)),$((STEPS - STEPS / 2))")
         [ "$arm" = coin ] && extra+=(--accuracy-reward coin)
-        name="rl-$arm-s$seed"
-        # shellcheck disable=SC2086  # DROP is a list of flags
+        name="rl-$arm-s$seed$TAG"
+        # shellcheck disable=SC2086  # DROP and RL_FLAGS are lists of flags
         $R1V3 rl --preset cpu-smol --model "$START" --data "$TRAIN" "${extra[@]}" $DROP --num-generations "$GROUP" \
-            --batch-size "$((2 * GROUP))" --max-steps "$STEPS" --save-steps "$SAVE" --lr "$LR" --max-new-tokens "$MAX_NEW" \
-            --seed "$seed" --name "$name" --resume
+            --batch-size "$((PROMPTS * GROUP))" --max-steps "$STEPS" --save-steps "$SAVE" --lr "$LR" --max-new-tokens "$MAX_NEW" \
+            --seed "$seed" --name "$name" --resume $RL_FLAGS
         $R1V3 rl export "$name" --name "$name-final"
         evaluate "$name-final" "$name-eval"
         evals+=("$name-eval")
