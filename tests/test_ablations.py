@@ -83,6 +83,19 @@ def test_ablation_script_prints_its_table(script, tiny_store):
         assert (tiny_store / "ablations" / "6" / "budget.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
+def test_thinking_budget_on_the_start_alone_trains_nothing(tiny_store):
+    if not has_ban_words():
+        pytest.skip("`r1v3 eval mmmu` has no --ban-words")
+    bad = run_script("6-thinking-budget.sh", tiny_store, MODELS="start strat")
+    assert bad.returncode == 2 and bad.stderr.strip() == "error: MODELS holds 'strat': use start, rl or both"
+    proc = run_script("6-thinking-budget.sh", tiny_store, MODELS="start")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| 6 |")]
+    assert len(rows) == 3 and all("(start model)" in row for row in rows), proc.stdout
+    assert "rl-hard-s0" not in proc.stdout  # no GRPO run, not even a reused one
+
+
 def test_a_missing_start_is_one_line(tmp_path):
     proc = run_script("4-curriculum.sh", tmp_path / "empty", START="no-such-model")
     assert proc.returncode == 2

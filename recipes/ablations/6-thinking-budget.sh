@@ -9,7 +9,8 @@
 # Evals only: greedy decoding has no seed, so one run is the measurement.
 #
 # Usage: bash recipes/ablations/6-thinking-budget.sh   (after recipes/smol-signal.sh; knobs: lib.sh and below)
-# Knobs: BUDGETS ("16 32 64 128"; MAX_NEW's eval is shared with the other findings), BAN (Wait,Alternatively,Hmm).
+# Knobs: BUDGETS ("16 32 64 128"; MAX_NEW's eval is shared with the other findings), BAN (Wait,Alternatively,Hmm),
+#   MODELS ("start rl"; "start" measures the cold start alone and trains nothing).
 # Time on 2 cores at the defaults: ~2.7 h; ~1.9 h when the RL run and the 64-token evals are reused (the other
 # findings). Per model: two mode evals of 1200 items, ~12 min each, and the budget sweep, about 0.25 + 0.5 + 2
 # times a 64-token eval (~12 min): ~33 min; the start's two evals and GRPO (~11 min) once.
@@ -17,19 +18,28 @@ FINDING=6
 source "$(dirname "$0")/lib.sh"
 BUDGETS=${BUDGETS:-16 32 64 128}
 BAN=${BAN:-Wait,Alternatively,Hmm}
+MODELS=${MODELS:-start rl}
+for m in $MODELS; do
+    [[ $m == start || $m == rl ]] || { echo "error: MODELS holds '$m': use start, rl or both" >&2; exit 2; }
+done
 # the flag is a decoding constraint in eval; an r1v3 without it cannot run this finding: said now
-$R1V3 eval mmmu --help | grep -q -- --ban-words || {
+# (the help is read whole: `| grep -q` would close the pipe early, and pipefail would call that a failure)
+[[ $($R1V3 eval mmmu --help) == *--ban-words* ]] || {
     echo "error: this r1v3 has no \`eval mmmu --ban-words\`: the NoWait mode cannot be run" >&2
     exit 2
 }
 
 problems
 start_evals
-rl_arm hard 0
-declare -A MODEL=([start]=$START [rl]=$RL_NAME-final)
-declare -A SLOW=([start]=rl-start [rl]=$RL_NAME-eval)
+declare -A MODEL=([start]=$START) SLOW=([start]=rl-start)
+answers=(rl-start think-start-nothink think-start-nowait)
+if [[ " $MODELS " == *" rl "* ]]; then
+    rl_arm hard 0
+    MODEL[rl]=$RL_NAME-final SLOW[rl]=$RL_NAME-eval
+    answers+=("$RL_NAME-eval" think-rl-nothink think-rl-nowait)
+fi
 series=()
-for m in start rl; do
+for m in $MODELS; do
     evaluate "${MODEL[$m]}" "${SLOW[$m]}"
     STYLE=official evaluate "${MODEL[$m]}" "think-$m-nothink"
     evaluate "${MODEL[$m]}" "think-$m-nowait" --ban-words "$BAN"
@@ -54,5 +64,5 @@ echo "== accuracy against the budget (max new tokens) =="
 ablations budget "$OUT/budget.png" "${series[@]}" --blind rl-start-blind
 echo
 echo "== the answers: length, truncation, critical words (NoWait should say none) =="
-ablations repetition rl-start think-start-nothink think-start-nowait "$RL_NAME-eval" think-rl-nothink think-rl-nowait
+ablations repetition "${answers[@]}"
 findings_table
