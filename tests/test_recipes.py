@@ -2,6 +2,7 @@
 
 import dataclasses
 import importlib
+import json
 import os
 import subprocess
 import sys
@@ -39,6 +40,23 @@ def test_smol_signal_scaled_down(tmp_path):
     table = [line for line in out.splitlines() if line.startswith("| ")]
     labels = [line.split("|")[1].strip() for line in table]
     assert {"chance", "untrained smol", "aligned + SFT on problems", "the same, images blanked", "total"} <= set(labels)
+
+
+@slow
+def test_rl_signal_scaled_down(tmp_path):
+    """The RL-signal script end to end on a random tiny model: a sweep arm's knobs (TAG, PROMPTS, RL_FLAGS)
+    reach the runs, and the comparison names every arm."""
+    store = tmp_path / "store"
+    subprocess.run([sys.executable, "-m", "r1v3.cli", "--store", str(store), "init", "tiny", "--name", "tiny"],
+                   check=True, capture_output=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    out = run_recipe("smol-rl-signal.sh", store, START="tiny", PROBLEMS="40", EVAL_N="4", SEEDS="0",
+                     ARMS="none coin", STEPS="2", SAVE="1", GROUP="2", PROMPTS="1", MAX_NEW="8", TAG="dr",
+                     RL_FLAGS="--loss-type dr_grpo --scale-rewards none")
+    assert "rl-none-s0-dr-eval" in out and "rl-coin-s0-dr-eval" in out
+    manifest = json.loads(next((store / "rl-none-s0-dr").glob("v*/manifest.json")).read_text())
+    settings = manifest["config"]
+    assert (settings["loss_type"], settings["scale_rewards"]) == ("dr_grpo", "none")
+    assert (settings["num_generations"], settings["batch_size"]) == (2, 2)  # PROMPTS=1: one prompt a step
 
 
 def recorded(store: Path, times: str) -> list[tuple[str, list[str]]]:
