@@ -6,7 +6,7 @@
 #   START (smol-signal: the SFT model of recipes/smol-signal.sh, or any cold-start model), DATA (rl-problems:
 #   PROBLEMS=12000 synthetic colour and counting problems, seed 1, reflective traces; its test split holds
 #   EVAL_N=1200 items), TRAIN (the RL rows: DATA's train split), SEEDS ("0 1"), STEPS (40 GRPO steps), SAVE (a
-#   checkpoint every 10), LR (5e-6), GROUP (4 completions a prompt, 2 prompts a step), MAX_NEW (64 new tokens).
+#   checkpoint every 10), LR (5e-6), GROUP (4 completions a prompt), PROMPTS (2 prompts a step), MAX_NEW (64 new tokens).
 # Costs on 2 cores (README): a GRPO step ~16 s at group 4 and 64 tokens, an SFT step ~12 s (batch 8, connector
 # + LLM) or ~6 s (connector only), a greedy eval ~0.6 s an item at 64 tokens (1200 items: ~12 min).
 [ -n "${FINDING:-}" ] || { echo "error: set FINDING before sourcing lib.sh" >&2; exit 2; }
@@ -22,6 +22,7 @@ STEPS=${STEPS:-40}
 SAVE=${SAVE:-10}
 LR=${LR:-5e-6}
 GROUP=${GROUP:-4}
+PROMPTS=${PROMPTS:-2}
 MAX_NEW=${MAX_NEW:-64}
 EVAL_N=${EVAL_N:-1200}
 BLIND_N=${BLIND_N:-$EVAL_N}  # the blind start on the first BLIND_N items, as recipes/smol-rl-signal.sh
@@ -59,7 +60,7 @@ rl_arm() {  # rl_arm ARM SEED [NAME-SUFFIX [extra rl flags]]: GRPO from START, t
     [ "$arm" = hard ] && extra=(--curriculum hard --curriculum-unit steps --curriculum-lengths "$((STEPS / 2)),$((STEPS - STEPS / 2))")
     RL_NAME="rl-$arm-s$seed$suffix"
     $R1V3 rl --preset cpu-smol --model "$START" --data "$TRAIN" "${extra[@]}" --num-generations "$GROUP" \
-        --batch-size "$((2 * GROUP))" --max-steps "$STEPS" --save-steps "$SAVE" --lr "$LR" --max-new-tokens "$MAX_NEW" \
+        --batch-size "$((PROMPTS * GROUP))" --max-steps "$STEPS" --save-steps "$SAVE" --lr "$LR" --max-new-tokens "$MAX_NEW" \
         --seed "$seed" --name "$RL_NAME" --resume "$@"
     $R1V3 rl export "$RL_NAME" --name "$RL_NAME-final"
 }
