@@ -9,8 +9,9 @@
 # table) on the same EVAL_N held-out test items, paired.
 #
 # Usage: bash recipes/ablations/5-entropy.sh   (after recipes/smol-signal.sh; knobs: lib.sh and below)
-# Knobs: ENT_SEED (0), ENT_SAVE (8: 5 checkpoints of 40 steps), PROBE_N (200), MIN_POSITIONS (5: short
-#   generations hold few critical words; select-ckpt's default is 20).
+# Knobs: ENT_SEED (0), ENT_SAVE (8: 5 checkpoints of 40 steps; when it equals SAVE, the other findings' run of
+#   that seed is reused), PROBE_N (200), MIN_POSITIONS (5: short generations hold few critical words;
+#   select-ckpt's default is 20).
 # Time on 2 cores at the defaults: ~1.4 h (GRPO 40 steps ~11 min; select-ckpt over 6 models x 200 rows at
 # ~0.75 s a row: ~15 min; five evals of 1200 items, ~12 min each, the start's two reused from the others).
 FINDING=5
@@ -22,7 +23,10 @@ MIN_POSITIONS=${MIN_POSITIONS:-5}
 
 problems
 start_evals
-SAVE=$ENT_SAVE rl_arm hard "$ENT_SEED" "-save$ENT_SAVE"
+# a run saved as often as the others is theirs (reused); else its own, named by its save interval
+suffix=""
+[ "$ENT_SAVE" = "$SAVE" ] || suffix="-save$ENT_SAVE"
+SAVE=$ENT_SAVE rl_arm hard "$ENT_SEED" "$suffix"
 run=$RL_NAME
 sel=$run-select
 $R1V3 select-ckpt --run "$run" --probe "$DATA" --split validation --limit "$PROBE_N" --base \
