@@ -72,7 +72,8 @@ compare_json() {  # compare_json FILE BASELINE EVAL...: r1v3 compare's figures (
 }
 
 claim() {  # claim FILE EVAL SEED SIGN "LABEL" "PAPER" [GROUP [BLIND-EVAL]]: a row of the finding's table
-    # FILE: a compare_json output whose baseline is the claim's "before"; EVAL: its "after"; SIGN: the paper's
+    # FILE: a compare_json output whose baseline is the claim's "before"; EVAL: its "after"; SEED: the training
+    # seed of what differs, or - for decoding modes of one fixed model (no seed to vary); SIGN: the paper's
     # direction of after - before (+, -, = for "no harm", ? for no claim); GROUP: all (default) or difficulty=normal, ...;
     # BLIND-EVAL: the after model's eval with images blanked (default: the start's).
     printf 'paired\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$FINDING" "$5" "$6" "$4" "$3" "$OUT/$1" \

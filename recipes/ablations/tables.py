@@ -90,33 +90,39 @@ def blind_accuracy(store: Store, ref: str, group: str) -> float | None:
     return sum(scores.values()) / len(scores) if scores else None
 
 
-def verdict(sign: str, seeds: list[tuple[float, float]]) -> str:
+def verdict(sign: str, seeds: list[tuple[float, float]], seeded: bool = True) -> str:
     """From each seed's paired interval (low, high) of after - before and the paper's direction.
 
     +/-: reproduced when every seed's interval excludes 0 on the paper's side, reversed when every one
     excludes it on the other side, else within noise. '=' (the paper: no harm): reproduced unless every
     seed is significantly worse (reversed); a claim of no change cannot be told from noise at all. '?' (no
-    claim in the paper): higher, lower or within noise."""
+    claim in the paper): higher, lower or within noise. A claim about training needs two seeds: with one
+    (seeded), a verdict other than within noise says so. Decoding modes of one fixed model (not seeded) have
+    no training seed to vary: greedy decoding and the paired interval over items are the whole story."""
     if not seeds:
         return "not run"
     above = [low > 0 for low, _ in seeds]
     below = [high < 0 for _, high in seeds]
     if sign == "?":
-        return "higher" if all(above) else "lower" if all(below) else "within noise"
-    if sign == "=":
-        return "reversed" if all(below) else "reproduced"
-    if all(above):
-        return "reproduced" if sign == "+" else "reversed"
-    if all(below):
-        return "reproduced" if sign == "-" else "reversed"
-    return "within noise"
+        out = "higher" if all(above) else "lower" if all(below) else "within noise"
+    elif sign == "=":
+        out = "reversed" if all(below) else "reproduced"
+    elif all(above):
+        out = "reproduced" if sign == "+" else "reversed"
+    elif all(below):
+        out = "reproduced" if sign == "-" else "reversed"
+    else:
+        out = "within noise"
+    if seeded and len(seeds) < 2 and out != "within noise":
+        out += " in one seed (a claim needs two)"
+    return out
 
 
 def spearman_verdict(rho, p) -> str:
     if rho is None or p is None:
         return "not run"
-    if p < 0.05:
-        return "reproduced" if rho > 0 else "reversed"
+    if p < 0.05:  # the checkpoints of one run: one seed, so never a claim on its own
+        return ("reproduced" if rho > 0 else "reversed") + " in one run (a claim needs two)"
     return "within noise"
 
 
@@ -143,11 +149,12 @@ def findings_rows(store: Store, claims: list[dict]) -> list[dict]:
             if g is None:
                 continue
             intervals.append((g["low"], g["high"]))
-            row["ours"].append(f"s{c['seed']}: {pct(g['a'])} -> {pct(g['b'])}, {100 * g['diff']:+.1f} "
+            seed = "" if c["seed"] == "-" else f"s{c['seed']}: "
+            row["ours"].append(f"{seed}{pct(g['a'])} -> {pct(g['b'])}, {100 * g['diff']:+.1f} "
                                f"[{100 * g['low']:+.1f}, {100 * g['high']:+.1f}] (n={g['n']})")
             row["chance"] = g["chance"]
             row["blind"] = blind_accuracy(store, c["blind"], c["what"].partition("|")[2])
-        row["verdict"] = verdict(cs[0]["sign"], intervals)
+        row["verdict"] = verdict(cs[0]["sign"], intervals, seeded=cs[0]["seed"] != "-")
         if not row["ours"]:
             row["ours"] = ["not run"]
         rows.append(row)
@@ -170,7 +177,8 @@ def print_findings(rows: list[dict]) -> None:
         print(f"| {r['finding']} | {r['label']} | {r['paper']} | {'; '.join(r['ours'])} | {pct(r['chance'])} | "
               f"{pct(r['blind'])} | {r['verdict']} |")
     print("\naccuracy in %; blind: the after model (else the start) with every image blanked; an interval is a "
-          "paired bootstrap over the same items (r1v3 compare); reproduced/reversed: every seed's interval excludes 0")
+          "paired bootstrap over the same items (r1v3 compare); reproduced/reversed: every seed's interval excludes 0, "
+          "and a claim about training needs two seeds; no seed: decoding modes of one fixed model")
 
 
 # ---------------------------------------------------------------------------------------------
