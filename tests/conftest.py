@@ -13,7 +13,7 @@ from r1v3.cli import main  # noqa: E402
 
 # An integration test runs the CLI (a stage, often on a model), a recipe, a subprocess or a server;
 # `pytest -m "not integration"` is the unit loop: functions on values, in about a minute.
-INTEGRATION_FIXTURES = {"cli", "ready", "teacher", "problems"}
+INTEGRATION_FIXTURES = {"cli", "ready", "teacher", "problems", "forked_r1v3"}
 INTEGRATION_MODULES = {"test_recipes.py", "test_distributed.py", "test_ablations.py", "test_tracking.py"}
 
 
@@ -22,6 +22,18 @@ def pytest_collection_modifyitems(config, items):
         if (INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ())) or item.path.name in INTEGRATION_MODULES
                 or "reliability" in item.path.parts):
             item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def forked_r1v3(tmp_path_factory):
+    """`R1V3` for recipe scripts: each command forked from one process that imported torch, transformers, trl and
+    datasets once (tests/forkserver.py), so a script of 20 commands does not pay 20 imports. Commands run one at a
+    time; a test that kills a script midway runs `python -m r1v3.cli` instead (a forked command outlives its client)."""
+    from tests.forkserver import ForkServer
+
+    server = ForkServer.start(tmp_path_factory.mktemp("forkserver") / "r1v3.sock")
+    yield server.env()
+    server.stop()
 
 
 @pytest.fixture

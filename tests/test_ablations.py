@@ -3,10 +3,9 @@ InternVL as the start, a few rows and steps, one seed. Nothing learns; the table
 The scripts share one store, as they do for real: what one made (the data, the start's evals, the RL run
 of seed 0) the next reuses.
 
-Each `r1v3` command costs ~10 s of CPU here, mostly importing torch, transformers and datasets, and a script
-runs 10 to 17 of them even at tiny scale: the six together take ~12 min of CPU. The default suite runs the
-cheapest, 4-curriculum.sh (~2 min: every shared piece of lib.sh, the compare/claim/table path, the dynamics
-table); `-m slow` runs the other five."""
+Each `r1v3` command would spend seconds importing torch, transformers and datasets, and a script runs 10 to
+20 of them; forked from one process that imported them once (tests/forkserver.py), all six scripts run in
+the default suite in a few minutes."""
 
 import os
 import subprocess
@@ -44,26 +43,14 @@ def tiny_store(tmp_path_factory):
     return root
 
 
-def run_script(name: str, store: Path, **env) -> subprocess.CompletedProcess:
-    env = dict(os.environ, R1V3_STORE=str(store), R1V3=f"{sys.executable} -m r1v3.cli", PYTHON=sys.executable,
-               HF_HUB_OFFLINE="1") | TINY | env
+def run_script(name: str, store: Path, r1v3: dict, **env) -> subprocess.CompletedProcess:
+    env = dict(os.environ, R1V3_STORE=str(store), PYTHON=sys.executable, HF_HUB_OFFLINE="1") | r1v3 | TINY | env
     return subprocess.run(["bash", str(ABLATIONS / name)], env=env, capture_output=True, text=True, timeout=900)
 
 
-def has_ban_words() -> bool:
-    out = subprocess.run([sys.executable, "-m", "r1v3.cli", "eval", "mmmu", "--help"], capture_output=True, text=True,
-                         env=dict(os.environ, COLUMNS="200"))
-    return "--ban-words" in out.stdout
-
-
-DEFAULT = {"4-curriculum.sh"}
-
-
-@pytest.mark.parametrize("script", [pytest.param(s, marks=() if s in DEFAULT else pytest.mark.slow) for s in SCRIPTS])
-def test_ablation_script_prints_its_table(script, tiny_store):
-    if script.startswith("6-") and not has_ban_words():
-        pytest.skip("`r1v3 eval mmmu --help` lists no --ban-words yet (NoWait needs it; it is being added to eval)")
-    proc = run_script(script, tiny_store)
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_ablation_script_prints_its_table(script, tiny_store, forked_r1v3):
+    proc = run_script(script, tiny_store, forked_r1v3)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
     header = next(i for i, line in enumerate(out.splitlines()) if line.startswith("| finding | comparison | paper |"))
@@ -92,21 +79,20 @@ def test_ablation_script_prints_its_table(script, tiny_store):
         assert (tiny_store / "ablations" / "6" / "budget.png").stat().st_size > 1000
 
 
-@pytest.mark.slow
-def test_thinking_budget_on_the_start_alone_trains_nothing(tiny_store):
-    if not has_ban_words():
-        pytest.skip("`r1v3 eval mmmu` has no --ban-words")
-    bad = run_script("6-thinking-budget.sh", tiny_store, MODELS="start strat")
+def test_thinking_budget_on_the_start_alone_trains_nothing(tmp_path, forked_r1v3):
+    store = tmp_path / "store"
+    assert main(["--store", str(store), "init", "tiny", "--name", "tiny"]) == 0
+    bad = run_script("6-thinking-budget.sh", store, forked_r1v3, MODELS="start strat")
     assert bad.returncode == 2 and bad.stderr.strip() == "error: MODELS holds 'strat': use start, rl or both"
-    proc = run_script("6-thinking-budget.sh", tiny_store, MODELS="start")
+    proc = run_script("6-thinking-budget.sh", store, forked_r1v3, MODELS="start")
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| 6 |")]
     assert len(rows) == 3 and all("(start model)" in row for row in rows), proc.stdout
     assert "rl-hard-s0" not in proc.stdout  # no GRPO run, not even a reused one
 
 
-def test_a_missing_start_is_one_line(tmp_path):
-    proc = run_script("4-curriculum.sh", tmp_path / "empty", START="no-such-model")
+def test_a_missing_start_is_one_line(tmp_path, forked_r1v3):
+    proc = run_script("4-curriculum.sh", tmp_path / "empty", forked_r1v3, START="no-such-model")
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         f"error: no model no-such-model in {tmp_path / 'empty'}: run recipes/smol-signal.sh first, "

@@ -21,8 +21,9 @@ slow = pytest.mark.slow  # the smol ones build the smol model and run every stag
 
 
 def run_recipe(name: str, store: Path, **env) -> str:
+    """Run recipes/NAME on STORE; env may set R1V3 (e.g. the forked_r1v3 fixture's), else `python -m r1v3.cli`."""
     env = dict(os.environ, R1V3_STORE=str(store), R1V3=f"{sys.executable} -m r1v3.cli", PYTHON=sys.executable,
-               HF_HUB_OFFLINE="1", **env)
+               HF_HUB_OFFLINE="1") | env
     proc = subprocess.run(["bash", str(REPO / "recipes" / name)], env=env, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
@@ -64,10 +65,10 @@ def recorded(store: Path, times: str) -> list[tuple[str, list[str]]]:
     return [(line.split("\t")[0], line.split("\t")[1].split(",")) for line in lines]
 
 
-def test_tiny_recipe_every_stage_then_a_rerun_reuses_all(tmp_path):
+def test_tiny_recipe_every_stage_then_a_rerun_reuses_all(tmp_path, forked_r1v3):
     store_dir = tmp_path / "store"
     start = time.perf_counter()
-    out = run_recipe("tiny/run.sh", store_dir)
+    out = run_recipe("tiny/run.sh", store_dir, **forked_r1v3)
     first = time.perf_counter() - start
     stages = recorded(store_dir, "tiny-times.tsv")
     labels = [label for label, _ in stages]
@@ -95,7 +96,7 @@ def test_tiny_recipe_every_stage_then_a_rerun_reuses_all(tmp_path):
     assert all(store.resolve(n).manifest["seconds"] >= 0 for n in names)  # a small synth takes 0.0 s
     made_total = next(line for line in table if line.startswith("| total |")).split("|")[4]
     # a second run: every stage up to date, nothing published again; the table still shows what each cost
-    out = run_recipe("tiny/run.sh", store_dir)
+    out = run_recipe("tiny/run.sh", store_dir, **forked_r1v3)
     assert out.count("(reused)") == len(names), out
     total = next(line for line in out.splitlines() if line.startswith("| total |")).split("|")
     assert total[4] == made_total, (total, made_total)
