@@ -54,23 +54,19 @@ evaluate() {  # evaluate MODEL NAME [extra]: test split, reasoning prompt, greed
     fi
 }
 
+for arm in $ARMS; do  # said now, not after the first arm's hour
+    [[ " none hard coin " == *" $arm "* ]] || { echo "error: ARMS holds '$arm': use none, hard or coin" >&2; exit 2; }
+done
+
 $R1V3 data synth --name "$DATA" --problems "$PROBLEMS" --seed 1 --tasks color,counting --messages reflect
 evaluate "$START" rl-start
 evaluate "$START" rl-start-blind --blank-images --limit "$BLIND_N"  # a level, not a paired difference: fewer items do
 evals=(rl-start)
 for seed in $SEEDS; do
     for arm in $ARMS; do
-        extra=(--curriculum none)
-        [ "$arm" = hard ] && extra=(--curriculum hard --curriculum-unit steps --curriculum-lengths "$((STEPS / 2)),$((STEPS - STEPS / 2))")
-        [ "$arm" = coin ] && extra+=(--accuracy-reward coin)
-        name="rl-$arm-s$seed$TAG"
-        # shellcheck disable=SC2086  # DROP and RL_FLAGS are lists of flags
-        $R1V3 rl --preset cpu-smol --model "$START" --data "$TRAIN" "${extra[@]}" $DROP --num-generations "$GROUP" \
-            --batch-size "$((PROMPTS * GROUP))" --max-steps "$STEPS" --save-steps "$SAVE" --lr "$LR" --max-new-tokens "$MAX_NEW" \
-            --seed "$seed" --name "$name" --resume $RL_FLAGS
-        $R1V3 rl export "$name" --name "$name-final"
-        evaluate "$name-final" "$name-eval"
-        evals+=("$name-eval")
+        rl_arm "$arm" "$seed" "$TAG"  # recipes/lib.sh: the ablations run the same command
+        evaluate "$RL_NAME-final" "$RL_NAME-eval"
+        evals+=("$RL_NAME-eval")
     done
 done
 

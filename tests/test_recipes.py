@@ -43,20 +43,24 @@ def test_smol_signal_scaled_down(tmp_path):
     assert {"chance", "untrained smol", "aligned + SFT on problems", "the same, images blanked", "total"} <= set(labels)
 
 
-@slow
-def test_rl_signal_scaled_down(tmp_path):
+def test_rl_signal_scaled_down(tmp_path, forked_r1v3):
     """The RL-signal script end to end on a random tiny model: a sweep arm's knobs (TAG, PROMPTS, RL_FLAGS)
     reach the runs, and the comparison names every arm."""
     store = tmp_path / "store"
     assert main(["--store", str(store), "init", "tiny", "--name", "tiny"]) == 0  # in process: no second torch import
+    env = dict(os.environ, R1V3_STORE=str(store), PYTHON=sys.executable, ARMS="none cion") | forked_r1v3
+    bad = subprocess.run(["bash", str(REPO / "recipes/smol-rl-signal.sh")], env=env, capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr == "error: ARMS holds 'cion': use none, hard or coin\n"
     out = run_recipe("smol-rl-signal.sh", store, START="tiny", PROBLEMS="40", EVAL_N="4", SEEDS="0",
                      ARMS="none coin", STEPS="2", SAVE="1", GROUP="2", PROMPTS="1", MAX_NEW="8", TAG="dr",
-                     RL_FLAGS="--loss-type dr_grpo --scale-rewards none")
+                     RL_FLAGS="--loss-type dr_grpo --scale-rewards none", **forked_r1v3)
     assert "rl-none-s0-dr-eval" in out and "rl-coin-s0-dr-eval" in out
     manifest = json.loads(next((store / "rl-none-s0-dr").glob("v*/manifest.json")).read_text())
     settings = manifest["config"]
     assert (settings["loss_type"], settings["scale_rewards"]) == ("dr_grpo", "none")
     assert (settings["num_generations"], settings["batch_size"]) == (2, 2)  # PROMPTS=1: one prompt a step
+    coin = json.loads(next((store / "rl-coin-s0-dr").glob("v*/manifest.json")).read_text())["config"]
+    assert coin["accuracy_reward"] == "coin" and coin["curriculum"] == "none"
 
 
 def recorded(store: Path, times: str) -> list[tuple[str, list[str]]]:

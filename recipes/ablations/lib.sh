@@ -1,6 +1,7 @@
 # Sourced by every recipes/ablations/*.sh: the store, the CLI, the shared knobs and the commands that two
 # findings share, written once so that the same command (same settings, same inputs) is reused across
-# scripts and with recipes/smol-rl-signal.sh (R1V3_REUSE=1): its start evals and its RL runs are these.
+# scripts and with recipes/smol-rl-signal.sh (R1V3_REUSE=1): its start evals are these, and both run their
+# GRPO through recipes/lib.sh's rl_arm (RL_FLAGS and DROP add rl flags there).
 #
 # Shared knobs (smol defaults: the RL-signal settings):
 #   START (smol-signal: the SFT model of recipes/smol-signal.sh, or any cold-start model), DATA (rl-problems:
@@ -49,20 +50,6 @@ evaluate() {  # evaluate MODEL NAME [extra]: on DATA, as recipes/smol-rl-signal.
 start_evals() {  # the start and the start blind (images blanked) on DATA: rl-start, rl-start-blind
     evaluate "$START" rl-start
     evaluate "$START" rl-start-blind --blank-images --limit "$BLIND_N"
-}
-
-rl_arm() {  # rl_arm ARM SEED [NAME-SUFFIX [extra rl flags]]: GRPO from START, then its final step as a model
-    # ARM: none (levels shuffled) or hard (normal then hard, half the steps each); published as
-    # rl-ARM-sSEED[SUFFIX] and rl-ARM-sSEED[SUFFIX]-final; RL_NAME holds the run's name afterwards.
-    local arm=$1 seed=$2 suffix=${3:-}
-    shift "$(($# > 2 ? 3 : 2))"
-    local extra=(--curriculum none)
-    [ "$arm" = hard ] && extra=(--curriculum hard --curriculum-unit steps --curriculum-lengths "$((STEPS / 2)),$((STEPS - STEPS / 2))")
-    RL_NAME="rl-$arm-s$seed$suffix"
-    $R1V3 rl --preset cpu-smol --model "$START" --data "$TRAIN" "${extra[@]}" --num-generations "$GROUP" \
-        --batch-size "$((PROMPTS * GROUP))" --max-steps "$STEPS" --save-steps "$SAVE" --lr "$LR" --max-new-tokens "$MAX_NEW" \
-        --seed "$seed" --name "$RL_NAME" --resume "$@"
-    $R1V3 rl export "$RL_NAME" --name "$RL_NAME-final"
 }
 
 compare_json() {  # compare_json FILE BASELINE EVAL...: r1v3 compare's figures (by difficulty and task) in OUT/FILE
