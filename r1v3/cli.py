@@ -540,6 +540,17 @@ def _say_error(text: str) -> None:
     err_console.print(f"error: {printable(text)}", markup=False, highlight=False, soft_wrap=True)
 
 
+def quiet_libraries() -> None:
+    """Our own progress bars say what runs; the libraries' per-shard bars and notices are noise here.
+    Set before transformers, huggingface_hub and tqdm are imported: they read these once, then."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    if not (sys.stdout.isatty() and sys.stderr.isatty()):  # a log file: bars would flood it (GGUF conversion)
+        os.environ.setdefault("TQDM_DISABLE", "1")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run `r1v3 ARGV`; returns the exit code.
 
@@ -551,13 +562,7 @@ def main(argv: list[str] | None = None) -> int:
     but kept nothing to publish (distill: no trace verified). 130: interrupted.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    # our own progress bars say what runs; the libraries' per-shard bars and notices are noise here
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-    if not (sys.stdout.isatty() and sys.stderr.isatty()):  # a log file: bars would flood it (GGUF conversion)
-        os.environ.setdefault("TQDM_DISABLE", "1")
+    quiet_libraries()
     import transformers
 
     transformers.utils.logging.disable_progress_bar()

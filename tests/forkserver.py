@@ -5,6 +5,9 @@ torch, transformers, trl and datasets before doing a tiny-scale job that takes a
 server imports all of it once, then forks a child per command: the child takes the client's stdin, stdout,
 stderr, working directory and environment, runs `r1v3.cli.main(argv)` and exits with its code, so a
 script sees an ordinary command. Nothing heavy runs in the server before it forks (no thread pools yet).
+What the libraries read once at import (HF_HUB_OFFLINE, HF_HOME, TRANSFORMERS_VERBOSITY, TQDM_DISABLE) is the
+server's, set as `r1v3.cli.main` sets it; commands run one at a time, so `$R1V3 a | $R1V3 b` would wait
+forever; a signal sent to the client does not reach its command.
 
     server = ForkServer.start(tmp_path / "r1v3.sock")   # in a fixture
     env["R1V3"] = server.command                          # "PYTHON tests/forkserver.py"
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -35,7 +39,13 @@ def client(argv: list[str]) -> int:
         reply = b""
         while chunk := s.recv(64):
             reply += chunk
-    return int(reply or b"1")
+    if not reply:
+        return 1
+    status = int(reply)
+    if os.WIFSIGNALED(status):  # as the shell sees a killed command: die of the same signal
+        signal.signal(os.WTERMSIG(status), signal.SIG_DFL)
+        os.kill(os.getpid(), os.WTERMSIG(status))
+    return os.waitstatus_to_exitcode(status)
 
 
 def _is_open(fd: int) -> bool:
@@ -89,9 +99,12 @@ def serve(path: str) -> None:
     import importlib
 
     sys.path.insert(0, str(REPO))
+    from r1v3.cli import quiet_libraries
+
+    quiet_libraries()  # as main() would, before the libraries that read these settings at import
     stages = [f"stages.{p.stem}" for p in sorted((REPO / "stages").glob("[a-z]*.py"))]
     for name in ("torch", "torchvision", "transformers", "transformers.integrations", "trl", "trl.data_utils",
-                 "trl.chat_template_utils", "datasets", "r1v3.cli", *stages):
+                 "trl.chat_template_utils", "datasets", *stages):
         importlib.import_module(name)
     # transformers and trl import most of themselves lazily, on first use of a name: use them all here
     import transformers
@@ -126,16 +139,23 @@ def serve(path: str) -> None:
                 continue
             conn.settimeout(None)
             with conn:
-                request, fds = _recv_request(conn)
-                pid = os.fork()
-                if pid == 0:
-                    server.close()
-                    conn.close()
-                    _run_child(request, fds)
-                for fd in fds:
-                    os.close(fd)
-                _, status = os.waitpid(pid, 0)
-                conn.sendall(str(os.waitstatus_to_exitcode(status) % 256).encode())
+                try:
+                    _serve_one(server, conn)
+                except (OSError, ValueError):  # a client gone or garbled: the next one is served all the same
+                    pass
+
+
+def _serve_one(server: socket.socket, conn: socket.socket) -> None:
+    request, fds = _recv_request(conn)
+    pid = os.fork()
+    if pid == 0:
+        server.close()
+        conn.close()
+        _run_child(request, fds)
+    for fd in fds:
+        os.close(fd)
+    _, status = os.waitpid(pid, 0)
+    conn.sendall(str(status).encode())  # the raw wait status: the client dies of the same signal, if any
 
 
 class ForkServer:

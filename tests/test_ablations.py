@@ -122,3 +122,9 @@ def test_verdict_needs_every_seed_on_one_side():
     assert verdict("+", [(0.01, 0.1)]) == "reproduced in one seed (a claim needs two)"
     assert verdict("+", [(-0.1, 0.1)]) == "within noise"
     assert verdict("-", [(-0.2, -0.01)], seeded=False) == "reproduced"
+    assert verdict("+", [(0.01, 0.1), (0.02, 0.2)], distinct=1).endswith("in one seed (a claim needs two)")  # 0 twice
+
+
+def test_rl_flags_are_refused_since_the_runs_are_shared_by_name(tmp_path, forked_r1v3):
+    proc = run_script("3-rl-trainable.sh", tmp_path / "empty", forked_r1v3, RL_FLAGS="--loss-type dr_grpo")
+    assert proc.returncode == 2 and proc.stderr.startswith("error: RL_FLAGS and DROP are") and proc.stderr.count("\n") == 1

@@ -21,3 +21,11 @@ def test_a_forked_command_is_an_ordinary_command(forked_r1v3, tmp_path):
     assert (tmp_path / "here" / "p" / "v1" / "manifest.json").is_file()
     missing = run(forked_r1v3, "eval", "mmmu", "--model", "nope", "--data", "p", cwd=tmp_path, R1V3_STORE="here")
     assert missing.returncode == 2 and missing.stderr.startswith("error:") and len(missing.stderr.splitlines()) == 1
+
+
+def test_a_lost_client_does_not_stop_the_server(forked_r1v3):
+    import socket
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:  # connects, says nothing, leaves
+        s.connect(forked_r1v3["R1V3_FORKSERVER"])
+    assert run(forked_r1v3, "--version").returncode == 0

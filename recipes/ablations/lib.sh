@@ -1,7 +1,7 @@
 # Sourced by every recipes/ablations/*.sh: the store, the CLI, the shared knobs and the commands that two
 # findings share, written once so that the same command (same settings, same inputs) is reused across
 # scripts and with recipes/smol-rl-signal.sh (R1V3_REUSE=1): its start evals are these, and both run their
-# GRPO through recipes/lib.sh's rl_arm (RL_FLAGS and DROP add rl flags there).
+# GRPO through recipes/lib.sh's rl_arm.
 #
 # Shared knobs (smol defaults: the RL-signal settings):
 #   START (smol-signal: the SFT model of recipes/smol-signal.sh, or any cold-start model), DATA (rl-problems:
@@ -14,6 +14,12 @@
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 need_python
 export R1V3_REUSE=${R1V3_REUSE:-1}  # a stage whose artifact is up to date prints "up to date: NAME@vN (reused)"
+# the findings share their GRPO runs by name (rl-hard-s0, ...): a run with other flags would publish a new
+# version under that name and change every finding's input, so those knobs stay with smol-rl-signal.sh
+[ -z "${RL_FLAGS:-}${DROP:-}" ] || {
+    echo "error: RL_FLAGS and DROP are recipes/smol-rl-signal.sh knobs (its TAG names the runs); the ablations share their runs by name: unset them" >&2
+    exit 2
+}
 START=${START:-smol-signal}
 DATA=${DATA:-rl-problems}
 PROBLEMS=${PROBLEMS:-12000}

@@ -90,14 +90,14 @@ def blind_accuracy(store: Store, ref: str, group: str) -> float | None:
     return sum(scores.values()) / len(scores) if scores else None
 
 
-def verdict(sign: str, seeds: list[tuple[float, float]], seeded: bool = True) -> str:
+def verdict(sign: str, seeds: list[tuple[float, float]], seeded: bool = True, distinct: int | None = None) -> str:
     """From each seed's paired interval (low, high) of after - before and the paper's direction.
 
     +/-: reproduced when every seed's interval excludes 0 on the paper's side, reversed when every one
     excludes it on the other side, else within noise. '=' (the paper: no harm): reproduced unless every
     seed is significantly worse (reversed); a claim of no change cannot be told from noise at all. '?' (no
-    claim in the paper): higher, lower or within noise. A claim about training needs two seeds: with one
-    (seeded), a verdict other than within noise says so. Decoding modes of one fixed model (not seeded) have
+    claim in the paper): higher, lower or within noise. A claim about training needs two seeds: with fewer
+    than two distinct ones (seeded; `distinct`, else one a comparison), a verdict other than within noise says so. Decoding modes of one fixed model (not seeded) have
     no training seed to vary: greedy decoding and the paired interval over items are the whole story."""
     if not seeds:
         return "not run"
@@ -113,7 +113,7 @@ def verdict(sign: str, seeds: list[tuple[float, float]], seeded: bool = True) ->
         out = "reproduced" if sign == "-" else "reversed"
     else:
         out = "within noise"
-    if seeded and len(seeds) < 2 and out != "within noise":
+    if seeded and (len(seeds) if distinct is None else distinct) < 2 and out != "within noise":
         out += " in one seed (a claim needs two)"
     return out
 
@@ -143,18 +143,19 @@ def findings_rows(store: Store, claims: list[dict]) -> list[dict]:
             row["verdict"] = spearman_verdict(rho, p)
             rows.append(row)
             continue
-        intervals = []
+        intervals, seeds = [], set()
         for c in cs:
             g = paired_figures(c)
             if g is None:
                 continue
             intervals.append((g["low"], g["high"]))
+            seeds.add(c["seed"])
             seed = "" if c["seed"] == "-" else f"s{c['seed']}: "
             row["ours"].append(f"{seed}{pct(g['a'])} -> {pct(g['b'])}, {100 * g['diff']:+.1f} "
                                f"[{100 * g['low']:+.1f}, {100 * g['high']:+.1f}] (n={g['n']})")
             row["chance"] = g["chance"]
             row["blind"] = blind_accuracy(store, c["blind"], c["what"].partition("|")[2])
-        row["verdict"] = verdict(cs[0]["sign"], intervals, seeded=cs[0]["seed"] != "-")
+        row["verdict"] = verdict(cs[0]["sign"], intervals, seeded=cs[0]["seed"] != "-", distinct=len(seeds))
         if not row["ours"]:
             row["ours"] = ["not run"]
         rows.append(row)
