@@ -97,8 +97,9 @@ def verdict(sign: str, seeds: list[tuple[float, float]], seeded: bool = True, di
     excludes it on the other side, else within noise. '=' (the paper: no harm): reproduced unless every
     seed is significantly worse (reversed); a claim of no change cannot be told from noise at all. '?' (no
     claim in the paper): higher, lower or within noise. A claim about training needs two seeds: with fewer
-    than two distinct ones (seeded; `distinct`, else one a comparison), a verdict other than within noise says so. Decoding modes of one fixed model (not seeded) have
-    no training seed to vary: greedy decoding and the paired interval over items are the whole story."""
+    than two distinct ones (`distinct`; by default one a comparison), a verdict other than within noise says
+    so. Decoding modes of one fixed model (not `seeded`) have no training seed to vary: greedy decoding and
+    the paired interval over items are the whole story."""
     if not seeds:
         return "not run"
     above = [low > 0 for low, _ in seeds]
